@@ -1,0 +1,50 @@
+"""tiffin: take MLflow, scikit-learn and PyTorch models into production serving.
+
+Importing tiffin is cheap: framework modules and everything heavy load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from tiffin._version import __version__
+from tiffin.exceptions import TiffinError
+from tiffin.tag import Tag
+
+if TYPE_CHECKING:
+    from tiffin import exceptions, models
+    from tiffin.frameworks import picklable_model, sklearn
+
+# attribute -> module that provides it (a module itself when the names match)
+_LAZY: dict[str, str] = {
+    "exceptions": "tiffin.exceptions",
+    "models": "tiffin.models",
+    "picklable_model": "tiffin.frameworks.picklable_model",
+    "sklearn": "tiffin.frameworks.sklearn",
+}
+
+
+def __getattr__(name: str) -> Any:
+    target = _LAZY.get(name)
+    if target is None:
+        raise AttributeError(f"module 'tiffin' has no attribute {name!r}")
+    module = importlib.import_module(target)
+    value = module if target.rsplit(".", 1)[-1] == name else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+__all__ = [
+    "Tag",
+    "TiffinError",
+    "__version__",
+    "exceptions",
+    "models",
+    "picklable_model",
+    "sklearn",
+]

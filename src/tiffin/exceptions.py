@@ -1,0 +1,91 @@
+"""The tiffin error tree.
+
+Every error tiffin raises on purpose is a :class:`TiffinError`. Each class carries the HTTP
+status the server answers with and the exit code the CLI ends with; only those two boundaries
+turn an error into a response or an exit.
+"""
+
+from __future__ import annotations
+
+
+class TiffinError(Exception):
+    """Base class of every tiffin error."""
+
+    http_status: int = 500
+    exit_code: int = 1
+    error_code: str = "INTERNAL_ERROR"
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class NotFound(TiffinError):
+    """A model, tiffin, run or file that was asked for does not exist."""
+
+    http_status = 404
+    exit_code = 1
+    error_code = "NOT_FOUND"
+
+
+class InvalidArgument(TiffinError):
+    """The caller passed something tiffin cannot accept (bad tag, bad option, bad input)."""
+
+    http_status = 400
+    exit_code = 2
+    error_code = "BAD_REQUEST"
+
+
+class InvalidTag(InvalidArgument):
+    """A tag, name or version breaks the naming rule."""
+
+
+class InvalidArchive(InvalidArgument):
+    """An exported model archive is truncated, corrupt, or holds unsafe members."""
+
+
+class AlreadyExists(TiffinError):
+    """Saving would overwrite something that exists."""
+
+    http_status = 409
+    exit_code = 1
+    error_code = "ALREADY_EXISTS"
+
+
+class StoreError(TiffinError):
+    """The store on disk cannot be read or written."""
+
+
+class CorruptEntry(StoreError):
+    """A store entry's metadata file is unreadable or breaks its schema."""
+
+
+class MissingDependency(TiffinError):
+    """An optional dependency (a framework) is not installed."""
+
+
+class ImportFailed(TiffinError):
+    """Importing a model from outside (an MLflow URI, a file) failed."""
+
+
+class RunnerError(TiffinError):
+    """A runner was used wrongly, or its model raised."""
+
+
+class Overloaded(TiffinError):
+    """A call waited in a batching queue past its runner's max_latency_ms."""
+
+    http_status = 503
+    exit_code = 1
+    error_code = "OVERLOADED"
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def missing_dependency(package: str, extra: str) -> MissingDependency:
+    """The error to raise when an optional framework is not installed."""
+    return MissingDependency(
+        f"{package} is not installed; install it with `pip install 'tiffin[{extra}]'`"
+    )

@@ -1,0 +1,250 @@
+"""A generic versioned store on disk: ``<root>/<name>/<version>/`` plus ``<name>/latest``.
+
+Entries appear whole or not at all: a new entry is written into ``<root>/.tmp/`` (the same
+filesystem) and renamed into place under a per-name file lock. ``latest`` is a small text file
+naming the newest version by creation time; it is rewritten atomically and recomputed when it
+is stale or when the version it names is deleted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from filelock import FileLock
+
+from tiffin.exceptions import AlreadyExists, CorruptEntry, NotFound, StoreError
+from tiffin.tag import LATEST, Tag
+
+_TMP = ".tmp"
+_LOCKS = ".locks"
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def home() -> Path:
+    """The tiffin home directory: ``$TIFFIN_HOME``, default ``~/tiffin``."""
+    return Path(os.environ.get("TIFFIN_HOME") or Path.home() / "tiffin").expanduser()
+
+
+def load_yaml_file(path: Path) -> dict:
+    """Read a store metadata file; any failure is a :class:`CorruptEntry` naming the file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CorruptEntry(f"{path} is missing") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CorruptEntry(f"cannot read {path}: {exc}") from exc
+    try:
+        data = yaml.load(text, Loader=_YAML_LOADER)
+    except yaml.YAMLError as exc:
+        raise CorruptEntry(f"{path} is not valid YAML: {exc}".replace("\n", " ")) from exc
+    if not isinstance(data, dict):
+        raise CorruptEntry(f"{path} must hold a mapping, found {type(data).__name__}")
+    return data
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One version directory in a store."""
+
+    tag: Tag
+    path: Path
+
+
+class Store:
+    """Versioned entries of one kind (models, tiffins) under ``root``."""
+
+    def __init__(self, root: Path | str, kind: str, info_file: str) -> None:
+        self.root = Path(root)
+        self.kind = kind
+        self.info_file = info_file
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.root)!r})"
+
+    # -- paths and locks ------------------------------------------------------------------
+
+    def _ensure_root(self) -> None:
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreError(
+                f"{self.kind} store {self.root} is not a directory; point TIFFIN_HOME at a directory"
+            )
+        try:
+            (self.root / _TMP).mkdir(parents=True, exist_ok=True)
+            (self.root / _LOCKS).mkdir(exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot write to {self.kind} store {self.root}: {exc.strerror}; "
+                "check TIFFIN_HOME and its permissions"
+            ) from exc
+
+    def lock(self, name: str) -> FileLock:
+        return FileLock(str(self.root / _LOCKS / f"{name}.lock"))
+
+    def _sweep_tmp(self) -> None:
+        """Remove leftovers of saves whose process died (killed mid-save)."""
+        with contextlib.suppress(OSError):
+            for child in (self.root / _TMP).iterdir():
+                pid_text = child.name.split("-", 1)[0]
+                if pid_text.isdigit() and not _pid_alive(int(pid_text)):
+                    shutil.rmtree(child, ignore_errors=True)
+
+    def _creation_time(self, path: Path) -> str:
+        try:
+            return str(load_yaml_file(path / self.info_file).get("creation_time", ""))
+        except CorruptEntry:
+            return ""
+
+    # -- reading --------------------------------------------------------------------------
+
+    def names(self) -> list[str]:
+        if not self.root.is_dir():
+            if self.root.exists():
+                raise StoreError(
+                    f"{self.kind} store {self.root} is not a directory; "
+                    "point TIFFIN_HOME at a directory"
+                )
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and p.name[0] != ".")
+
+    def entries(self, name: str | None = None) -> Iterator[Entry]:
+        """Every version directory, optionally of one name (not validated; not sorted)."""
+        for entry_name in [name] if name else self.names():
+            base = self.root / entry_name
+            if not base.is_dir():
+                continue
+            for child in base.iterdir():
+                if child.name[0] != "." and child.is_dir():
+                    yield Entry(Tag(entry_name, child.name), child)
+
+    def _recompute_latest(self, name: str) -> str | None:
+        newest = max(
+            self.entries(name),
+            key=lambda e: (self._creation_time(e.path), e.tag.version),
+            default=None,
+        )
+        latest_file = self.root / name / LATEST
+        if newest is None:
+            with contextlib.suppress(OSError):
+                latest_file.unlink()
+            return None
+        self._write_latest(name, str(newest.tag.version))
+        return newest.tag.version
+
+    def _write_latest(self, name: str, version: str) -> None:
+        target = self.root / name / LATEST
+        tmp = target.with_name(f".{LATEST}.{uuid.uuid4().hex}")
+        tmp.write_text(version + "\n", encoding="utf-8")
+        os.replace(tmp, target)
+
+    def resolve(self, tag: Tag | str) -> Tag:
+        """Turn ``name`` or ``name:latest`` into the concrete newest version."""
+        tag = Tag.from_taglike(tag)
+        if not tag.is_latest:
+            return tag
+        latest_file = self.root / tag.name / LATEST
+        with contextlib.suppress(OSError):
+            version = latest_file.read_text(encoding="utf-8").strip()
+            if version and (self.root / tag.name / version).is_dir():
+                return Tag(tag.name, version)
+        if not (self.root / tag.name).is_dir():
+            raise self._not_found(tag)
+        try:
+            with self.lock(tag.name):
+                version = self._recompute_latest(tag.name)
+        except OSError:  # read-only store: compute without writing
+            version = max(
+                ((self._creation_time(e.path), e.tag.version) for e in self.entries(tag.name)),
+                default=(None, None),
+            )[1]
+        if version is None:
+            raise self._not_found(tag)
+        return Tag(tag.name, version)
+
+    def get(self, tag: Tag | str) -> Entry:
+        resolved = self.resolve(tag)
+        path = self.root / resolved.name / str(resolved.version)
+        if not path.is_dir():
+            raise self._not_found(resolved)
+        return Entry(resolved, path)
+
+    def _not_found(self, tag: Tag) -> NotFound:
+        return NotFound(
+            f"{self.kind} '{tag}' not found in store {self.root}; "
+            f"run `tiffin {self.kind}s list` to see what is there"
+        )
+
+    # -- writing --------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def staging(self) -> Iterator[Path]:
+        """A fresh temporary directory on the store's filesystem; removed unless committed."""
+        self._ensure_root()
+        self._sweep_tmp()
+        tmp = self.root / _TMP / f"{os.getpid()}-{uuid.uuid4().hex}"
+        try:
+            tmp.mkdir()
+        except OSError as exc:
+            raise StoreError(f"cannot write to {self.kind} store {self.root}: {exc}") from exc
+        try:
+            yield tmp
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def commit(self, staged: Path, tag: Tag) -> Entry:
+        """Move a complete staged directory into place as ``tag`` and update ``latest``."""
+        assert tag.version is not None and not tag.is_latest
+        final = self.root / tag.name / tag.version
+        try:
+            (self.root / tag.name).mkdir(exist_ok=True)
+            with self.lock(tag.name):
+                if final.exists():
+                    raise AlreadyExists(
+                        f"{self.kind} '{tag}' already exists in store {self.root}; "
+                        "omit the version to get a new one, or delete the old one first"
+                    )
+                os.rename(staged, final)
+                latest_file = self.root / tag.name / LATEST
+                current = latest_file.read_text().strip() if latest_file.is_file() else ""
+                if not current or not (self.root / tag.name / current).is_dir():
+                    self._recompute_latest(tag.name)
+                elif (self._creation_time(final), tag.version) >= (
+                    self._creation_time(self.root / tag.name / current),
+                    current,
+                ):
+                    self._write_latest(tag.name, tag.version)
+        except OSError as exc:
+            raise StoreError(f"cannot write to {self.kind} store {self.root}: {exc}") from exc
+        return Entry(tag, final)
+
+    def delete(self, tag: Tag | str) -> Tag:
+        entry = self.get(tag)
+        name = entry.tag.name
+        self._ensure_root()
+        try:
+            with self.lock(name):
+                trash = self.root / _TMP / f"{os.getpid()}-del-{uuid.uuid4().hex}"
+                os.rename(entry.path, trash)
+                shutil.rmtree(trash, ignore_errors=True)
+                if self._recompute_latest(name) is None:
+                    with contextlib.suppress(OSError):
+                        (self.root / name).rmdir()
+        except OSError as exc:
+            raise StoreError(f"cannot delete {entry.path}: {exc}") from exc
+        return entry.tag
