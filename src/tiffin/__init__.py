@@ -15,9 +15,12 @@ from tiffin.tag import Tag
 if TYPE_CHECKING:
     from tiffin import exceptions, models
     from tiffin.frameworks import picklable_model, sklearn
+    from tiffin.runner import Runnable, Runner
 
 # attribute -> module that provides it (a module itself when the names match)
 _LAZY: dict[str, str] = {
+    "Runnable": "tiffin.runner",
+    "Runner": "tiffin.runner",
     "exceptions": "tiffin.exceptions",
     "models": "tiffin.models",
     "picklable_model": "tiffin.frameworks.picklable_model",
@@ -40,6 +43,8 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "Runnable",
+    "Runner",
     "Tag",
     "TiffinError",
     "__version__",

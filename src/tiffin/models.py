@@ -279,9 +279,26 @@ class Model:
                     total += os.lstat(os.path.join(root, name)).st_size
         return total
 
-    def to_runner(self, **kwargs: Any) -> Runner:
-        """A :class:`tiffin.Runner` for this model, built by its framework."""
-        return frameworks.load(self.info.module).get_runner(self, **kwargs)
+    def to_runner(
+        self,
+        *,
+        name: str | None = None,
+        max_batch_size: int | None = None,
+        max_latency_ms: float | None = None,
+        method_configs: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> Runner:
+        """A :class:`tiffin.Runner` for this model; its methods are the model's signatures."""
+        from tiffin.runner import Runner
+
+        runnable = frameworks.load(self.info.module).get_runnable(self)
+        return Runner(
+            runnable,
+            name=name or self.tag.name,
+            models=[self],
+            max_batch_size=max_batch_size,
+            max_latency_ms=max_latency_ms,
+            method_configs=method_configs,
+        )
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Model) and (self.tag, self.path) == (other.tag, other.path)

@@ -8,7 +8,7 @@ code of its choosing.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +16,7 @@ from tiffin.exceptions import InvalidArgument, TiffinError
 
 if TYPE_CHECKING:
     from tiffin.models import Model
+    from tiffin.runner import Runnable
     from tiffin.store import Store
     from tiffin.tag import Tag
 
@@ -61,3 +62,34 @@ def check_methods(obj: Any, signatures: Mapping[str, Any], what: str) -> None:
                 f"signature names method {method!r}, but the {what} ({type(obj).__name__}) "
                 "has no such method"
             )
+
+
+def model_runnable(model: Model, load: Callable[[Model], Any], framework: str) -> type[Runnable]:
+    """A Runnable class whose methods are the model's signatures, called on the loaded object."""
+    from tiffin.runner import Runnable
+
+    def __init__(self: Any) -> None:
+        self.model = load(model)
+        check_methods(self.model, model.info.signatures, f"loaded {framework} model")
+
+    runnable = type(
+        f"{framework.title().replace('_', '')}Runnable",
+        (Runnable,),
+        {"__init__": __init__, "SUPPORTS_CPU_MULTI_THREADING": True},
+    )
+    for method, signature in model.info.signatures.items():
+        runnable.add_method(
+            method,
+            _forward(method),
+            batchable=signature["batchable"],
+            batch_dim=signature["batch_dim"],
+        )
+    return runnable
+
+
+def _forward(method: str) -> Callable[..., Any]:
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self.model, method)(*args, **kwargs)
+
+    call.__name__ = method
+    return call

@@ -8,11 +8,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from tiffin.frameworks import get_model
+from tiffin.frameworks import get_model, model_runnable
 from tiffin.frameworks._pickle import load_pickled, save_pickled
 
 if TYPE_CHECKING:
     from tiffin.models import Model
+    from tiffin.runner import Runnable
     from tiffin.store import Store
     from tiffin.tag import Tag
 
@@ -51,3 +52,8 @@ def get(tag: Tag | str, *, store: Store | None = None) -> Model:
 
 def load_model(tag_or_model: Tag | str | Model, *, store: Store | None = None) -> Any:
     return load_pickled(get_model(tag_or_model, MODULE, store))
+
+
+def get_runnable(model: Model) -> type[Runnable]:
+    """The Runnable behind ``model.to_runner()``: one runner method per declared signature."""
+    return model_runnable(model, load_pickled, "picklable_model")

@@ -11,11 +11,12 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from tiffin.exceptions import InvalidArgument, missing_dependency
-from tiffin.frameworks import get_model
+from tiffin.frameworks import get_model, model_runnable
 from tiffin.frameworks._pickle import load_pickled, save_pickled
 
 if TYPE_CHECKING:
     from tiffin.models import Model
+    from tiffin.runner import Runnable
     from tiffin.store import Store
     from tiffin.tag import Tag
 
@@ -70,3 +71,8 @@ def load_model(tag_or_model: Tag | str | Model, *, store: Store | None = None) -
     """The estimator itself."""
     _sklearn_version()
     return load_pickled(get_model(tag_or_model, MODULE, store))
+
+
+def get_runnable(model: Model) -> type[Runnable]:
+    """The Runnable behind ``model.to_runner()``: one runner method per declared signature."""
+    return model_runnable(model, load_pickled, "sklearn")
