@@ -44,6 +44,20 @@ class InvalidArchive(InvalidArgument):
     """An exported model archive is truncated, corrupt, or holds unsafe members."""
 
 
+class UnsupportedMediaType(InvalidArgument):
+    """A request body came with a content type the endpoint does not accept."""
+
+    http_status = 415
+    error_code = "UNSUPPORTED_MEDIA_TYPE"
+
+
+class PayloadTooLarge(InvalidArgument):
+    """A request body is over the configured limit."""
+
+    http_status = 413
+    error_code = "PAYLOAD_TOO_LARGE"
+
+
 class AlreadyExists(TiffinError):
     """Saving would overwrite something that exists."""
 
