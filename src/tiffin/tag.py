@@ -13,7 +13,7 @@ from tiffin.exceptions import InvalidTag
 
 logger = logging.getLogger(__name__)
 
-_PART_RE = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?$")
+_PART_RE = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?")
 RULE = (
     "lowercase letters, digits, '-', '_' and '.', starting and ending with a letter or digit, "
     "at most 63 characters"
@@ -51,12 +51,18 @@ def new_version() -> str:
     return _b32(micros, _TIME_CHARS) + _b32(rand, _RANDOM_CHARS)
 
 
+def is_valid_part(value: str) -> bool:
+    """True when ``value`` already obeys the naming rule exactly (no lower-casing needed)."""
+    return isinstance(value, str) and _PART_RE.fullmatch(value) is not None
+
+
 def validate_part(value: str, what: str) -> str:
     """Check one half of a tag; lower-case a mixed-case value with a notice."""
     if not isinstance(value, str):
         raise InvalidTag(f"{what} must be a string, got {type(value).__name__}")
-    lowered = value.lower()
-    if not _PART_RE.match(lowered):
+    # ASCII only: str.lower() maps some non-ASCII letters (the Kelvin sign) onto ASCII ones
+    lowered = value.lower() if value.isascii() else value
+    if not _PART_RE.fullmatch(lowered):  # fullmatch: '$' alone would accept 'name\n'
         raise InvalidTag(f"invalid {what} {value!r}: a {what} is {RULE}")
     if lowered != value:
         logger.warning("tiffin: %s %r lower-cased to %r", what, value, lowered)
