@@ -9,10 +9,10 @@ from __future__ import annotations
 import builtins
 import contextlib
 import datetime as dt
+import hashlib
 import os
 import platform
 import posixpath
-import tarfile
 import uuid
 import zlib
 from collections.abc import Iterator, Mapping
@@ -32,16 +32,28 @@ from tiffin.exceptions import (
     TiffinError,
 )
 from tiffin.store import Store, home, load_yaml_file
-from tiffin.tag import Tag
+from tiffin.tag import RULE, Tag, is_valid_part
 
 if TYPE_CHECKING:
+    import tarfile
+
     from tiffin.runner import Runner
 
 MODEL_FILE = "model.yaml"
 CUSTOM_OBJECTS_FILE = "custom_objects.pkl"
+CUSTOM_OBJECTS_SHA256 = "custom_objects_sha256"  # key in options
 API_VERSION = "v1"
 ARCHIVE_SUFFIX = ".tiffinmodel"
 _SIGNATURE_KEYS = {"batchable", "batch_dim"}
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file, hex; recorded at save time for every pickle tiffin will load."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def default_store() -> Store:
@@ -56,7 +68,9 @@ def validate_labels(labels: Mapping[str, str] | None) -> dict[str, str]:
     if labels is None:
         return {}
     if not isinstance(labels, Mapping):
-        raise InvalidArgument(f"labels must be a mapping of str to str, got {type(labels).__name__}")
+        raise InvalidArgument(
+            f"labels must be a mapping of str to str, got {type(labels).__name__}"
+        )
     for key, value in labels.items():
         if not isinstance(key, str) or not isinstance(value, str):
             raise InvalidArgument(
@@ -113,7 +127,9 @@ def validate_signatures(
             raise InvalidArgument(f"signature method {method!r} is not a public method name")
         options = options or {}
         if not isinstance(options, Mapping):
-            raise InvalidArgument(f"signature of {method!r} must be a mapping, e.g. {{'batchable': True}}")
+            raise InvalidArgument(
+                f"signature of {method!r} must be a mapping, e.g. {{'batchable': True}}"
+            )
         unknown = set(options) - _SIGNATURE_KEYS
         if unknown:
             raise InvalidArgument(
@@ -188,6 +204,9 @@ class ModelInfo:
             missing = {"name", "version", "module", "creation_time"} - set(data)
             if missing:
                 raise ValueError(f"missing key(s) {sorted(missing)}")
+            for key in ("name", "version", "module", "api_version"):
+                if key in data and not isinstance(data[key], str):
+                    raise ValueError(f"{key} must be a string, found {type(data[key]).__name__}")
             created = data["creation_time"]
             if isinstance(created, str):
                 created = dt.datetime.fromisoformat(created)
@@ -198,7 +217,7 @@ class ModelInfo:
             module = data["module"]
             if not isinstance(module, str) or not module.startswith("tiffin."):
                 raise ValueError(f"module {module!r} is not a tiffin framework module")
-            tag = Tag(str(data["name"]), str(data["version"]))
+            tag = Tag(data["name"], data["version"])
             for key in ("labels", "metadata", "options", "signatures", "context"):
                 if not isinstance(data.get(key) or {}, dict):
                     raise ValueError(f"{key} must be a mapping")
@@ -265,6 +284,12 @@ class Model:
             if file.exists():
                 import cloudpickle
 
+                # unpickling runs code: load only the exact bytes that were saved
+                if self.info.options.get(CUSTOM_OBJECTS_SHA256) != file_sha256(file):
+                    raise CorruptEntry(
+                        f"{file} does not match the SHA-256 recorded in model.yaml; refusing to "
+                        "unpickle it (the file changed after it was saved)"
+                    )
                 with file.open("rb") as fh:
                     self._custom_objects = cloudpickle.load(fh)
             else:
@@ -357,11 +382,9 @@ def create(
         raise InvalidArgument("'latest' is not a version you can save under; omit the version")
     frameworks.load(module)  # validates the module name against the registry
     created = dt.datetime.now(dt.UTC)
-    info_fields = {
-        "signatures": validate_signatures(signatures),
-        "labels": validate_labels(labels),
-        "metadata": validate_metadata(metadata),
-    }
+    checked_signatures = validate_signatures(signatures)
+    checked_labels = validate_labels(labels)
+    checked_metadata = validate_metadata(metadata)
     if custom_objects is not None and not isinstance(custom_objects, Mapping):
         raise InvalidArgument("custom_objects must be a mapping of name to object")
     with store.staging() as staged:
@@ -371,16 +394,20 @@ def create(
         if custom_objects:
             import cloudpickle
 
-            with (staged / CUSTOM_OBJECTS_FILE).open("wb") as fh:
+            objects_file = staged / CUSTOM_OBJECTS_FILE
+            with objects_file.open("wb") as fh:
                 cloudpickle.dump(dict(custom_objects), fh)
+            draft.options[CUSTOM_OBJECTS_SHA256] = file_sha256(objects_file)
         info = ModelInfo(
             name=tag.name,
             version=str(tag.version),
             module=module,
             creation_time=created,
+            labels=checked_labels,
+            metadata=checked_metadata,
             options=draft.options,
+            signatures=checked_signatures,
             context=draft.context,
-            **info_fields,
         )
         info.dump(staged / MODEL_FILE)
         entry = store.commit(staged, tag)
@@ -405,23 +432,32 @@ class BrokenEntry:
     error: str
 
 
-def scan(name: str | None = None, *, store: Store | None = None) -> tuple[builtins.list[Model], builtins.list[BrokenEntry]]:
+def scan(
+    name: str | None = None, *, store: Store | None = None
+) -> tuple[builtins.list[Model], builtins.list[BrokenEntry]]:
     """Every readable model (newest first) and every broken entry."""
     store = store or default_store()
     if name is not None:
         name = Tag(name).name
     found: builtins.list[Model] = []
     broken: builtins.list[BrokenEntry] = []
-    for entry in store.entries(name):
+    for entry_name, version, path in store.version_dirs(name):
+        tag = f"{entry_name}:{version}"
+        if not (is_valid_part(entry_name) and is_valid_part(version)):
+            error = f"directory {path} is not a valid tag: a name or version is {RULE}"
+            broken.append(BrokenEntry(tag, str(path), error))
+            continue
         try:
-            found.append(Model.from_path(entry.path))
+            found.append(Model.from_path(path))
         except TiffinError as exc:
-            broken.append(BrokenEntry(str(entry.tag), str(entry.path), str(exc)))
+            broken.append(BrokenEntry(tag, str(path), str(exc)))
     found.sort(key=lambda m: (m.creation_time, m.tag.version or ""), reverse=True)
     return found, broken
 
 
-def list(name: str | None = None, *, store: Store | None = None) -> builtins.list[Model]:  # noqa: A001
+def list(  # the public name is tiffin.models.list
+    name: str | None = None, *, store: Store | None = None
+) -> builtins.list[Model]:
     """Models in the store, newest first; broken entries are skipped (see :func:`scan`)."""
     return scan(name, store=store)[0]
 
@@ -431,7 +467,9 @@ def delete(tag: Tag | str, *, store: Store | None = None) -> Tag:
     return (store or default_store()).delete(tag)
 
 
-def export_model(tag: Tag | str, path: str | os.PathLike[str], *, store: Store | None = None) -> str:
+def export_model(
+    tag: Tag | str, path: str | os.PathLike[str], *, store: Store | None = None
+) -> str:
     """Write the model as one archive; ``path`` is a file, or a directory to put it in."""
     model = get(tag, store=store)
     target = Path(path).expanduser()
@@ -440,6 +478,8 @@ def export_model(tag: Tag | str, path: str | os.PathLike[str], *, store: Store |
     if not target.parent.is_dir():
         raise NotFound(f"cannot export to {target}: directory {target.parent} does not exist")
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")
+    import tarfile  # here, not at the top: `tiffin models list` never needs it
+
     try:
         with tarfile.open(tmp, "w:gz", compresslevel=1) as tar:
             for child in sorted(Path(model.path).iterdir()):
@@ -477,12 +517,19 @@ def import_model(path: str | os.PathLike[str], *, store: Store | None = None) ->
     source = Path(path).expanduser()
     if not source.is_file():
         raise NotFound(f"archive {source} does not exist")
+    import tarfile
+
     with store.staging() as staged:
         try:
             with tarfile.open(source, "r:*") as tar:
                 members = tar.getmembers()
                 for member in members:
                     _check_member(member, str(source))
+                # tarfile stops at the end-of-archive blocks, before the gzip trailer: read on to
+                # the end so a stream cut short or corrupted fails its length and CRC check
+                assert tar.fileobj is not None
+                while tar.fileobj.read(1 << 20):
+                    pass
                 tar.extractall(staged, members=members, filter="data")
         except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
             raise InvalidArchive(
@@ -490,7 +537,14 @@ def import_model(path: str | os.PathLike[str], *, store: Store | None = None) ->
             ) from exc
         if not (staged / MODEL_FILE).is_file():
             raise InvalidArchive(f"{source} holds no {MODEL_FILE}; nothing was imported")
-        info = ModelInfo.load(staged / MODEL_FILE)
+        try:
+            info = ModelInfo.load(staged / MODEL_FILE)
+        except CorruptEntry as exc:
+            raise InvalidArchive(
+                f"{source} holds a {MODEL_FILE} tiffin cannot read ({exc}); nothing was imported"
+            ) from exc
+        if info.tag.is_latest:
+            raise InvalidArchive(f"{source} names version 'latest'; nothing was imported")
         entry = store.commit(staged, info.tag)
     return Model(info, entry.path)
 

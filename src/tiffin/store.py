@@ -19,8 +19,14 @@ from pathlib import Path
 import yaml
 from filelock import FileLock
 
-from tiffin.exceptions import AlreadyExists, CorruptEntry, NotFound, StoreError
-from tiffin.tag import LATEST, Tag
+from tiffin.exceptions import (
+    AlreadyExists,
+    CorruptEntry,
+    InvalidArgument,
+    NotFound,
+    StoreError,
+)
+from tiffin.tag import LATEST, Tag, is_valid_part
 
 _TMP = ".tmp"
 _LOCKS = ".locks"
@@ -80,11 +86,29 @@ class Store:
 
     # -- paths and locks ------------------------------------------------------------------
 
+    def _not_a_directory(self, path: Path) -> StoreError:
+        return StoreError(
+            f"{self.kind} store {self.root} cannot be used: {path} is not a directory; "
+            "point TIFFIN_HOME at a directory"
+        )
+
+    def _root_exists(self) -> bool:
+        """Whether the store directory exists; a file in its place (or above it) is an error.
+
+        ``Path.exists()`` says False for ``file/models`` when ``file`` is a regular file, which
+        would make a misconfigured ``TIFFIN_HOME`` look like an empty store.
+        """
+        if self.root.is_dir():
+            return True
+        for path in (self.root, *self.root.parents):
+            if path.exists():
+                if not path.is_dir():
+                    raise self._not_a_directory(path)
+                return False
+        return False
+
     def _ensure_root(self) -> None:
-        if self.root.exists() and not self.root.is_dir():
-            raise StoreError(
-                f"{self.kind} store {self.root} is not a directory; point TIFFIN_HOME at a directory"
-            )
+        self._root_exists()
         try:
             (self.root / _TMP).mkdir(parents=True, exist_ok=True)
             (self.root / _LOCKS).mkdir(exist_ok=True)
@@ -114,24 +138,37 @@ class Store:
     # -- reading --------------------------------------------------------------------------
 
     def names(self) -> list[str]:
-        if not self.root.is_dir():
-            if self.root.exists():
-                raise StoreError(
-                    f"{self.kind} store {self.root} is not a directory; "
-                    "point TIFFIN_HOME at a directory"
-                )
+        """Names of the directories under the root, as found on disk (not validated)."""
+        if not self._root_exists():
             return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and p.name[0] != ".")
+        try:
+            return sorted(p.name for p in self.root.iterdir() if p.is_dir() and p.name[0] != ".")
+        except OSError as exc:
+            raise StoreError(f"cannot read {self.kind} store {self.root}: {exc}") from exc
 
-    def entries(self, name: str | None = None) -> Iterator[Entry]:
-        """Every version directory, optionally of one name (not validated; not sorted)."""
+    def version_dirs(self, name: str | None = None) -> Iterator[tuple[str, str, Path]]:
+        """Every ``(name, version, path)`` directory as found on disk, valid tag or not."""
         for entry_name in [name] if name else self.names():
             base = self.root / entry_name
             if not base.is_dir():
                 continue
-            for child in base.iterdir():
+            try:
+                children = sorted(base.iterdir())
+            except OSError as exc:
+                raise StoreError(f"cannot read {base}: {exc}") from exc
+            for child in children:
                 if child.name[0] != "." and child.is_dir():
-                    yield Entry(Tag(entry_name, child.name), child)
+                    yield entry_name, child.name, child
+
+    def entries(self, name: str | None = None) -> Iterator[Entry]:
+        """Every version directory whose name and version obey the tag rule (not sorted).
+
+        Directories made by hand with other names (``Iris``, ``my model``) are left out rather
+        than lower-cased into a tag that does not match their path; see :meth:`version_dirs`.
+        """
+        for entry_name, version, path in self.version_dirs(name):
+            if is_valid_part(entry_name) and is_valid_part(version):
+                yield Entry(Tag(entry_name, version), path)
 
     def _recompute_latest(self, name: str) -> str | None:
         newest = max(
@@ -158,10 +195,12 @@ class Store:
         tag = Tag.from_taglike(tag)
         if not tag.is_latest:
             return tag
+        self._root_exists()
         latest_file = self.root / tag.name / LATEST
+        version: str | None
         with contextlib.suppress(OSError):
             version = latest_file.read_text(encoding="utf-8").strip()
-            if version and (self.root / tag.name / version).is_dir():
+            if is_valid_part(version) and (self.root / tag.name / version).is_dir():
                 return Tag(tag.name, version)
         if not (self.root / tag.name).is_dir():
             raise self._not_found(tag)
@@ -179,6 +218,7 @@ class Store:
 
     def get(self, tag: Tag | str) -> Entry:
         resolved = self.resolve(tag)
+        self._root_exists()
         path = self.root / resolved.name / str(resolved.version)
         if not path.is_dir():
             raise self._not_found(resolved)
@@ -209,11 +249,13 @@ class Store:
 
     def commit(self, staged: Path, tag: Tag) -> Entry:
         """Move a complete staged directory into place as ``tag`` and update ``latest``."""
-        assert tag.version is not None and not tag.is_latest
+        if tag.version is None or tag.is_latest:
+            raise InvalidArgument(f"cannot save {self.kind} '{tag}': it needs a concrete version")
         final = self.root / tag.name / tag.version
         try:
-            (self.root / tag.name).mkdir(exist_ok=True)
             with self.lock(tag.name):
+                # inside the lock: a delete of the last version removes the empty name directory
+                (self.root / tag.name).mkdir(exist_ok=True)
                 if final.exists():
                     raise AlreadyExists(
                         f"{self.kind} '{tag}' already exists in store {self.root}; "
@@ -239,6 +281,8 @@ class Store:
         self._ensure_root()
         try:
             with self.lock(name):
+                if not entry.path.is_dir():  # deleted by another process since get()
+                    raise self._not_found(entry.tag)
                 trash = self.root / _TMP / f"{os.getpid()}-del-{uuid.uuid4().hex}"
                 os.rename(entry.path, trash)
                 shutil.rmtree(trash, ignore_errors=True)

@@ -7,28 +7,19 @@ unpickling, so a file swapped or corrupted after saving is refused rather than r
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tiffin.exceptions import CorruptEntry, InvalidArgument
 from tiffin.frameworks import check_methods
-from tiffin.models import create, validate_signatures
+from tiffin.models import create, file_sha256, validate_signatures
 
 if TYPE_CHECKING:
     from tiffin.models import Model
     from tiffin.store import Store
 
 PICKLE_FORMAT = "cloudpickle"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save_pickled(
@@ -64,7 +55,7 @@ def save_pickled(
         except (TypeError, AttributeError, cloudpickle.pickle.PicklingError) as exc:
             raise InvalidArgument(f"cannot pickle {type(obj).__name__}: {exc}") from exc
         draft.options.update(
-            {"serialization": PICKLE_FORMAT, "file": filename, "sha256": _sha256(target)}
+            {"serialization": PICKLE_FORMAT, "file": filename, "sha256": file_sha256(target)}
         )
         draft.context["framework_versions"].update(framework_versions)
     assert draft.model is not None
@@ -81,7 +72,7 @@ def load_pickled(model: Model) -> Any:
     expected = model.info.options.get("sha256")
     if not path.is_file():
         raise CorruptEntry(f"model '{model.tag}' is missing its file {path}")
-    if expected != _sha256(path):
+    if expected != file_sha256(path):
         raise CorruptEntry(
             f"{path} does not match the SHA-256 recorded in model.yaml; refusing to unpickle it "
             "(the file changed after it was saved)"
