@@ -86,6 +86,14 @@ class RunnerError(TiffinError):
     """A runner was used wrongly, or its model raised."""
 
 
+class InvalidOutput(TiffinError):
+    """An API function returned a value its output descriptor cannot encode (a server-side bug)."""
+
+    http_status = 500
+    exit_code = 1
+    error_code = "INVALID_OUTPUT"
+
+
 class Overloaded(TiffinError):
     """A call waited in a batching queue past its runner's max_latency_ms."""
 
