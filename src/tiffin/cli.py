@@ -32,6 +32,22 @@ def human_size(size: int) -> str:
     raise AssertionError("unreachable")
 
 
+def echo_table(headers: list[str], rows: list[list[str]]) -> None:
+    """Left-aligned columns two spaces apart, header in bold on a terminal.
+
+    Written out rather than drawn with rich: rendering a rich Table of a few hundred rows
+    (plus importing rich) was most of the time `tiffin models list` took.
+    """
+    widths = [max(len(cell) for cell in column) for column in zip(headers, *rows, strict=True)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
+    click.echo(click.style(line(headers), bold=True))
+    for row in rows:
+        click.echo(line(row))
+
+
 def emit(data: Any, output: str) -> None:
     if output == "json":
         click.echo(json.dumps(data, indent=2, ensure_ascii=False))
@@ -63,32 +79,30 @@ def models_list(name: str | None, output: str) -> None:
     from tiffin import models as store_models
 
     found, broken = store_models.scan(name)
-    rows = [
-        {
-            "tag": str(m.tag),
-            "module": m.info.module,
-            "size_bytes": m.size_bytes(),
-            "creation_time": m.creation_time.isoformat(),
-            "labels": m.info.labels,
-        }
-        for m in found
-    ]
     if output == "table":
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(box=None, header_style="bold")
-        for column in ("Tag", "Module", "Size", "Creation Time"):
-            table.add_column(column)
-        for model, row in zip(found, rows, strict=True):
-            table.add_row(
-                row["tag"],
-                row["module"],
-                human_size(row["size_bytes"]),
-                model.creation_time.strftime("%Y-%m-%d %H:%M:%S"),
-            )
-        Console(soft_wrap=True).print(table)
+        echo_table(
+            ["Tag", "Module", "Size", "Creation Time"],
+            [
+                [
+                    str(m.tag),
+                    m.info.module,
+                    human_size(m.size_bytes()),
+                    m.creation_time.strftime("%Y-%m-%d %H:%M:%S"),
+                ]
+                for m in found
+            ],
+        )
     else:
+        rows = [
+            {
+                "tag": str(m.tag),
+                "module": m.info.module,
+                "size_bytes": m.size_bytes(),
+                "creation_time": m.creation_time.isoformat(),
+                "labels": m.info.labels,
+            }
+            for m in found
+        ]
         emit(rows, output)
     for entry in broken:
         click.echo(f"tiffin: warning: broken entry {entry.tag}: {entry.error}", err=True)
