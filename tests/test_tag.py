@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 
@@ -124,4 +125,4 @@ def test_generated_versions_shape() -> None:
 def test_generated_versions_are_unique_and_strictly_increasing() -> None:
     versions = [new_version() for _ in range(5000)]
     assert len(set(versions)) == len(versions)
-    assert all(a < b for a, b in zip(versions, versions[1:], strict=False))
+    assert all(a < b for a, b in itertools.pairwise(versions))
