@@ -379,12 +379,16 @@ def test_a_store_that_is_not_writable(
     gone = save("gone")
     archive = Path(models.export_model(gone.tag, read_only_home.parent))
     models.delete(gone.tag)
+    (read_only_home / "models" / "kept" / "latest").unlink()  # must be found without writing
     _lock_down(read_only_home.parent)
     env = dict(subprocess_env, TIFFIN_HOME=str(read_only_home))
 
     listed = run_unprivileged("models", "list", env=env)
     assert listed.returncode == 0, listed.stderr
     assert str(kept.tag) in listed.stdout
+    found = run_unprivileged("models", "get", "kept", "-o", "path", env=env)
+    assert found.returncode == 0, found.stderr
+    assert found.stdout == kept.path + "\n"
 
     imported = run_unprivileged("models", "import", str(archive), env=env)
     assert imported.returncode == 1, imported
