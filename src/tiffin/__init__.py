@@ -13,15 +13,19 @@ from tiffin.exceptions import TiffinError
 from tiffin.tag import Tag
 
 if TYPE_CHECKING:
-    from tiffin import exceptions, models
-    from tiffin.frameworks import picklable_model, sklearn
+    from tiffin import exceptions, io, models
+    from tiffin.frameworks import mlflow, picklable_model, sklearn
     from tiffin.runner import Runnable, Runner
+    from tiffin.service import Service
 
 # attribute -> module that provides it (a module itself when the names match)
 _LAZY: dict[str, str] = {
     "Runnable": "tiffin.runner",
     "Runner": "tiffin.runner",
+    "Service": "tiffin.service",
     "exceptions": "tiffin.exceptions",
+    "io": "tiffin.io",
+    "mlflow": "tiffin.frameworks.mlflow",
     "models": "tiffin.models",
     "picklable_model": "tiffin.frameworks.picklable_model",
     "sklearn": "tiffin.frameworks.sklearn",
@@ -45,10 +49,12 @@ def __dir__() -> list[str]:
 __all__ = [
     "Runnable",
     "Runner",
+    "Service",
     "Tag",
     "TiffinError",
     "__version__",
     "exceptions",
+    "mlflow",
     "models",
     "picklable_model",
     "sklearn",

@@ -159,5 +159,127 @@ def models_import(path: str) -> None:
     click.echo(f"imported model '{model.tag}'")
 
 
+@models.command("import-mlflow")
+@click.argument("name")
+@click.argument("model_uri")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE",
+              help="A label to attach (repeatable).")
+@click.option("--batchable", is_flag=True, help="Allow adaptive batching of predict calls.")
+@click.option("--flavor", default=None, metavar="FLAVOR",
+              help="How to run it: pyfunc (default), native, or a flavor such as sklearn.")
+def models_import_mlflow(
+    name: str, model_uri: str, labels: tuple[str, ...], batchable: bool, flavor: str | None
+) -> None:
+    """Import an MLflow model: a path, runs:/, models:/, s3://, or any MLflow model URI."""
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from tiffin.frameworks import mlflow as tiffin_mlflow
+
+    parsed: dict[str, str] = {}
+    for item in labels:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--label")
+        parsed[key] = value
+    # The progress bar appears (on stderr) once an artifact passes 1 MiB; small ones stay quiet.
+    progress = Progress(
+        TextColumn("importing {task.description}"), BarColumn(), DownloadColumn(binary_units=True),
+        TimeElapsedColumn(), console=Console(stderr=True),
+    )
+    task = progress.add_task(model_uri, total=None)
+
+    def show(done: int, total: int | None) -> None:
+        if not progress.live.is_started and max(done, total or 0) >= 1 << 20:
+            progress.start()
+        progress.update(task, completed=done, total=total)
+
+    try:
+        model = tiffin_mlflow.import_model(
+            name,
+            model_uri,
+            signatures={"predict": {"batchable": batchable}},
+            labels=parsed,
+            flavor=flavor,
+            progress=show,
+        )
+    finally:
+        if progress.live.is_started:
+            progress.stop()
+    click.echo(f"imported model '{model.tag}'")
+
+
+@models.command("predict")
+@click.argument("tag")
+@click.option("--method", "-m", default="predict", show_default=True)
+@click.option("--input", "-i", "input_path", required=True, type=click.Path(dir_okay=False),
+              help="A .json, .csv, .npy or .parquet file.")
+@click.option("-o", "--output", type=click.Choice(["json", "csv"]), default="json",
+              show_default=True)
+def models_predict(tag: str, method: str, input_path: str, output: str) -> None:
+    """Run a stored model once on a file's data, like `mlflow models predict`."""
+    from tiffin import inputs
+    from tiffin import models as store_models
+    from tiffin.exceptions import InvalidArgument
+
+    model = store_models.get(tag)
+    payload = inputs.read_file(input_path)
+    runner = model.to_runner()
+    if method not in runner.methods:
+        raise InvalidArgument(
+            f"model '{model.tag}' has no method {method!r}; it has {sorted(runner.methods)}"
+        )
+    runner.init_local()
+    try:
+        result = runner.methods[method].run(payload)
+    except TiffinError:
+        raise
+    except Exception as exc:
+        raise TiffinError(
+            f"model '{model.tag}' {method} failed on {input_path}: {type(exc).__name__}: {exc}"
+        ) from exc
+    finally:
+        runner.destroy()
+    if output == "csv":
+        click.echo(inputs.to_csv(result), nl=False)
+    else:
+        click.echo(json.dumps({"predictions": inputs.to_jsonable(result)}))
+
+
+def _serve_options(func: Any) -> Any:
+    options = [
+        click.option("--host", default=None, help="Bind address [default: 127.0.0.1]."),
+        click.option("--port", type=int, default=None, help="Port [default: 3000]."),
+        click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+                     help="YAML settings file (or TIFFIN_CONFIG)."),
+        click.option("--max-body-size", type=int, default=None,
+                     help="Largest request body in bytes; 413 above it [default: 64 MiB]."),
+        click.option("--api-timeout", "api_timeout_s", type=float, default=None,
+                     help="Seconds per request before a 504 [default: 60]."),
+        click.option("--log-level", default=None,
+                     type=click.Choice(["debug", "info", "warning", "error", "critical"])),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _settings(config_file: str | None, **overrides: Any) -> Any:
+    from tiffin.config import load_settings
+
+    return load_settings(config_file, overrides)
+
+
+@main.command()
+@click.argument("target")
+@_serve_options
+@click.option("--reload", is_flag=True, help="Restart when source files change (development).")
+def serve(target: str, config_file: str | None, reload: bool, **overrides: Any) -> None:
+    """Serve a tiffin.Service: TARGET is module:attr or path/to/file.py:attr."""
+    from tiffin.serve import serve as run_serve
+
+    run_serve(target, _settings(config_file, **overrides), reload=reload)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

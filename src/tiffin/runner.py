@@ -110,7 +110,9 @@ class Runnable:
 
 
 def _batch_dim(value: int | Sequence[int]) -> int | tuple[int, int]:
-    if isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(value, bool):
+        raise InvalidArgument("batch_dim must be an int or a pair (input_dim, output_dim)")
+    if isinstance(value, int):
         return value
     dims = tuple(value)
     if len(dims) != 2 or not all(isinstance(d, int) for d in dims):
@@ -130,7 +132,9 @@ def _background_loop() -> asyncio.AbstractEventLoop:
     with _bg_lock:
         if _bg_loop is None or _bg_loop.is_closed():
             loop = asyncio.new_event_loop()
-            threading.Thread(target=loop.run_forever, name="tiffin-runner-loop", daemon=True).start()
+            threading.Thread(
+                target=loop.run_forever, name="tiffin-runner-loop", daemon=True
+            ).start()
             _bg_loop = loop
         return _bg_loop
 
@@ -246,6 +250,15 @@ class Runner:
             f"runner {self.__dict__.get('name')!r} has no method {name!r}; "
             f"it has {sorted(methods)}"
         )
+
+    def configure(
+        self, *, max_batch_size: int | None = None, max_latency_ms: float | None = None
+    ) -> None:
+        """Change batching settings of every method (before the runner is first called)."""
+        overrides = {"max_batch_size": max_batch_size, "max_latency_ms": max_latency_ms}
+        for method in self.methods.values():
+            method.config = _configure(method.config, overrides)
+            method._dispatchers.clear()
 
     @property
     def is_initialized(self) -> bool:

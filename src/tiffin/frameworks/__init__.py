@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from tiffin.tag import Tag
 
 REGISTRY: dict[str, str] = {
+    "mlflow": "tiffin.frameworks.mlflow",
     "sklearn": "tiffin.frameworks.sklearn",
     "picklable_model": "tiffin.frameworks.picklable_model",
 }
@@ -72,7 +73,7 @@ def model_runnable(model: Model, load: Callable[[Model], Any], framework: str) -
         self.model = load(model)
         check_methods(self.model, model.info.signatures, f"loaded {framework} model")
 
-    runnable = type(
+    runnable: type[Runnable] = type(
         f"{framework.title().replace('_', '')}Runnable",
         (Runnable,),
         {"__init__": __init__, "SUPPORTS_CPU_MULTI_THREADING": True},

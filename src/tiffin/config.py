@@ -1,0 +1,141 @@
+"""Server settings in one place: defaults < YAML file < ``TIFFIN_*`` variables < CLI flags.
+
+The YAML file (``--config FILE`` or ``TIFFIN_CONFIG``) looks like::
+
+    host: 127.0.0.1
+    port: 3000
+    api_timeout_s: 60            # per request; 504 when exceeded
+    max_body_size: 67108864      # bytes; 413 above it
+    log_level: info
+    access_log: true
+    runners:
+      iris_clf:                  # runner name
+        max_batch_size: 512      # rows
+        max_latency_ms: 2000
+
+Environment variables: ``TIFFIN_HOST``, ``TIFFIN_PORT``, ``TIFFIN_API_TIMEOUT_S``,
+``TIFFIN_MAX_BODY_SIZE``, ``TIFFIN_LOG_LEVEL``, ``TIFFIN_ACCESS_LOG``, and per runner
+``TIFFIN_RUNNERS__<RUNNER>__MAX_BATCH_SIZE`` / ``..._MAX_LATENCY_MS``. Unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tiffin.exceptions import InvalidArgument
+
+ENV_PREFIX = "TIFFIN_"
+_NOT_SETTINGS = {"TIFFIN_HOME", "TIFFIN_CONFIG", "TIFFIN_MLFLOW_MODEL_PATH"}
+
+
+class RunnerSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_batch_size: int | None = Field(default=None, ge=1)
+    max_latency_ms: float | None = Field(default=None, gt=0)
+
+
+class ServeSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=3000, ge=0, le=65535)
+    api_timeout_s: float = Field(default=60.0, gt=0)
+    max_body_size: int = Field(default=64 * 1024 * 1024, ge=1)
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    access_log: bool = True
+    runners: dict[str, RunnerSettings] = Field(default_factory=dict)
+
+
+def _env_settings(environ: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    fields = set(ServeSettings.model_fields) - {"runners"}
+    for key, value in environ.items():
+        if not key.startswith(ENV_PREFIX) or key in _NOT_SETTINGS:
+            continue
+        rest = key[len(ENV_PREFIX) :].lower()
+        if rest.startswith("runners__"):
+            parts = rest.split("__")
+            if len(parts) != 3:
+                raise InvalidArgument(
+                    f"environment variable {key}: expected TIFFIN_RUNNERS__<RUNNER>__<SETTING>"
+                )
+            out.setdefault("runners", {}).setdefault(parts[1], {})[parts[2]] = value
+        elif rest in fields:
+            out[rest] = value
+        elif rest in {"api_key"}:  # read by other parts
+            continue
+        else:
+            raise InvalidArgument(
+                f"unknown setting in environment variable {key}; known: "
+                + ", ".join(f"TIFFIN_{f.upper()}" for f in sorted(fields))
+            )
+    return out
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(dict(merged[key]), value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_settings(
+    config_file: str | os.PathLike[str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> ServeSettings:
+    """Build settings from the file, the environment and explicit overrides (highest)."""
+    environ = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    config_file = config_file or environ.get("TIFFIN_CONFIG") or None
+    if config_file:
+        data = _read_file(Path(config_file))
+    data = _merge(data, _env_settings(environ))
+    data = _merge(data, {k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return ServeSettings.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidArgument(f"invalid settings{_where(config_file)}: {_summarise(exc)}") from exc
+
+
+def _where(config_file: Any) -> str:
+    return f" (config file {config_file})" if config_file else ""
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InvalidArgument(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(f"cannot read config file {path}: {exc}") from exc
+    except yaml.YAMLError as exc:
+        message = f"config file {path} is not valid YAML: {exc}".replace("\n", " ")
+        raise InvalidArgument(message) from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InvalidArgument(f"config file {path} must hold a mapping of settings")
+    return data
+
+
+def _summarise(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"])
+        if error["type"] == "extra_forbidden":
+            parts.append(f"unknown key {where!r}")
+        else:
+            parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)

@@ -1,0 +1,130 @@
+"""Model inputs from files and JSON, and model outputs as JSON: what ``tiffin models predict``
+and ``tiffin serve-model`` share.
+
+JSON forms accepted: an array of rows (numbers, nested arrays -> ndarray; objects ->
+DataFrame), an object of columns (-> DataFrame), or one of MLflow's envelopes
+(``dataframe_split``, ``dataframe_records``, ``instances``, ``inputs``).
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+from tiffin.exceptions import InvalidArgument, NotFound
+
+SUFFIXES = (".json", ".csv", ".npy", ".parquet")
+_ENVELOPES = ("dataframe_split", "dataframe_records", "instances", "inputs")
+
+
+def _ndarray(value: Any) -> Any:
+    import numpy as np
+
+    try:
+        array = np.asarray(value)
+    except ValueError as exc:
+        raise InvalidArgument(f"input rows are ragged or mixed: {exc}") from exc
+    if array.dtype == object:
+        raise InvalidArgument(
+            "input rows are ragged (rows of different lengths) or mix types; "
+            "send rows of equal length, or objects keyed by column"
+        )
+    return array
+
+
+def from_json(value: Any) -> Any:
+    """A model payload from parsed JSON."""
+    import pandas as pd
+
+    if isinstance(value, dict):
+        keys = [k for k in _ENVELOPES if k in value]
+        if len(keys) > 1:
+            raise InvalidArgument(f"input names more than one of {list(_ENVELOPES)}: {keys}")
+        if keys:
+            key = keys[0]
+            body = value[key]
+            if key == "dataframe_split":
+                if not isinstance(body, dict) or "data" not in body:
+                    raise InvalidArgument("dataframe_split must be {columns, data, index?}")
+                return pd.DataFrame(**{k: body[k] for k in ("columns", "data", "index")
+                                       if k in body})
+            if key == "dataframe_records":
+                return from_json(list(body) if isinstance(body, list) else body)
+            if isinstance(body, dict):
+                return {k: _ndarray(v) for k, v in body.items()}
+            return from_json(body)
+        if not value:
+            raise InvalidArgument("input object has no columns")
+        lengths = {len(v) if isinstance(v, list) else -1 for v in value.values()}
+        if -1 in lengths or len(lengths) != 1:
+            raise InvalidArgument(
+                "an object of columns must map each column name to a list, all of equal length"
+            )
+        return pd.DataFrame(value)
+    if isinstance(value, list):
+        if not value:
+            raise InvalidArgument("input is an empty list; send at least one row")
+        if all(isinstance(row, dict) for row in value):
+            return pd.DataFrame.from_records(value)
+        if any(isinstance(row, dict) for row in value):
+            raise InvalidArgument("input rows mix objects and arrays")
+        return _ndarray(value)
+    raise InvalidArgument(
+        f"input must be a JSON array of rows or an object of columns, got {type(value).__name__}"
+    )
+
+
+def read_file(path: str | Path) -> Any:
+    """Read a .json, .csv, .npy or .parquet file into a model payload."""
+    path = Path(path)
+    if not path.is_file():
+        raise NotFound(f"input file {path} does not exist")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".json":
+            import orjson
+
+            return from_json(orjson.loads(path.read_bytes()))
+        if suffix == ".csv":
+            import pandas as pd
+
+            return pd.read_csv(path)
+        if suffix == ".npy":
+            import numpy as np
+
+            return np.load(path, allow_pickle=False)
+        if suffix == ".parquet":
+            import pandas as pd
+
+            return pd.read_parquet(path)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"{path}: {exc}") from exc
+    except Exception as exc:  # a parser's own error: say which file and why
+        raise InvalidArgument(f"cannot read {path} as {suffix[1:]}: {exc}") from exc
+    raise InvalidArgument(f"unsupported input file type {suffix!r}; use one of {list(SUFFIXES)}")
+
+
+def to_jsonable(result: Any) -> Any:
+    """Model output as plain JSON values (DataFrame -> records, Series/ndarray -> lists)."""
+    module = type(result).__module__.split(".", 1)[0]
+    if module == "pandas":
+        if hasattr(result, "to_dict") and hasattr(result, "columns"):
+            return result.to_dict(orient="records")
+        return result.tolist()
+    if module in ("numpy", "torch"):
+        return result.tolist()
+    if isinstance(result, tuple | list):
+        return [to_jsonable(item) for item in result]
+    if isinstance(result, dict):
+        return {str(k): to_jsonable(v) for k, v in result.items()}
+    return result
+
+
+def to_csv(result: Any) -> str:
+    import pandas as pd
+
+    frame = result if isinstance(result, pd.DataFrame) else pd.DataFrame(to_jsonable(result))
+    buffer = io.StringIO()
+    frame.to_csv(buffer, index=False)
+    return buffer.getvalue()

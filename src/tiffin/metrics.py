@@ -1,0 +1,93 @@
+"""Prometheus metrics of a server: requests by route and status, latency, and the runners'
+batching figures (batch size, queue wait, run time), read from each dispatcher's stats."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from tiffin.service import Service
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class RunnerCollector(Collector):
+    """Translates every batchable runner method's BatchStats into Prometheus families."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, Any] = {
+            "batch_size": HistogramMetricFamily(
+                "tiffin_runner_batch_size", "Rows per batch sent to the model",
+                labels=["runner", "method"],
+            ),
+            "queue_wait_seconds": HistogramMetricFamily(
+                "tiffin_runner_queue_wait_seconds", "Time a call waited before its batch started",
+                labels=["runner", "method"],
+            ),
+            "run_time_seconds": HistogramMetricFamily(
+                "tiffin_runner_batch_run_seconds", "Time the model took per batch",
+                labels=["runner", "method"],
+            ),
+        }
+        counters = {
+            key: CounterMetricFamily(f"tiffin_runner_{key}", text, labels=["runner", "method"])
+            for key, text in (
+                ("calls", "Calls submitted to the batching queue"),
+                ("rows", "Rows submitted to the batching queue"),
+                ("batches", "Batches run"),
+                ("overloaded", "Calls refused because they waited past max_latency_ms"),
+                ("failed_batches", "Batches whose model call raised"),
+                ("cancelled", "Calls whose caller went away before their batch started"),
+            )
+        }
+        for runner in self.service.runners:
+            for method in runner.methods.values():
+                stats = method.stats
+                if stats is None:
+                    continue
+                snap = stats.snapshot()
+                labels = [runner.name, method.name]
+                for key, family in families.items():
+                    hist = snap[key]
+                    buckets = [(_le(bound), float(count)) for bound, count in hist["buckets"]]
+                    family.add_metric(labels, buckets, hist["sum"])
+                for key, counter in counters.items():
+                    counter.add_metric(labels, snap[key])
+        yield from families.values()
+        yield from counters.values()
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(float(bound))
+
+
+class ServerMetrics:
+    """One registry per app, so two apps in one process never share series."""
+
+    def __init__(self, service: Service) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "tiffin_http_requests", "HTTP requests by route, method and status",
+            ["route", "method", "status"], registry=self.registry,
+        )
+        self.latency = Histogram(
+            "tiffin_http_request_duration_seconds", "HTTP request latency by route",
+            ["route"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.registry.register(RunnerCollector(service))
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, method, str(status)).inc()
+        self.latency.labels(route).observe(seconds)
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE

@@ -1,0 +1,122 @@
+"""Starting servers: find the Service a target names, and run it under uvicorn.
+
+This is the one module that starts server processes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from tiffin.config import ServeSettings
+from tiffin.exceptions import InvalidArgument, NotFound
+from tiffin.service import Service
+
+logger = logging.getLogger("tiffin.serve")
+_TARGET_ENV = "TIFFIN_SERVE_TARGET"
+
+
+def _import_file(path: Path) -> Any:
+    module_name = f"_tiffin_service_{abs(hash(str(path)))}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise InvalidArgument(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    sys.path.insert(0, str(path.parent))
+    spec.loader.exec_module(module)
+    return module
+
+
+def resolve_service(target: str, cwd: str | os.PathLike[str] | None = None) -> Service:
+    """The Service named by ``module:attr``, ``path/to/file.py:attr``, or a module holding one.
+
+    An importable module is tried first; built tiffins are looked up only when none matches.
+    """
+    module_part, _, attr = target.partition(":")
+    base = Path(cwd or os.getcwd())
+    if str(base) not in sys.path:
+        sys.path.insert(0, str(base))
+    if module_part.endswith(".py") or "/" in module_part:
+        path = (base / module_part).resolve()
+        if not path.is_file():
+            raise NotFound(f"service file {path} does not exist")
+        module = _import_file(path)
+    else:
+        try:
+            module = importlib.import_module(module_part)
+        except ModuleNotFoundError as exc:
+            if exc.name and module_part.startswith(exc.name):
+                raise NotFound(
+                    f"cannot find service {target!r}: no module named {module_part!r} "
+                    f"(looked in {base} and on sys.path); use module:attr or path/to/file.py:attr"
+                ) from exc
+            raise
+    if attr:
+        service = getattr(module, attr, None)
+        if service is None:
+            raise NotFound(f"module {module_part!r} has no attribute {attr!r}")
+    else:
+        found = [v for v in vars(module).values() if isinstance(v, Service)]
+        if len(found) != 1:
+            raise InvalidArgument(
+                f"module {module_part!r} holds {len(found)} tiffin.Service objects; "
+                "name one with module:attr"
+            )
+        service = found[0]
+    if not isinstance(service, Service):
+        raise InvalidArgument(f"{target!r} is a {type(service).__name__}, not a tiffin.Service")
+    return service
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("tiffin").setLevel(level.upper())
+
+
+def run_app(app: Any, settings: ServeSettings, *, reload_target: str | None = None) -> None:
+    """Serve ``app`` with uvicorn until interrupted (SIGINT/SIGTERM shut down gracefully)."""
+    import uvicorn
+
+    configure_logging(settings.log_level)
+    common: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        "access_log": False,
+        "lifespan": "on",
+        "timeout_graceful_shutdown": 30,
+        "log_config": None,
+    }
+    if reload_target is not None:
+        os.environ[_TARGET_ENV] = reload_target
+        os.environ["TIFFIN_SETTINGS_JSON"] = settings.model_dump_json()
+        uvicorn.run("tiffin.serve:_reload_factory", factory=True, reload=True, **common)
+    else:
+        uvicorn.run(app, **common)
+
+
+def _reload_factory() -> Any:
+    """Used by ``--reload``: uvicorn re-imports the service in a fresh process."""
+    from tiffin.server import build_app
+
+    settings = ServeSettings.model_validate_json(os.environ["TIFFIN_SETTINGS_JSON"])
+    configure_logging(settings.log_level)
+    return build_app(resolve_service(os.environ[_TARGET_ENV]), settings)
+
+
+def serve(target: str, settings: ServeSettings, *, reload: bool = False) -> None:
+    from tiffin.server import build_app
+
+    service = resolve_service(target)
+    app = build_app(service, settings)
+    run_app(app, settings, reload_target=target if reload else None)

@@ -1,0 +1,151 @@
+"""``tiffin.Service``: named APIs over runners, the unit ``tiffin serve`` serves."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from tiffin.exceptions import InvalidArgument
+from tiffin.runner import Runner
+from tiffin.tag import validate_part
+
+if TYPE_CHECKING:
+    from tiffin.io import IODescriptor
+    from tiffin.models import Model
+
+# routes the server itself answers; an API may not take them
+RESERVED_ROUTES = frozenset(
+    {"/", "/livez", "/readyz", "/healthz", "/metrics", "/docs.json", "/docs"}
+)
+MLFLOW_ROUTES = frozenset({"/invocations", "/ping", "/health", "/version"})
+_ROUTE_RE = re.compile(r"^/[A-Za-z0-9_./~-]*$")
+
+Hook = Callable[[], Any] | Callable[[], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class API:
+    """One endpoint: a function, how its input is decoded and its output encoded."""
+
+    name: str
+    route: str
+    func: Callable[..., Any]
+    input: IODescriptor
+    output: IODescriptor
+    is_async: bool
+    doc: str
+
+    async def call(self, value: Any) -> Any:
+        if self.is_async:
+            return await self.func(value)
+        from starlette.concurrency import run_in_threadpool
+
+        return await run_in_threadpool(self.func, value)
+
+
+class Service:
+    """A named set of APIs and the runners they call.
+
+    ``tiffin.Service("name", runners=[runner, ...])`` then ``@svc.api(input=..., output=...)``.
+    The server initialises every runner at start-up and releases it at shutdown.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        runners: Sequence[Runner] | None = None,
+        models: Sequence[Model] | None = None,
+    ) -> None:
+        self.name = validate_part(name, "service name")
+        self.runners: list[Runner] = []
+        seen: set[str] = set()
+        for runner in runners or []:
+            if not isinstance(runner, Runner):
+                raise InvalidArgument(
+                    f"Service {self.name!r}: runners must be tiffin.Runner objects, "
+                    f"got {type(runner).__name__}"
+                )
+            if runner.name in seen:
+                raise InvalidArgument(
+                    f"Service {self.name!r} has two runners named {runner.name!r}; "
+                    "pass name= to .to_runner() to tell them apart"
+                )
+            seen.add(runner.name)
+            self.runners.append(runner)
+        self.models = list(models or [])
+        self.apis: dict[str, API] = {}
+        self.startup_hooks: list[Hook] = []
+        self.shutdown_hooks: list[Hook] = []
+
+    def api(
+        self,
+        *,
+        input: IODescriptor,
+        output: IODescriptor,
+        route: str | None = None,
+        name: str | None = None,
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Register a function (sync or async) as ``POST /<name>``."""
+        from tiffin.io import IODescriptor
+
+        for role, descriptor in (("input", input), ("output", output)):
+            if not isinstance(descriptor, IODescriptor):
+                raise InvalidArgument(
+                    f"{role}= must be a tiffin.io descriptor such as tiffin.io.NumpyNdarray(), "
+                    f"got {type(descriptor).__name__}"
+                )
+
+        def register(func: Callable[..., Any]) -> Callable[..., Any]:
+            api_name = name or func.__name__
+            if not api_name.isidentifier():
+                raise InvalidArgument(f"API name {api_name!r} must be a Python identifier")
+            api_route = route or f"/{api_name}"
+            if not api_route.startswith("/"):
+                api_route = "/" + api_route
+            if not _ROUTE_RE.match(api_route) or ".." in api_route:
+                raise InvalidArgument(f"API {api_name!r}: route {api_route!r} is not a valid path")
+            if api_route in RESERVED_ROUTES:
+                raise InvalidArgument(
+                    f"API {api_name!r}: route {api_route} is reserved by the tiffin server"
+                )
+            if api_name in self.apis:
+                raise InvalidArgument(f"Service {self.name!r} already has an API {api_name!r}")
+            if any(a.route == api_route for a in self.apis.values()):
+                raise InvalidArgument(f"Service {self.name!r}: two APIs on route {api_route}")
+            self.apis[api_name] = API(
+                name=api_name,
+                route=api_route,
+                func=func,
+                input=input,
+                output=output,
+                is_async=inspect.iscoroutinefunction(func),
+                doc=inspect.getdoc(func) or "",
+            )
+            return func
+
+        return register
+
+    def on_startup(self, func: Hook) -> Hook:
+        """Run ``func`` (sync or async) once the runners are loaded, before serving."""
+        self.startup_hooks.append(func)
+        return func
+
+    def on_shutdown(self, func: Hook) -> Hook:
+        """Run ``func`` (sync or async) when the server stops, before runners are released."""
+        self.shutdown_hooks.append(func)
+        return func
+
+    @property
+    def asgi_app(self) -> Any:
+        """A Starlette application serving this service (default settings)."""
+        from tiffin.server import build_app
+
+        return build_app(self)
+
+    def __repr__(self) -> str:
+        runners = [r.name for r in self.runners]
+        return f"Service(name={self.name!r}, apis={sorted(self.apis)}, runners={runners})"
