@@ -54,6 +54,7 @@ __all__ = [
     "TiffinError",
     "__version__",
     "exceptions",
+    "io",
     "mlflow",
     "models",
     "picklable_model",

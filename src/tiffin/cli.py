@@ -187,7 +187,7 @@ def models_import_mlflow(
         TextColumn("importing {task.description}"), BarColumn(), DownloadColumn(binary_units=True),
         TimeElapsedColumn(), console=Console(stderr=True),
     )
-    task = progress.add_task(model_uri, total=None)
+    task = progress.add_task(model_uri if len(model_uri) <= 32 else "…" + model_uri[-31:])
 
     def show(done: int, total: int | None) -> None:
         if not progress.live.is_started and max(done, total or 0) >= 1 << 20:
@@ -279,6 +279,22 @@ def serve(target: str, config_file: str | None, reload: bool, **overrides: Any) 
     from tiffin.serve import serve as run_serve
 
     run_serve(target, _settings(config_file, **overrides), reload=reload)
+
+
+@main.command("serve-model")
+@click.argument("target")
+@_serve_options
+@click.option("--no-batching", is_flag=True, help="Call predict once per request.")
+def serve_model(target: str, config_file: str | None, no_batching: bool, **overrides: Any) -> None:
+    """Serve one stored model (TAG), or an MLflow model URI imported first."""
+    from tiffin.model_service import build_service, resolve_model
+    from tiffin.serve import run_app
+    from tiffin.server import build_app
+
+    settings = _settings(config_file, **overrides)
+    model = resolve_model(target)
+    click.echo(f"serving model '{model.tag}' ({model.info.module})", err=True)
+    run_app(build_app(build_service(model, batching=not no_batching), settings), settings)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -154,7 +154,7 @@ def mlflow_routes(
 
 
 def _openapi_paths(model: Model) -> dict[str, Any]:
-    signature = model.info.options.get("signature") or {}
+    signature = (model.info.context.get("mlflow") or {}).get("signature") or {}
     schema: dict[str, Any] = {
         "type": "object",
         "description": "exactly one of dataframe_split, dataframe_records, instances, inputs; "

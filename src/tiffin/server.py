@@ -50,6 +50,9 @@ def error_response(exc: BaseException, *, where: str = "") -> Response:
         return JSONResponse(
             {"error": exc.error_code, "detail": str(exc)}, exc.http_status, headers=headers
         )
+    status = _foreign_client_error(exc)
+    if status is not None:  # e.g. MLflow's schema enforcement: the input, not the server
+        return JSONResponse({"error": "BAD_REQUEST", "detail": str(exc)}, status)
     if isinstance(exc, TimeoutError):
         return JSONResponse(
             {"error": "TIMEOUT", "detail": f"{where} did not finish within its timeout"}, 504
@@ -64,6 +67,18 @@ def error_response(exc: BaseException, *, where: str = "") -> Response:
         },
         500,
     )
+
+
+def _foreign_client_error(exc: BaseException) -> int | None:
+    """The 4xx status a library's own error carries (MLflow's MlflowException), if any."""
+    getter = getattr(exc, "get_http_status_code", None)
+    if getter is None or type(exc).__module__.split(".")[0] != "mlflow":
+        return None
+    try:
+        status = int(getter())
+    except Exception:
+        return None
+    return status if 400 <= status < 500 else None
 
 
 async def read_body(request: Request, limit: int) -> bytes:
