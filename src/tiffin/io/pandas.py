@@ -37,8 +37,9 @@ class PandasDataFrame(IODescriptor):
 
     ``columns`` are the expected column names: a missing one is a 400; the frame is handed
     on with exactly these columns in this order (extra columns are dropped, or a 400 when
-    ``enforce_shape``). ``dtype`` is one dtype or a ``{column: dtype}`` dict; ``shape`` is
-    ``(rows, columns)`` with -1 as a wildcard.
+    ``enforce_shape``). An API's result must hold them too, and keeps any others. ``dtype``
+    is one dtype or a ``{column: dtype}`` dict; ``shape`` is ``(rows, columns)`` with -1 as
+    a wildcard. Responses are JSON in ``orient``, or CSV/Parquet when the Accept header asks.
     """
 
     request_media_types = (JSON_TYPE, CSV_TYPE, *PARQUET_TYPES, OCTET_TYPE)
@@ -113,8 +114,12 @@ class PandasDataFrame(IODescriptor):
         data = loads_json(body, f"a JSON table (orient {self.orient!r})")
         return frame_from_json(data, body, self.orient, self.columns)
 
-    def _conform(self, df: Any, error: ErrorFactory | None, what: str) -> Any:
-        """Apply columns, dtype and shape; ``error`` raises on a mismatch (None: lenient)."""
+    def _conform(self, df: Any, error: ErrorFactory | None, what: str, select: bool = True) -> Any:
+        """Apply columns, dtype and shape; ``error`` raises on a mismatch (None: lenient).
+
+        ``select`` narrows the frame to ``columns`` in their order (inputs); an API's result
+        keeps the columns it has, so long as the expected ones are there.
+        """
         if self.columns is not None:
             present = set(df.columns)
             missing = [c for c in self.columns if c not in present]
@@ -124,12 +129,12 @@ class PandasDataFrame(IODescriptor):
                     f"{_names(self.columns)}, received {_names(list(df.columns))}"
                 )
             extra = [c for c in df.columns if c not in set(self.columns)]
-            if extra and self.enforce_shape and error is not None:
+            if select and extra and self.enforce_shape and error is not None:
                 raise error(
                     f"{what} has unexpected column(s) {_names(extra)}; expected exactly "
                     f"{_names(self.columns)}"
                 )
-            if not missing and list(df.columns) != self.columns:
+            if select and not missing and list(df.columns) != self.columns:
                 df = df[self.columns]
         if self.dtype is not None:
             df = self._apply_dtype(df, error, what)
@@ -190,7 +195,7 @@ class PandasDataFrame(IODescriptor):
                     f"the API returned {type(obj).__qualname__}, which is not a table ({exc}); "
                     "expected a pandas.DataFrame or Series"
                 ) from exc
-        df = self._conform(obj, InvalidOutput, "the API's returned table")
+        df = self._conform(obj, InvalidOutput, "the API's returned table", select=False)
         return _write(df, media_type, self.orient), media_type
 
     def encode_request(self, obj: Any) -> tuple[bytes, str]:
