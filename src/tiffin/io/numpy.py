@@ -17,10 +17,17 @@ _JSON_KINDS = {"b": "boolean", "i": "integer", "u": "integer", "f": "number", "U
 ErrorFactory = Callable[[str], TiffinError]
 
 
-def _np() -> Any:
-    import numpy
+_numpy: Any = None
 
-    return numpy
+
+def _np() -> Any:
+    """numpy, imported on first use (an import statement per request costs a little)."""
+    global _numpy
+    if _numpy is None:
+        import numpy
+
+        _numpy = numpy
+    return _numpy
 
 
 def _path(index: tuple[int, ...]) -> str:
@@ -98,13 +105,17 @@ class NumpyNdarray(IODescriptor):
         self.shape = shape
         self.enforce_dtype = enforce_dtype
         self.enforce_shape = enforce_shape
+        self._expected_text: str | None = None
 
     # --- parsing -----------------------------------------------------------------------
     def _expected(self) -> str:
-        what = "a JSON array (nested lists)"
-        if self.dtype is not None:
-            what += f" of {self.dtype} values"
-        return what + " or .npy bytes"
+        # built once: formatting a numpy dtype costs microseconds, and this is per request
+        if self._expected_text is None:
+            what = "a JSON array (nested lists)"
+            if self.dtype is not None:
+                what += f" of {self.dtype} values"
+            self._expected_text = what + " or .npy bytes"
+        return self._expected_text
 
     def _from_json(self, body: bytes) -> Any:
         np = _np()
@@ -121,7 +132,7 @@ class NumpyNdarray(IODescriptor):
                 f"ragged array: {_ragged_detail(data)}; expected nested lists of equal length "
                 "at every depth"
             ) from exc
-        if arr.dtype == object:
+        if arr.dtype.kind == "O":
             # null (or objects) among the values: null is NaN when the target dtype is a float
             if self.dtype is not None and self.dtype.kind in "fc":
                 try:
@@ -207,7 +218,7 @@ class NumpyNdarray(IODescriptor):
                     f"the API returned {type(obj).__qualname__}, which is not array-like ({exc}); "
                     "expected a numpy.ndarray"
                 ) from exc
-            if obj.dtype == object:
+            if obj.dtype.kind == "O":
                 raise InvalidOutput(
                     f"the API returned {type(obj).__qualname__} holding Python objects; "
                     "expected a numpy.ndarray of numbers, booleans or strings"
@@ -230,7 +241,7 @@ class NumpyNdarray(IODescriptor):
         """Send .npy: exact dtype and shape, and no JSON parsing on either side."""
         np = _np()
         arr = np.asarray(obj)
-        if arr.dtype == object:
+        if arr.dtype.kind == "O":
             return dumps_json(obj), JSON_TYPE
         return _npy_bytes(arr, InvalidArgument), NPY_TYPES[0]
 
