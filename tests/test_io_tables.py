@@ -287,3 +287,20 @@ def test_openapi() -> None:
     }
     for orient in ORIENTS:
         assert PandasDataFrame(orient=orient).input_schema()["description"].endswith(repr(orient))
+
+
+def test_json_descriptor_writes_pandas_values() -> None:
+    from tiffin.io import JSON
+
+    returned = {
+        "frame": pd.DataFrame({"x": [1, 2]}),
+        "series": pd.Series([1.5, None]),
+        "when": pd.Timestamp("2024-05-06 07:08"),
+        "missing": pd.NA,
+    }
+    assert orjson.loads(JSON().encode_response(returned)[0]) == {
+        "frame": [{"x": 1}, {"x": 2}],
+        "series": [1.5, None],
+        "when": "2024-05-06T07:08:00",
+        "missing": None,
+    }

@@ -52,6 +52,8 @@ def _default(obj: Any) -> Any:
             return orjson.Fragment(obj.to_json(orient="values", date_format="iso"))
         if hasattr(obj, "isoformat"):
             return obj.isoformat()
+        if type(obj).__name__ == "NAType":
+            return None
     if isinstance(obj, set | frozenset):
         return list(obj)
     if hasattr(obj, "tolist"):  # torch tensors, array-likes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import io
 from collections.abc import Sequence
@@ -18,12 +19,14 @@ PARQUET_TYPES = ("application/vnd.apache.parquet", "application/x-parquet")
 OCTET_TYPE = "application/octet-stream"
 
 
+@functools.cache
 def _pd() -> Any:
     import pandas
 
     return pandas
 
 
+@functools.cache
 def _has_pyarrow() -> bool:
     return importlib.util.find_spec("pyarrow") is not None
 
@@ -207,9 +210,12 @@ class PandasDataFrame(IODescriptor):
         media_type, _ = check_content_type(content_type, self.request_media_types)
         if media_type == JSON_TYPE:
             data = loads_json(body)
-            if isinstance(data, list) and (not data or not isinstance(data[0], dict | list)):
+            if isinstance(data, list) and data and not isinstance(data[0], dict | list):
                 return _pd().Series(data)  # a Series answer
-        return self._conform(self._parse(body, media_type), None, "response table")
+            df = frame_from_json(data, body, self.orient, self.columns)
+        else:
+            df = self._parse(body, media_type)
+        return self._conform(df, None, "response table")
 
     # --- documentation -------------------------------------------------------------------
     def input_schema(self) -> dict[str, Any]:
