@@ -452,6 +452,8 @@ def test_json_output_types() -> None:
         "model": Inner(x=1),
         "point": Point(1, 2.0),
         "set": {5},
+        "longdouble": np.ones(2, dtype=np.longdouble),
+        "reversed_dates": np.array(["2020-01-01", "2021-01-01"], dtype="datetime64[s]")[::-1],
         1: "non-string key",
     }
     body, _ = JSON().encode_response(returned)
@@ -463,6 +465,8 @@ def test_json_output_types() -> None:
         "model": {"x": 1},
         "point": {"x": 1, "y": 2.0},
         "set": [5],
+        "longdouble": [1.0, 1.0],
+        "reversed_dates": ["2021-01-01T00:00:00", "2020-01-01T00:00:00"],
         "1": "non-string key",
     }
     assert orjson.loads(JSON().encode_response(Item(name="a", price=1, inner=Inner(x=2)))[0]) == {

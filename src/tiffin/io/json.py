@@ -38,11 +38,15 @@ def _default(obj: Any) -> Any:
     if module == "numpy" and hasattr(obj, "dtype"):
         if obj.dtype.kind == "c":
             raise TypeError("complex numbers have no JSON form")
-        if getattr(obj, "ndim", 0) and obj.dtype.kind in "biuf":
+        flags = getattr(obj, "flags", None)
+        if flags is not None and obj.ndim and not flags.c_contiguous and obj.dtype.kind in "biufM":
             import numpy as np
 
             return np.ascontiguousarray(obj)  # orjson writes it natively, no Python lists
-        return obj.tolist()
+        value = obj.tolist()  # 0-d arrays, strings, dtypes orjson lacks
+        if type(value).__module__ == "numpy":  # longdouble has no Python twin
+            return float(value) if obj.dtype.kind == "f" else str(value)
+        return value
     if is_pydantic_model(obj):
         return obj.model_dump(mode="json")
     if module.startswith("pandas"):
