@@ -123,7 +123,7 @@ def api_endpoint(api: API, state: AppState) -> Callable[[Request], Awaitable[Res
             await read_body(request, limit)
             value = await api.input.from_request(request)
             result = await asyncio.wait_for(api.call(value), timeout)
-            return api.output.to_response(result)
+            return api.output.to_response(result, accept=request.headers.get("accept"))
         except Exception as exc:
             return error_response(exc, where=where)
 
