@@ -1,0 +1,279 @@
+"""What adaptive batching buys: latency and throughput of concurrent one-row callers.
+
+Run with ``python bench/batching.py`` (``--help`` for options). Two models sit behind a
+:class:`tiffin.batching.Dispatcher` with its default settings (max_batch_size 1024,
+max_latency_ms 5000):
+
+* ``synthetic``: a batch of n rows costs ``a·n + b`` (an ``asyncio.sleep``) and returns its
+  input, so every row is its own identity.
+* ``sklearn``: a HistGradientBoostingClassifier on 32 features, trained on synthetic data and
+  sized so that ``predict_proba`` costs about 1.5 ms for one row and 6 ms for 1024 rows (the
+  script measures and prints the real figures). The dispatcher's ``infer`` runs it in a single
+  worker thread (``loop.run_in_executor``), the way a runner does; OpenMP and BLAS are held to
+  one thread (``OMP_NUM_THREADS=1``) so the model is one CPU, as in serving.
+
+For each, 1, 16 and 64 callers loop: take the next row of a pool, call, check the answer is
+exactly that row's (the input itself, or the model's output precomputed for that row), repeat.
+Every measurement gets ``--seconds`` in all, spread over ``--rounds`` rounds that take turns, so
+a shared machine's changing load falls on all of them alike. The baseline is the model called directly and serially, one row at a time, in the
+same process and run; the table also shows one caller calling through the worker thread
+without the dispatcher ("thread"), which separates the cost of the thread hop from the cost
+of batching. Targets: with one caller, median latency within 1.2x of a direct call;
+with 64 callers, at least 10x the baseline's rows/s with p99 latency under 50 ms. The script
+exits 1 when a target is missed.
+
+:func:`measure` only needs an ``async def call(rows)``; point it at ``Runner.async_run`` to time
+the whole runner path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import os
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+# One thread for OpenMP/BLAS in every thread (the model's worker thread included), set before
+# numpy loads: the model is one CPU, as in serving. threadpoolctl would limit the calling
+# thread only, and OpenMP's default of one thread per core makes a worker thread's small
+# predictions ten times slower on a busy machine.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np
+
+from tiffin.batching import Dispatcher
+
+FEATURES = 32
+POOL = 8192
+CONCURRENCY = (1, 16, 64)
+SYNTH_A = 4.4e-6  # seconds per row
+SYNTH_B = 1.5e-3  # seconds per batch
+
+Call = Callable[[np.ndarray], Awaitable[np.ndarray]]
+
+
+@dataclass
+class Result:
+    label: str
+    kind: str  # "direct", "thread" or "batched"
+    concurrency: int
+    latencies: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    batch_rows: float | None = None  # mean rows per model call, when batched
+
+    @property
+    def calls(self) -> int:
+        return len(self.latencies)
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.calls / self.seconds
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.latencies) * 1000
+
+    @property
+    def p99_ms(self) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))] * 1000
+
+    def add(self, other: Result) -> None:
+        self.latencies += other.latencies
+        self.seconds += other.seconds
+
+
+async def measure(
+    call: Call,
+    concurrency: int,
+    pool: np.ndarray,
+    expected: np.ndarray,
+    *,
+    seconds: float,
+) -> Result:
+    """``concurrency`` closed-loop callers of one-row ``call``\\s for ``seconds``.
+
+    Every answer is checked against ``expected`` for exactly the row that was sent.
+    """
+    rows = itertools.count()
+    latencies: list[float] = []
+    stop = time.perf_counter() + seconds
+
+    async def caller() -> None:
+        while time.perf_counter() < stop:
+            i = next(rows) % len(pool)
+            started = time.perf_counter()
+            out = await call(pool[i : i + 1])
+            latencies.append(time.perf_counter() - started)
+            if out.shape[0] != 1 or not np.array_equal(out[0], expected[i]):
+                raise AssertionError(f"a caller sent row {i} and got someone else's rows back")
+
+    started = time.perf_counter()
+    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    return Result("", "", concurrency, latencies, time.perf_counter() - started)
+
+
+def direct(
+    predict: Callable[[np.ndarray], np.ndarray],
+    pool: np.ndarray,
+    expected: np.ndarray,
+    *,
+    seconds: float,
+) -> Result:
+    """The baseline: serial one-row calls straight to the model, no event loop involved."""
+    latencies: list[float] = []
+    stop = time.perf_counter() + seconds
+    started = time.perf_counter()
+    for i in itertools.cycle(range(len(pool))):
+        if time.perf_counter() >= stop:
+            break
+        t0 = time.perf_counter()
+        out = predict(pool[i : i + 1])
+        latencies.append(time.perf_counter() - t0)
+        assert np.array_equal(out[0], expected[i])
+    return Result("", "", 1, latencies, time.perf_counter() - started)
+
+
+def train(trees: int) -> Any:
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4000, FEATURES))
+    y = (x[:, :4].sum(axis=1) + rng.normal(size=len(x)) > 0).astype(int)
+    return HistGradientBoostingClassifier(
+        max_iter=trees, max_depth=2, early_stopping=False, random_state=0
+    ).fit(x, y)
+
+
+def cost_of(predict: Callable[[np.ndarray], Any], x: np.ndarray, repeat: int = 30) -> float:
+    predict(x)
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        predict(x)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1000
+
+
+async def scenario(
+    label: str,
+    infer: Callable[..., Awaitable[Any]],
+    predict: Callable[[np.ndarray], np.ndarray] | None,
+    pool: np.ndarray,
+    expected: np.ndarray,
+    seconds: float,
+    rounds: int,
+) -> list[Result]:
+    """Baseline, thread hop and batched runs of one model, interleaved in ``rounds``.
+
+    Each round runs every measurement for ``seconds / rounds``, so that a shared machine's
+    changing load falls on all of them alike.
+    """
+    dispatcher = Dispatcher(infer, name=f"{label}.predict")
+    await measure(dispatcher.submit, 16, pool, expected, seconds=0.2)  # warm-up
+    results = [Result(label, "direct", 1)]
+    if predict is not None:
+        results.append(Result(label, "thread", 1))
+    batched = {c: Result(label, "batched", c) for c in CONCURRENCY}
+    results += batched.values()
+    counts = {c: [0, 0] for c in CONCURRENCY}  # rows, batches
+    step = seconds / rounds
+    for _ in range(rounds):
+        if predict is not None:
+            results[0].add(direct(predict, pool, expected, seconds=step))
+            results[1].add(await measure(infer, 1, pool, expected, seconds=step))
+        else:  # the synthetic model is async: its direct call is awaited
+            results[0].add(await measure(infer, 1, pool, expected, seconds=step))
+        for concurrency, result in batched.items():
+            stats = dispatcher.stats
+            rows, batches = stats.rows, stats.batches
+            result.add(await measure(dispatcher.submit, concurrency, pool, expected, seconds=step))
+            counts[concurrency][0] += stats.rows - rows
+            counts[concurrency][1] += stats.batches - batches
+    for concurrency, result in batched.items():
+        rows, batches = counts[concurrency]
+        result.batch_rows = rows / max(batches, 1)
+    await dispatcher.aclose()
+    return results
+
+
+def table(results: list[Result]) -> str:
+    lines = [
+        "| model     | callers | calls  | median ms | p99 ms | rows/s  | rows/batch |",
+        "|-----------|--------:|-------:|----------:|-------:|--------:|-----------:|",
+    ]
+    for r in results:
+        batch = r.kind if r.batch_rows is None else f"{r.batch_rows:.1f}"
+        lines.append(
+            f"| {r.label:<9} | {r.concurrency:>7} | {r.calls:>6} | {r.median_ms:>9.2f} "
+            f"| {r.p99_ms:>6.2f} | {r.rows_per_s:>7.0f} | {batch:>10} |"
+        )
+    return "\n".join(lines)
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    rng = np.random.default_rng(1)
+    pool = rng.normal(size=(POOL, FEATURES))
+    seconds = args.seconds
+
+    model = train(args.trees)
+    costs = {n: cost_of(model.predict_proba, pool[:n]) for n in (1, 64, 1024)}
+    print(
+        f"sklearn model: HistGradientBoostingClassifier({args.trees} trees, depth 2) on "
+        f"{FEATURES} features; predict_proba costs "
+        + ", ".join(f"{ms:.2f} ms for {n} rows" for n, ms in costs.items())
+    )
+    expected = model.predict_proba(pool)
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bench-model")
+    loop = asyncio.get_running_loop()
+
+    async def infer_model(x: np.ndarray) -> np.ndarray:
+        return await loop.run_in_executor(executor, model.predict_proba, x)
+
+    async def infer_synthetic(x: np.ndarray) -> np.ndarray:
+        await asyncio.sleep(SYNTH_A * len(x) + SYNTH_B)
+        return x
+
+    results = await scenario(
+        "sklearn", infer_model, model.predict_proba, pool, expected, seconds, args.rounds
+    )
+    results += await scenario("synthetic", infer_synthetic, None, pool, pool, seconds, args.rounds)
+    executor.shutdown()
+
+    print()
+    print(table(results))
+    print()
+    ok = True
+    for label in ("sklearn", "synthetic"):
+        mine = {(r.kind, r.concurrency): r for r in results if r.label == label}
+        base = mine["direct", 1]
+        latency = mine["batched", 1].median_ms / base.median_ms
+        speedup = mine["batched", 64].rows_per_s / base.rows_per_s
+        p99 = mine["batched", 64].p99_ms
+        good = latency <= 1.2 and speedup >= 10 and p99 < 50
+        ok = ok and good
+        print(
+            f"{label:<9}: 1 caller median latency {latency:.2f}x direct (target <= 1.2x); "
+            f"64 callers {speedup:.1f}x direct rows/s (target >= 10x), "
+            f"p99 {p99:.1f} ms (target < 50 ms)  {'OK' if good else 'MISSED'}"
+        )
+    return 0 if ok else 1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--seconds", type=float, default=2.0, help="per measurement (2)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (5)")
+    parser.add_argument("--trees", type=int, default=330, help="size of the sklearn model (330)")
+    return asyncio.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

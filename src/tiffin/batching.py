@@ -1,0 +1,571 @@
+"""Adaptive batching: many single calls in, few batched model calls out.
+
+A :class:`Dispatcher` sits in front of one batchable runner method. Callers ``await
+dispatcher.submit(payload, ..., **options)`` and get exactly their own rows back; behind them one
+loop task merges waiting calls into batches, runs each with the runner's ``infer`` coroutine and
+splits the result. Plain asyncio: no models, no HTTP, no threads of its own.
+
+How a batch is formed
+---------------------
+* One FIFO queue. The oldest waiting call is always in the next batch; the batch then takes the
+  following calls, in queue order, that have the same batch key while they fit in
+  ``max_batch_size`` rows. The batch key is the call's keyword arguments (compared with ``==``)
+  plus the kind and non-batch shape of its positional payloads; calls with different keys never
+  share a batch (they keep their place in the queue).
+* Rows, not requests: a call carrying 64 rows counts 64. A call of more than ``max_batch_size``
+  rows is cut into consecutive chunks of at most ``max_batch_size`` rows, queued one after the
+  other, and re-joined in order for its caller; it is never rejected.
+* Continuous batching: when the model is idle and calls wait, a batch starts. While a batch runs,
+  new calls queue up and form the next one, so batches grow with load by themselves.
+* A learned cost model decides whether to hold an idle model back a moment: a least-squares fit
+  of ``duration ≈ a·n + b`` over the last 50 batches (n rows), and the arrival rate λ (rows/s)
+  over the last ``4·b`` seconds. Holding pays off only if more rows are expected to arrive
+  within the fixed cost ``b`` than are already queued (``λ·b ≥ queued + 1``). A hold ends as soon
+  as that stops being true, when no call has arrived for ``2/λ`` (the callers are all waiting),
+  or ``b`` after the oldest call arrived, whichever comes first. Until the model has run a batch
+  nothing is held, and after a quiet spell λ is 0: a lone call on an idle dispatcher runs at once.
+* ``max_concurrency`` batches run at a time (default 1: the model is one resource).
+
+The knobs
+---------
+``max_batch_size``
+    The most rows one call to ``infer`` receives (default 1024). Larger calls are split.
+``max_latency_ms``
+    The longest a call may wait in the queue before its batch starts (default 5000 ms). It is a
+    deadline, not a wait window: calls are never held on purpose for anywhere near this long. A
+    call still queued when it passes is answered at once with :class:`~tiffin.exceptions.
+    Overloaded` (HTTP 503 with ``Retry-After``). A batch that has started is never cancelled,
+    however long it takes.
+
+Failures and cancellation
+-------------------------
+If ``infer`` raises, every call of that batch receives the exception, and the next batch runs as
+usual. A caller whose task is cancelled (its client hung up) leaves the queue and its rows are
+never sent to the model; if its batch had already started, the result is dropped.
+
+Event loops
+-----------
+A dispatcher binds to the event loop of its first ``submit``; its loop task starts then. Using it
+from another running loop is an error, except after the first loop has been closed (as by one
+``asyncio.run`` per call), when it binds afresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import math
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tiffin import containers
+from tiffin.exceptions import InvalidArgument, Overloaded, RunnerError
+
+__all__ = ["BatchStats", "CostModel", "Dispatcher", "Histogram"]
+
+# Bucket upper bounds, Prometheus style (a +Inf bucket is implied).
+SIZE_BUCKETS: tuple[float, ...] = tuple(float(2**i) for i in range(14))  # 1 .. 8192 rows
+SECONDS_BUCKETS: tuple[float, ...] = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+
+_QUEUED, _STARTED, _DROPPED = 0, 1, 2
+
+
+class Histogram:
+    """A cumulative histogram (Prometheus semantics: bucket ``le`` counts values ``<= le``)."""
+
+    __slots__ = ("_counts", "bounds", "count", "sum")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(sorted(bounds))
+        self._counts = [0] * (len(self.bounds) + 1)
+        self.count = 0
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self._counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.count += 1
+        self.sum += value
+
+    def snapshot(self) -> dict[str, Any]:
+        """``{"buckets": [(le, cumulative count), ..., (inf, count)], "count", "sum"}``."""
+        running = 0
+        buckets: list[tuple[float, int]] = []
+        for bound, count in zip((*self.bounds, math.inf), self._counts, strict=True):
+            running += count
+            buckets.append((bound, running))
+        return {"buckets": buckets, "count": self.count, "sum": self.sum}
+
+
+class BatchStats:
+    """What one dispatcher did, cumulative since it was made; read it with :meth:`snapshot`.
+
+    Counters: ``calls`` and ``rows`` submitted, ``batches`` run, ``failed_batches`` (infer
+    raised), ``overloaded`` calls (answered past max_latency_ms), ``cancelled`` calls.
+    Histograms: ``batch_size`` (rows per batch), ``queue_wait`` (seconds a call waited for its
+    batch to start) and ``run_time`` (seconds per batch in ``infer``).
+    """
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.rows = 0
+        self.batches = 0
+        self.failed_batches = 0
+        self.overloaded = 0
+        self.cancelled = 0
+        self.batch_size = Histogram(SIZE_BUCKETS)
+        self.queue_wait = Histogram(SECONDS_BUCKETS)
+        self.run_time = Histogram(SECONDS_BUCKETS)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "calls": self.calls,
+            "rows": self.rows,
+            "batches": self.batches,
+            "failed_batches": self.failed_batches,
+            "overloaded": self.overloaded,
+            "cancelled": self.cancelled,
+            "batch_size": self.batch_size.snapshot(),
+            "queue_wait_seconds": self.queue_wait.snapshot(),
+            "run_time_seconds": self.run_time.snapshot(),
+        }
+
+
+class CostModel:
+    """Least-squares fit of batch duration ``a·n + b`` over the most recent batches."""
+
+    def __init__(self, window: int = 50) -> None:
+        self._samples: deque[tuple[int, float]] = deque(maxlen=window)
+        self.a = 0.0  # seconds per row
+        self.b = 0.0  # fixed seconds per batch
+
+    def add(self, rows: int, seconds: float) -> None:
+        samples = self._samples
+        samples.append((rows, seconds))
+        k = len(samples)
+        mean_n = sum(n for n, _ in samples) / k
+        mean_d = sum(d for _, d in samples) / k
+        var_n = sum((n - mean_n) ** 2 for n, _ in samples)
+        # when every batch had the same size, keep the slope learned so far
+        a = sum((n - mean_n) * (d - mean_d) for n, d in samples) / var_n if var_n else self.a
+        a = max(a, 0.0)
+        b = mean_d - a * mean_n
+        if b < 0:  # the fit went through below the origin: take a line through it
+            b = 0.0
+            a = sum(n * d for n, d in samples) / max(sum(n * n for n, _ in samples), 1)
+        self.a, self.b = a, b
+
+    def predict(self, rows: int) -> float:
+        return self.a * rows + self.b
+
+
+@dataclass(eq=False, slots=True)
+class _Entry:
+    """One queued call (or one chunk of an oversize call)."""
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    signature: Hashable
+    rows: int
+    future: asyncio.Future[Any]
+    enqueued: float
+    state: int = _QUEUED
+
+
+def _same_options(left: dict[str, Any], right: dict[str, Any]) -> bool:
+    if left is right:
+        return True
+    try:
+        return bool(left == right)
+    except Exception:  # e.g. arrays as option values: treat as different
+        return False
+
+
+def _dims(batch_dim: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    if isinstance(batch_dim, int) and not isinstance(batch_dim, bool):
+        return batch_dim, batch_dim
+    if (
+        isinstance(batch_dim, (tuple, list))
+        and len(batch_dim) == 2
+        and all(isinstance(d, int) and not isinstance(d, bool) for d in batch_dim)
+    ):
+        return int(batch_dim[0]), int(batch_dim[1])
+    raise InvalidArgument(
+        f"batch_dim must be an int or an (input_dim, output_dim) pair, not {batch_dim!r}"
+    )
+
+
+class Dispatcher:
+    """Batches the calls of one runner method; see the module docstring for the rules.
+
+    ``infer(*merged_payloads, **options)`` is awaited once per batch. ``batch_dim`` is the
+    dimension the payloads are merged along, or an ``(input_dim, output_dim)`` pair when the
+    result is batched along another dimension than the inputs. ``max_batch_size`` (rows) and
+    ``max_latency_ms`` (queue deadline) are described under "The knobs" above.
+    """
+
+    def __init__(
+        self,
+        infer: Callable[..., Awaitable[Any]],
+        *,
+        name: str = "predict",
+        batch_dim: int | tuple[int, int] | list[int] = 0,
+        max_batch_size: int = 1024,
+        max_latency_ms: float = 5000.0,
+        max_concurrency: int = 1,
+        stats: BatchStats | None = None,
+    ) -> None:
+        if not isinstance(max_batch_size, int) or max_batch_size < 1:
+            raise InvalidArgument(f"max_batch_size must be a positive int, not {max_batch_size!r}")
+        if not max_latency_ms > 0:
+            raise InvalidArgument(f"max_latency_ms must be positive, not {max_latency_ms!r}")
+        if not isinstance(max_concurrency, int) or max_concurrency < 1:
+            raise InvalidArgument(
+                f"max_concurrency must be a positive int, not {max_concurrency!r}"
+            )
+        self.name = name
+        self.input_dim, self.output_dim = _dims(batch_dim)
+        self.max_batch_size = max_batch_size
+        self.max_latency_ms = float(max_latency_ms)
+        self.max_concurrency = max_concurrency
+        self.stats = stats if stats is not None else BatchStats()
+        self.cost = CostModel()
+        self._infer = infer
+        self._limit = self.max_latency_ms / 1000.0
+        self._arrivals: deque[tuple[float, int]] = deque(maxlen=4096)
+        self._arrival_rows = 0
+        self._last_arrival = -math.inf
+        self._closed = False
+        self._bound: asyncio.AbstractEventLoop | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        """Fresh per-loop state (also when rebinding after the old loop closed)."""
+        self._queue: deque[_Entry] = deque()
+        self._queued_rows = 0
+        self._queued_calls = 0
+        self._in_flight = 0
+        self._wake: asyncio.Event = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._batches: set[asyncio.Task[None]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    # -- introspection ------------------------------------------------------------------------
+
+    @property
+    def queued_rows(self) -> int:
+        """Rows waiting in the queue now."""
+        return self._queued_rows
+
+    @property
+    def in_flight(self) -> int:
+        """Batches running now."""
+        return self._in_flight
+
+    def arrival_rate(self, now: float | None = None) -> float:
+        """Rows per second submitted over the last ``4·b`` seconds (the last second before
+        the cost model has learned ``b``)."""
+        if now is None:
+            now = time.monotonic()  # what asyncio's loop.time() reads
+        window = 4 * self.cost.b or 1.0
+        cutoff = now - window
+        arrivals = self._arrivals
+        while arrivals and arrivals[0][0] <= cutoff:
+            self._arrival_rows -= arrivals.popleft()[1]
+        return self._arrival_rows / window
+
+    # -- the caller's side --------------------------------------------------------------------
+
+    async def submit(self, *args: Any, **kwargs: Any) -> Any:
+        """Queue one call and wait for its own rows of the batch result."""
+        loop = self._bind()
+        if not args:
+            raise InvalidArgument(
+                f"batchable runner method '{self.name}' needs at least one positional payload"
+            )
+        dim = self.input_dim
+        rows = containers.batch_size(args[0], dim)
+        for arg in args[1:]:
+            other = containers.batch_size(arg, dim)
+            if other != rows:
+                raise InvalidArgument(
+                    f"the payloads of one call to '{self.name}' hold different row counts "
+                    f"({rows} and {other}) along batch_dim={dim}"
+                )
+        sig = (len(args), *(containers.signature(arg, dim) for arg in args))
+        now = loop.time()
+        self.stats.calls += 1
+        self.stats.rows += rows
+        self._note_arrival(now, rows)
+
+        if rows <= self.max_batch_size:
+            entries = [_Entry(args, kwargs, sig, rows, loop.create_future(), now)]
+        else:
+            sizes = [self.max_batch_size] * (rows // self.max_batch_size)
+            if rows % self.max_batch_size:
+                sizes.append(rows % self.max_batch_size)
+            pieces = [containers.split(arg, sizes, dim) for arg in args]
+            entries = [
+                _Entry(tuple(p[i] for p in pieces), kwargs, sig, size, loop.create_future(), now)
+                for i, size in enumerate(sizes)
+            ]
+        for entry in entries:
+            self._enqueue(entry)
+        self._wake.set()
+        try:
+            if len(entries) == 1:
+                return await entries[0].future
+            futures = [entry.future for entry in entries]
+            await asyncio.wait(futures, return_when=asyncio.FIRST_EXCEPTION)
+            for future in futures:  # in order: the earliest failing chunk's error wins
+                error = future.exception() if future.done() else None
+                if error is not None:
+                    raise error
+            return containers.concat([future.result() for future in futures], self.output_dim)
+        except asyncio.CancelledError:
+            self.stats.cancelled += 1
+            raise
+        except Overloaded:
+            self.stats.overloaded += 1
+            raise
+        finally:
+            for entry in entries:
+                self._drop(entry)
+
+    def _bind(self) -> asyncio.AbstractEventLoop:
+        loop = asyncio.get_running_loop()
+        if self._closed:
+            raise RunnerError(f"runner method '{self.name}' is shut down; its dispatcher is closed")
+        if self._bound is not loop:
+            if self._bound is not None and not self._bound.is_closed():
+                raise RunnerError(
+                    f"the dispatcher of runner method '{self.name}' is bound to another running "
+                    "event loop; call it from the loop it first ran in"
+                )
+            if self._bound is not None:
+                self._reset()
+            self._bound = loop
+        if self._task is None or self._task.done():
+            self._task = loop.create_task(self._run(), name=f"tiffin-dispatcher-{self.name}")
+        return loop
+
+    def _note_arrival(self, now: float, rows: int) -> None:
+        arrivals = self._arrivals
+        if len(arrivals) == arrivals.maxlen:  # bounded memory; the rate reads low, never high
+            self._arrival_rows -= arrivals[0][1]
+        arrivals.append((now, rows))
+        self._arrival_rows += rows
+        self._last_arrival = now
+
+    def _enqueue(self, entry: _Entry) -> None:
+        self._queue.append(entry)
+        self._queued_rows += entry.rows
+        self._queued_calls += 1
+        if self._timer is None:
+            self._arm_timer(entry.enqueued + self._limit)
+
+    def _unqueue(self, entry: _Entry) -> None:
+        """Mark ``entry`` as out of the queue (it stays in the deque until it reaches the front)."""
+        if entry.state == _QUEUED:
+            entry.state = _DROPPED
+            self._queued_rows -= entry.rows
+            self._queued_calls -= 1
+
+    def _drop(self, entry: _Entry) -> None:
+        """The caller is done with ``entry``: out of the queue, its future settled and read."""
+        self._unqueue(entry)
+        future = entry.future
+        if not future.done():
+            future.cancel()
+        elif not future.cancelled():
+            future.exception()  # mark a fanned-out error as retrieved
+
+    # -- the deadline -------------------------------------------------------------------------
+
+    def _arm_timer(self, when: float) -> None:
+        assert self._bound is not None
+        self._timer = self._bound.call_at(when, self._expire, when)
+
+    def _expire(self, when: float) -> None:
+        """Answer every call whose deadline is ``when`` or earlier with Overloaded."""
+        self._timer = None
+        queue = self._queue
+        while queue:
+            entry = queue[0]
+            if entry.state != _QUEUED:
+                queue.popleft()
+                continue
+            if entry.enqueued + self._limit > when:
+                self._arm_timer(entry.enqueued + self._limit)
+                return
+            queue.popleft()
+            self._drop_with(entry, self._overloaded(when - entry.enqueued))
+
+    def _drop_with(self, entry: _Entry, exc: BaseException) -> None:
+        self._unqueue(entry)
+        if not entry.future.done():
+            entry.future.set_exception(exc)
+
+    def _overloaded(self, waited: float) -> Overloaded:
+        rows = self._queued_rows
+        batches = math.ceil(rows / self.max_batch_size) + self._in_flight
+        drain = batches * self.cost.b + rows * self.cost.a
+        retry_after = float(max(1, math.ceil(drain)))
+        return Overloaded(
+            f"runner method '{self.name}' is overloaded: a call waited {waited * 1000:.0f} ms in "
+            f"its batching queue without its batch starting, past max_latency_ms="
+            f"{self.max_latency_ms:g}; the server has more work than it can serve, retry after "
+            f"{retry_after:g} s (or add capacity, or raise max_latency_ms)",
+            retry_after=retry_after,
+        )
+
+    # -- the loop: the one place that decides batches -----------------------------------------
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        wake = self._wake
+        try:
+            while True:
+                if not self._queued_calls or self._in_flight >= self.max_concurrency:
+                    wake.clear()
+                    await wake.wait()
+                    continue
+                hold = self._hold_for(loop.time())
+                if hold > 0:
+                    wake.clear()
+                    timer = loop.call_later(hold, wake.set)
+                    try:
+                        await wake.wait()
+                    finally:
+                        timer.cancel()
+                    continue
+                batch = self._take_batch(loop.time())
+                if batch:
+                    self._in_flight += 1
+                    task = loop.create_task(self._run_batch(batch))
+                    self._batches.add(task)
+                    task.add_done_callback(self._batches.discard)
+        except Exception as exc:  # a bug here must not leave callers waiting forever
+            error = RunnerError(f"the batching loop of runner method '{self.name}' failed: {exc}")
+            error.__cause__ = exc
+            self._fail_queued(error)
+            raise
+
+    def _hold_for(self, now: float) -> float:
+        """How long to hold the queued calls back for more to arrive; 0 to dispatch now."""
+        fixed = self.cost.b
+        if fixed <= 0 or self._queued_rows >= self.max_batch_size:
+            return 0.0
+        head = self._head()
+        if head is None:
+            return 0.0
+        rate = self.arrival_rate(now)
+        if rate * fixed < self._queued_rows + 1:
+            return 0.0
+        until = min(head.enqueued + min(fixed, self._limit / 4), self._last_arrival + 2 / rate)
+        return max(until - now, 0.0)
+
+    def _head(self) -> _Entry | None:
+        queue = self._queue
+        while queue and queue[0].state != _QUEUED:
+            queue.popleft()
+        return queue[0] if queue else None
+
+    def _take_batch(self, now: float) -> list[_Entry]:
+        head = self._head()
+        if head is None:
+            return []
+        queue = self._queue
+        queue.popleft()
+        batch = [head]
+        rows = head.rows
+        skipped: list[_Entry] = []
+        while queue and rows < self.max_batch_size:
+            entry = queue[0]
+            if entry.state != _QUEUED:
+                queue.popleft()
+            elif entry.signature == head.signature and _same_options(entry.kwargs, head.kwargs):
+                if rows + entry.rows > self.max_batch_size:
+                    break
+                queue.popleft()
+                batch.append(entry)
+                rows += entry.rows
+            else:
+                skipped.append(queue.popleft())
+        if skipped:
+            queue.extendleft(reversed(skipped))
+        wait = self.stats.queue_wait
+        for entry in batch:
+            entry.state = _STARTED
+            wait.observe(now - entry.enqueued)
+        self._queued_rows -= rows
+        self._queued_calls -= len(batch)
+        return batch
+
+    async def _run_batch(self, batch: list[_Entry]) -> None:
+        loop = asyncio.get_running_loop()
+        head = batch[0]
+        rows = sum(entry.rows for entry in batch)
+        stats = self.stats
+        stats.batches += 1
+        stats.batch_size.observe(rows)
+        try:
+            if len(batch) == 1:
+                merged = head.args
+            else:
+                merged = tuple(
+                    containers.concat([entry.args[i] for entry in batch], self.input_dim)
+                    for i in range(len(head.args))
+                )
+            started = loop.time()
+            result = await self._infer(*merged, **head.kwargs)
+            elapsed = loop.time() - started
+            try:
+                parts = containers.split(result, [entry.rows for entry in batch], self.output_dim)
+            except InvalidArgument as exc:
+                raise RunnerError(f"runner method '{self.name}': {exc}") from exc
+        except BaseException as exc:
+            stats.failed_batches += 1
+            error = exc
+            if not isinstance(exc, Exception):  # cancelled by loop shutdown: still answer
+                error = RunnerError(f"a batch of runner method '{self.name}' was interrupted")
+            for entry in batch:
+                if not entry.future.done():
+                    entry.future.set_exception(error)
+            if error is not exc:
+                raise
+        else:
+            stats.run_time.observe(elapsed)
+            self.cost.add(rows, elapsed)
+            for entry, part in zip(batch, parts, strict=True):
+                if not entry.future.done():
+                    entry.future.set_result(part)
+        finally:
+            self._in_flight -= 1
+            self._wake.set()
+
+    def _fail_queued(self, exc: BaseException) -> None:
+        while self._queue:
+            self._drop_with(self._queue.popleft(), exc)
+
+    async def aclose(self) -> None:
+        """Stop the loop; queued calls get a RunnerError, running batches finish first."""
+        if self._closed:
+            return
+        self._closed = True
+        self._fail_queued(
+            RunnerError(f"runner method '{self.name}' was shut down before this call ran")
+        )
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait([task])
+        if self._batches:
+            await asyncio.gather(*self._batches, return_exceptions=True)
