@@ -15,12 +15,12 @@ max_latency_ms 5000):
 For each, 1, 16 and 64 callers loop: take the next row of a pool, call, check the answer is
 exactly that row's (the input itself, or the model's output precomputed for that row), repeat.
 Every measurement gets ``--seconds`` in all, spread over ``--rounds`` rounds that take turns, so
-a shared machine's changing load falls on all of them alike. The baseline is the model called directly and serially, one row at a time, in the
-same process and run; the table also shows one caller calling through the worker thread
-without the dispatcher ("thread"), which separates the cost of the thread hop from the cost
-of batching. Targets: with one caller, median latency within 1.2x of a direct call;
-with 64 callers, at least 10x the baseline's rows/s with p99 latency under 50 ms. The script
-exits 1 when a target is missed.
+a shared machine's changing load falls on all of them alike. The baseline is the model called
+directly and serially, one row at a time, in the same process and run; the table also shows one
+caller calling through the worker thread without the dispatcher ("thread"), which separates the
+cost of the thread hop from the cost of batching. Targets: with one caller, median latency
+within 1.2x of a direct call; with 64 callers, at least 10x the baseline's rows/s with p99
+latency under 50 ms. The script exits 1 when a target is missed.
 
 :func:`measure` only needs an ``async def call(rows)``; point it at ``Runner.async_run`` to time
 the whole runner path.
