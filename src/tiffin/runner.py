@@ -14,6 +14,7 @@ import asyncio
 import concurrent.futures
 import functools
 import logging
+import os
 import threading
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -167,6 +168,10 @@ class RunnerMethod:
         if dispatcher is None:
             from tiffin.batching import BatchStats, Dispatcher
 
+            # a dispatcher holds its loop strongly: drop those of loops that have closed
+            for old in [old for old in self._dispatchers if old.is_closed()]:
+                del self._dispatchers[old]
+
             if self._stats is None:
                 self._stats = BatchStats()
 
@@ -273,8 +278,12 @@ class Runner:
             instance = self.runnable_class(**self.runnable_init_params)
         except TypeError as exc:
             raise RunnerError(f"cannot initialise runner {self.name!r}: {exc}") from exc
+        threads = _cpu_threads(self.runnable_class)
         self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix=f"tiffin-{self.name}"
+            max_workers=1,
+            thread_name_prefix=f"tiffin-{self.name}",
+            initializer=_limit_native_threads,
+            initargs=(threads,),
         )
         self._instance = instance
 
@@ -295,6 +304,29 @@ class Runner:
 
     def __repr__(self) -> str:
         return f"Runner(name={self.name!r}, methods={sorted(self.methods)})"
+
+
+def _cpu_threads(runnable_class: type[Runnable]) -> int:
+    """Native (BLAS/OpenMP) threads for the worker: the CPUs this process may use, or 1."""
+    if not runnable_class.SUPPORTS_CPU_MULTI_THREADING:
+        return 1
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def _limit_native_threads(threads: int) -> None:
+    """Runs in the worker thread: OpenMP's thread count is per calling thread, so set it here.
+
+    Without it, OpenMP-backed models (HistGradientBoosting, ...) start a thread per core from
+    the worker and can run ten times slower on a busy or CPU-pinned machine.
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # threadpoolctl comes with scikit-learn; without it, nothing to limit
+        return
+    threadpool_limits(limits=threads)
 
 
 def _configure(config: MethodConfig, overrides: Mapping[str, Any]) -> MethodConfig:

@@ -1,0 +1,285 @@
+"""Runnable, Runner, init_local, run/async_run, and framework runners (sklearn, picklable)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.datasets import load_iris
+from sklearn.linear_model import LogisticRegression
+
+import tiffin
+from tiffin.exceptions import InvalidArgument, Overloaded, RunnerError
+
+pytestmark = pytest.mark.filterwarnings("ignore:X does not have valid feature names")
+
+
+@pytest.fixture(scope="module")
+def iris():
+    data = load_iris(as_frame=True)
+    clf = LogisticRegression(max_iter=500).fit(data.data, data.target)
+    return data.data, clf
+
+
+class Recorder(tiffin.Runnable):
+    """Records every batch it sees; doubles its input."""
+
+    SUPPORTED_RESOURCES = ("cpu",)
+    SUPPORTS_CPU_MULTI_THREADING = False
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.batches: list[int] = []
+        self.threads: set[str] = set()
+        self.delay = delay
+
+    @tiffin.Runnable.method(batchable=True, batch_dim=0)
+    def double(self, x):
+        import time
+
+        self.batches.append(len(x))
+        self.threads.add(threading.current_thread().name)
+        if self.delay:
+            time.sleep(self.delay)
+        return x * 2
+
+    @tiffin.Runnable.method
+    def echo(self, x, suffix=""):
+        return f"{x}{suffix}"
+
+
+def test_runnable_collects_marked_methods():
+    assert Recorder.methods["double"].batchable is True
+    assert Recorder.methods["echo"].batchable is False
+    assert "__init__" not in Recorder.methods
+
+
+def test_runner_needs_a_runnable_with_methods():
+    class Empty(tiffin.Runnable):
+        pass
+
+    with pytest.raises(InvalidArgument, match="no methods"):
+        tiffin.Runner(Empty)
+    with pytest.raises(InvalidArgument, match="subclass of tiffin.Runnable"):
+        tiffin.Runner(object)  # type: ignore[arg-type]
+
+
+def test_calling_before_init_local_says_what_to_do():
+    runner = tiffin.Runner(Recorder)
+    with pytest.raises(RunnerError, match=r"init_local\(\)"):
+        runner.echo.run("x")
+    with pytest.raises(RunnerError, match="not initialised"):
+        asyncio.run(runner.echo.async_run("x"))
+
+
+def test_unknown_method_is_a_clear_attribute_error():
+    runner = tiffin.Runner(Recorder)
+    with pytest.raises(AttributeError, match="has no method 'nope'"):
+        runner.nope  # noqa: B018
+
+
+def test_run_and_async_run_from_several_event_loops_and_threads():
+    runner = tiffin.Runner(Recorder, name="rec", runnable_init_params={"delay": 0.0})
+    runner.init_local()
+    try:
+        assert runner.echo.run("a", suffix="!") == "a!"
+        # several asyncio.run calls one after another, each a new loop
+        for i in range(3):
+            out = asyncio.run(runner.double.async_run(np.array([i, i + 1])))
+            assert out.tolist() == [2 * i, 2 * i + 2]
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda i: runner.double.run(np.array([i])), range(32)))
+        assert [r.tolist() for r in results] == [[2 * i] for i in range(32)]
+        # every call ran on the runner's one worker thread
+        assert len(runner._instance.threads) == 1  # type: ignore[union-attr]
+    finally:
+        runner.destroy()
+
+
+def test_concurrent_async_calls_are_batched_and_each_gets_its_own_rows():
+    runner = tiffin.Runner(Recorder, runnable_init_params={"delay": 0.01})
+    runner.init_local()
+
+    async def main():
+        return await asyncio.gather(
+            *(runner.double.async_run(np.array([[i, i]])) for i in range(40))
+        )
+
+    try:
+        results = asyncio.run(main())
+        assert [r.tolist() for r in results] == [[[2 * i, 2 * i]] for i in range(40)]
+        batches = runner._instance.batches  # type: ignore[union-attr]
+        assert sum(batches) == 40
+        assert max(batches) > 1, "concurrent calls were never batched"
+        snap = runner.double.stats.snapshot()  # type: ignore[union-attr]
+        assert snap["calls"] == 40 and snap["batches"] == len(batches)
+    finally:
+        runner.destroy()
+
+
+def test_max_batch_size_and_latency_come_from_runner_and_method_configs():
+    runner = tiffin.Runner(
+        Recorder,
+        max_batch_size=8,
+        max_latency_ms=100,
+        method_configs={"double": {"max_batch_size": 4}},
+    )
+    assert runner.double.config.max_batch_size == 4
+    assert runner.double.config.max_latency_ms == 100
+    runner.init_local()
+    try:
+        out = runner.double.run(np.arange(10))
+        assert out.tolist() == list(range(0, 20, 2))
+        assert max(runner._instance.batches) <= 4  # type: ignore[union-attr]
+    finally:
+        runner.destroy()
+    with pytest.raises(InvalidArgument, match="unknown method"):
+        tiffin.Runner(Recorder, method_configs={"nope": {}})
+    with pytest.raises(InvalidArgument, match="max_batch_size"):
+        tiffin.Runner(Recorder, max_batch_size=0)
+
+
+def test_overload_past_max_latency_is_a_distinct_error():
+    runner = tiffin.Runner(
+        Recorder, max_latency_ms=50, runnable_init_params={"delay": 0.3}
+    )
+    runner.init_local()
+
+    async def main():
+        first = asyncio.ensure_future(runner.double.async_run(np.array([1])))
+        await asyncio.sleep(0.02)  # the first batch is running now
+        second = runner.double.async_run(np.array([2]))
+        return await asyncio.gather(first, second, return_exceptions=True)
+
+    try:
+        first, second = asyncio.run(main())
+        assert first.tolist() == [2]
+        assert isinstance(second, Overloaded)
+        assert second.http_status == 503
+    finally:
+        runner.destroy()
+
+
+@pytest.mark.parametrize(
+    "make_input",
+    [
+        pytest.param(lambda X: X.iloc[:5], id="dataframe"),
+        pytest.param(lambda X: X.to_numpy()[:5], id="ndarray"),
+        pytest.param(lambda X: X.to_numpy()[:5].tolist(), id="list"),
+    ],
+)
+@pytest.mark.parametrize("batchable", [True, False])
+def test_sklearn_runner_every_declared_method(iris, make_input, batchable):
+    X, clf = iris
+    model = tiffin.sklearn.save_model(
+        "iris_clf",
+        clf,
+        signatures={"predict": {"batchable": batchable}, "predict_proba": {"batchable": batchable}},
+    )
+    runner = tiffin.sklearn.get(model.tag).to_runner()
+    assert sorted(runner.methods) == ["predict", "predict_proba"]
+    runner.init_local()
+    try:
+        data = make_input(X)
+        np.testing.assert_array_equal(runner.predict.run(data), clf.predict(data))
+        np.testing.assert_allclose(runner.predict_proba.run(data), clf.predict_proba(data))
+    finally:
+        runner.destroy()
+
+
+def test_sklearn_runner_batches_dataframes_from_concurrent_callers(iris):
+    X, clf = iris
+    tiffin.sklearn.save_model("iris_clf", clf, signatures={"predict": {"batchable": True}})
+    runner = tiffin.sklearn.get("iris_clf").to_runner()
+    runner.init_local()
+
+    async def main():
+        return await asyncio.gather(
+            *(runner.predict.async_run(X.iloc[i : i + 3]) for i in range(0, 60, 3))
+        )
+
+    try:
+        results = asyncio.run(main())
+        for i, got in zip(range(0, 60, 3), results, strict=True):
+            np.testing.assert_array_equal(got, clf.predict(X.iloc[i : i + 3]))
+    finally:
+        runner.destroy()
+
+
+def test_picklable_model_runner_with_dict_and_list_inputs():
+    class Summer:
+        def predict(self, batch):
+            if isinstance(batch, dict):
+                return [a + b for a, b in zip(batch["a"], batch["b"], strict=True)]
+            return [sum(row) for row in batch]
+
+    tiffin.picklable_model.save_model(
+        "summer", Summer(), signatures={"predict": {"batchable": True}}
+    )
+    runner = tiffin.picklable_model.get("summer").to_runner(name="sum")
+    assert runner.name == "sum"
+    runner.init_local()
+    try:
+        assert runner.predict.run([[1, 2], [3, 4]]) == [3, 7]
+
+        async def main():
+            return await asyncio.gather(
+                runner.predict.async_run({"a": [1, 2], "b": [10, 20]}),
+                runner.predict.async_run({"a": [3], "b": [30]}),
+            )
+
+        assert asyncio.run(main()) == [[11, 22], [33]]
+    finally:
+        runner.destroy()
+
+
+def test_model_exception_reaches_every_caller_and_runner_keeps_working():
+    class Picky:
+        def predict(self, batch):
+            if any(v < 0 for v in batch):
+                raise ValueError("negative input")
+            return [v + 1 for v in batch]
+
+    tiffin.picklable_model.save_model("picky", Picky(), signatures={"predict": {}})
+    runner = tiffin.picklable_model.get("picky").to_runner()
+    runner.init_local()
+    try:
+        with pytest.raises(ValueError, match="negative input"):
+            runner.predict.run([-1])
+        assert runner.predict.run([1, 2]) == [2, 3]
+    finally:
+        runner.destroy()
+
+
+def test_configure_changes_every_method():
+    runner = tiffin.Runner(Recorder)
+    runner.configure(max_batch_size=16, max_latency_ms=250)
+    assert runner.double.config.max_batch_size == 16
+    assert runner.echo.config.max_latency_ms == 250
+    with pytest.raises(InvalidArgument):
+        runner.configure(max_latency_ms=-1)
+
+
+def test_dataframe_rows_keep_their_index_through_batching():
+    class Identity(tiffin.Runnable):
+        @tiffin.Runnable.method(batchable=True)
+        def same(self, df):
+            return df
+
+    runner = tiffin.Runner(Identity)
+    runner.init_local()
+
+    async def main():
+        a = pd.DataFrame({"x": [1, 2]}, index=[10, 11])
+        b = pd.DataFrame({"x": [3]}, index=[99])
+        return await asyncio.gather(runner.same.async_run(a), runner.same.async_run(b))
+
+    try:
+        first, second = asyncio.run(main())
+        assert first.index.tolist() == [10, 11] and first["x"].tolist() == [1, 2]
+        assert second.index.tolist() == [99] and second["x"].tolist() == [3]
+    finally:
+        runner.destroy()
