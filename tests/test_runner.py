@@ -63,7 +63,7 @@ def test_runner_needs_a_runnable_with_methods():
 
     with pytest.raises(InvalidArgument, match="no methods"):
         tiffin.Runner(Empty)
-    with pytest.raises(InvalidArgument, match="subclass of tiffin.Runnable"):
+    with pytest.raises(InvalidArgument, match=r"subclass of tiffin\.Runnable"):
         tiffin.Runner(object)  # type: ignore[arg-type]
 
 
