@@ -1,16 +1,16 @@
 """What adaptive batching buys: latency and throughput of concurrent one-row callers.
 
-Run with ``python bench/batching.py`` (``--help`` for options). Two models sit behind a
-:class:`tiffin.batching.Dispatcher` with its default settings (max_batch_size 1024,
+Run with ``python bench/batching.py`` (``--help`` for options). Two models are called through
+``tiffin.Runner`` ``async_run`` with the default batching settings (max_batch_size 1024,
 max_latency_ms 5000):
 
-* ``synthetic``: a batch of n rows costs ``a·n + b`` (an ``asyncio.sleep``) and returns its
-  input, so every row is its own identity.
+* ``synthetic``: a ``tiffin.Runnable`` whose batch of n rows costs ``a·n + b`` (a sleep in the
+  runner's worker thread) and returns its input, so every row is its own identity.
 * ``sklearn``: a HistGradientBoostingClassifier on 32 features, trained on synthetic data and
   sized so that ``predict_proba`` costs about 1.5 ms for one row and 6 ms for 1024 rows (the
-  script measures and prints the real figures). The dispatcher's ``infer`` runs it in a single
-  worker thread (``loop.run_in_executor``), the way a runner does; OpenMP and BLAS are held to
-  one thread (``OMP_NUM_THREADS=1``) so the model is one CPU, as in serving.
+  script measures and prints the real figures), saved with ``tiffin.sklearn.save_model`` into
+  a temporary store and run by ``model.to_runner()``; OpenMP and BLAS are held to one thread
+  (``OMP_NUM_THREADS=1``) so the model is one CPU, as in serving.
 
 For each, 1, 16 and 64 callers loop: take the next row of a pool, call, check the answer is
 exactly that row's (the input itself, or the model's output precomputed for that row), repeat.
@@ -34,6 +34,7 @@ import itertools
 import os
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -48,7 +49,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
 
-from tiffin.batching import Dispatcher
+import tiffin
 
 FEATURES = 32
 POOL = 8192
@@ -57,6 +58,19 @@ SYNTH_A = 4.4e-6  # seconds per row
 SYNTH_B = 1.5e-3  # seconds per batch
 
 Call = Callable[[np.ndarray], Awaitable[np.ndarray]]
+
+
+class Synthetic(tiffin.Runnable):
+    """A model whose batch of n rows costs ``SYNTH_A·n + SYNTH_B`` seconds; returns its input."""
+
+    @staticmethod
+    def cost(x: np.ndarray) -> np.ndarray:
+        time.sleep(SYNTH_A * len(x) + SYNTH_B)
+        return x
+
+    @tiffin.Runnable.method(batchable=True)
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.cost(x)
 
 
 @dataclass
@@ -164,6 +178,7 @@ def cost_of(predict: Callable[[np.ndarray], Any], x: np.ndarray, repeat: int = 3
 
 async def scenario(
     label: str,
+    method: Any,
     infer: Callable[..., Awaitable[Any]],
     predict: Callable[[np.ndarray], np.ndarray] | None,
     pool: np.ndarray,
@@ -176,8 +191,8 @@ async def scenario(
     Each round runs every measurement for ``seconds / rounds``, so that a shared machine's
     changing load falls on all of them alike.
     """
-    dispatcher = Dispatcher(infer, name=f"{label}.predict")
-    await measure(dispatcher.submit, 16, pool, expected, seconds=0.2)  # warm-up
+    submit = method.async_run
+    await measure(submit, 16, pool, expected, seconds=0.2)  # warm-up
     results = [Result(label, "direct", 1)]
     if predict is not None:
         results.append(Result(label, "thread", 1))
@@ -192,15 +207,14 @@ async def scenario(
         else:  # the synthetic model is async: its direct call is awaited
             results[0].add(await measure(infer, 1, pool, expected, seconds=step))
         for concurrency, result in batched.items():
-            stats = dispatcher.stats
+            stats = method.stats
             rows, batches = stats.rows, stats.batches
-            result.add(await measure(dispatcher.submit, concurrency, pool, expected, seconds=step))
+            result.add(await measure(submit, concurrency, pool, expected, seconds=step))
             counts[concurrency][0] += stats.rows - rows
             counts[concurrency][1] += stats.batches - batches
     for concurrency, result in batched.items():
         rows, batches = counts[concurrency]
         result.batch_rows = rows / max(batches, 1)
-    await dispatcher.aclose()
     return results
 
 
@@ -238,13 +252,27 @@ async def main_async(args: argparse.Namespace) -> int:
         return await loop.run_in_executor(executor, model.predict_proba, x)
 
     async def infer_synthetic(x: np.ndarray) -> np.ndarray:
-        await asyncio.sleep(SYNTH_A * len(x) + SYNTH_B)
-        return x
+        return await loop.run_in_executor(executor, Synthetic.cost, x)
 
-    results = await scenario(
-        "sklearn", infer_model, model.predict_proba, pool, expected, seconds, args.rounds
-    )
-    results += await scenario("synthetic", infer_synthetic, None, pool, pool, seconds, args.rounds)
+    with tempfile.TemporaryDirectory() as home:
+        os.environ["TIFFIN_HOME"] = home
+        saved = tiffin.sklearn.save_model(
+            "bench_hgb", model, signatures={"predict_proba": {"batchable": True}}
+        )
+        runner = saved.to_runner()
+        synthetic = tiffin.Runner(Synthetic, name="synthetic")
+        runner.init_local()
+        synthetic.init_local()
+        results = await scenario(
+            "sklearn", runner.predict_proba, infer_model, model.predict_proba, pool, expected,
+            seconds, args.rounds,
+        )
+        results += await scenario(
+            "synthetic", synthetic.predict, infer_synthetic, None, pool, pool, seconds,
+            args.rounds,
+        )
+        runner.destroy()
+        synthetic.destroy()
     executor.shutdown()
 
     print()

@@ -283,3 +283,26 @@ def test_dataframe_rows_keep_their_index_through_batching():
         assert second.index.tolist() == [99] and second["x"].tolist() == [3]
     finally:
         runner.destroy()
+
+
+def test_runner_threads_setting_is_checked(monkeypatch):
+    class Threaded(tiffin.Runnable):
+        SUPPORTS_CPU_MULTI_THREADING = True
+
+        @tiffin.Runnable.method
+        def threads(self):
+            from threadpoolctl import threadpool_info
+
+            return {info["internal_api"]: info["num_threads"] for info in threadpool_info()}
+
+    monkeypatch.setenv("TIFFIN_RUNNER_THREADS", "lots")
+    with pytest.raises(InvalidArgument, match="TIFFIN_RUNNER_THREADS"):
+        tiffin.Runner(Threaded).init_local()
+    monkeypatch.delenv("TIFFIN_RUNNER_THREADS")
+    runner = tiffin.Runner(Threaded)
+    runner.init_local()
+    try:
+        # by default the worker thread's native pools (OpenMP, BLAS) run one thread each
+        assert set(runner.threads.run().values()) == {1}
+    finally:
+        runner.destroy()

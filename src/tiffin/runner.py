@@ -307,9 +307,20 @@ class Runner:
 
 
 def _cpu_threads(runnable_class: type[Runnable]) -> int:
-    """Native (BLAS/OpenMP) threads for the worker: the CPUs this process may use, or 1."""
-    if not runnable_class.SUPPORTS_CPU_MULTI_THREADING:
+    """Native (BLAS/OpenMP) threads for the worker thread.
+
+    One by default: a batch already amortises the model's fixed cost, and extra OpenMP
+    threads fight the event loop (and other processes) for the same cores, which shows up as
+    long latency tails. ``TIFFIN_RUNNER_THREADS=N`` gives runnables that declare
+    ``SUPPORTS_CPU_MULTI_THREADING`` N threads (``0``: every CPU this process may use).
+    """
+    wanted = os.environ.get("TIFFIN_RUNNER_THREADS", "").strip()
+    if not runnable_class.SUPPORTS_CPU_MULTI_THREADING or not wanted:
         return 1
+    if not wanted.isdigit():
+        raise InvalidArgument(f"TIFFIN_RUNNER_THREADS must be a whole number, got {wanted!r}")
+    if int(wanted) > 0:
+        return int(wanted)
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
