@@ -7,15 +7,21 @@ The YAML file (``--config FILE`` or ``TIFFIN_CONFIG``) looks like::
     api_timeout_s: 60            # per request; 504 when exceeded
     max_body_size: 67108864      # bytes; 413 above it
     log_level: info
+    log_format: text             # or json: one JSON object per log line
     access_log: true
+    apis:
+      predict:                   # API name
+        timeout_s: 5             # this API's own timeout
     runners:
       iris_clf:                  # runner name
         max_batch_size: 512      # rows
         max_latency_ms: 2000
 
 Environment variables: ``TIFFIN_HOST``, ``TIFFIN_PORT``, ``TIFFIN_API_TIMEOUT_S``,
-``TIFFIN_MAX_BODY_SIZE``, ``TIFFIN_LOG_LEVEL``, ``TIFFIN_ACCESS_LOG``, and per runner
-``TIFFIN_RUNNERS__<RUNNER>__MAX_BATCH_SIZE`` / ``..._MAX_LATENCY_MS``. Unknown keys are errors.
+``TIFFIN_MAX_BODY_SIZE``, ``TIFFIN_LOG_LEVEL``, ``TIFFIN_LOG_FORMAT``, ``TIFFIN_ACCESS_LOG``, per
+runner ``TIFFIN_RUNNERS__<RUNNER>__MAX_BATCH_SIZE`` / ``..._MAX_LATENCY_MS``, and per API
+``TIFFIN_APIS__<API>__TIMEOUT_S``. Unknown keys, in the file or after ``TIFFIN_``, are errors
+that name the key.
 """
 
 from __future__ import annotations
@@ -30,7 +36,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tiffin.exceptions import InvalidArgument
 
 ENV_PREFIX = "TIFFIN_"
-_NOT_SETTINGS = {"TIFFIN_HOME", "TIFFIN_CONFIG", "TIFFIN_MLFLOW_MODEL_PATH"}
+#: TIFFIN_* variables that are not server settings (read elsewhere, or set by ``serve --reload``)
+_NOT_SETTINGS = frozenset(
+    {
+        "TIFFIN_HOME",
+        "TIFFIN_CONFIG",
+        "TIFFIN_MLFLOW_MODEL_PATH",
+        "TIFFIN_RUNNER_THREADS",
+        "TIFFIN_SERVE_TARGET",
+        "TIFFIN_SETTINGS_JSON",
+    }
+)
+_NESTED = ("runners", "apis")
 
 
 class RunnerSettings(BaseModel):
@@ -38,6 +55,12 @@ class RunnerSettings(BaseModel):
 
     max_batch_size: int | None = Field(default=None, ge=1)
     max_latency_ms: float | None = Field(default=None, gt=0)
+
+
+class ApiSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    timeout_s: float | None = Field(default=None, gt=0)
 
 
 class ServeSettings(BaseModel):
@@ -48,32 +71,36 @@ class ServeSettings(BaseModel):
     api_timeout_s: float = Field(default=60.0, gt=0)
     max_body_size: int = Field(default=64 * 1024 * 1024, ge=1)
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    log_format: Literal["text", "json"] = "text"
     access_log: bool = True
     runners: dict[str, RunnerSettings] = Field(default_factory=dict)
+    apis: dict[str, ApiSettings] = Field(default_factory=dict)
 
 
 def _env_settings(environ: Mapping[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    fields = set(ServeSettings.model_fields) - {"runners"}
+    fields = set(ServeSettings.model_fields) - set(_NESTED)
     for key, value in environ.items():
         if not key.startswith(ENV_PREFIX) or key in _NOT_SETTINGS:
             continue
         rest = key[len(ENV_PREFIX) :].lower()
-        if rest.startswith("runners__"):
+        group = rest.split("__", 1)[0]
+        if group in _NESTED and "__" in rest:
             parts = rest.split("__")
-            if len(parts) != 3:
+            if len(parts) != 3 or not parts[1] or not parts[2]:
+                what = "RUNNER" if group == "runners" else "API"
                 raise InvalidArgument(
-                    f"environment variable {key}: expected TIFFIN_RUNNERS__<RUNNER>__<SETTING>"
+                    f"environment variable {key}: expected "
+                    f"TIFFIN_{group.upper()}__<{what}>__<SETTING>"
                 )
-            out.setdefault("runners", {}).setdefault(parts[1], {})[parts[2]] = value
+            out.setdefault(group, {}).setdefault(parts[1], {})[parts[2]] = value
         elif rest in fields:
             out[rest] = value
-        elif rest in {"api_key"}:  # read by other parts
-            continue
         else:
             raise InvalidArgument(
                 f"unknown setting in environment variable {key}; known: "
                 + ", ".join(f"TIFFIN_{f.upper()}" for f in sorted(fields))
+                + ", TIFFIN_RUNNERS__<RUNNER>__<SETTING>, TIFFIN_APIS__<API>__<SETTING>"
             )
     return out
 

@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from tiffin.config import ServeSettings
-from tiffin.exceptions import InvalidArgument, NotFound
+from tiffin.exceptions import InvalidArgument, NotFound, RunnerError
 from tiffin.service import Service
 
 logger = logging.getLogger("tiffin.serve")
 _TARGET_ENV = "TIFFIN_SERVE_TARGET"
+_SETTINGS_ENV = "TIFFIN_SETTINGS_JSON"
 
 
 def _import_file(path: Path) -> Any:
@@ -74,43 +75,107 @@ def resolve_service(target: str, cwd: str | os.PathLike[str] | None = None) -> S
     return service
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+class JSONFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message (an access line's own fields
+    are merged in), and the traceback when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        import orjson
+
+        entry: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+        }
+        access = getattr(record, "access", None)
+        if isinstance(access, dict):
+            entry.update(access)
+        else:
+            entry["message"] = record.getMessage()
+        if record.exc_info:
+            entry["exc_info"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry, default=str).decode()
+
+
+def configure_logging(level: str, log_format: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JSONFormatter())
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        )
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
     logging.getLogger("tiffin").setLevel(level.upper())
 
 
-def run_app(app: Any, settings: ServeSettings, *, reload_target: str | None = None) -> None:
-    """Serve ``app`` with uvicorn until interrupted (SIGINT/SIGTERM shut down gracefully)."""
-    import uvicorn
-
-    configure_logging(settings.log_level)
-    common: dict[str, Any] = {
+def _uvicorn_options(settings: ServeSettings) -> dict[str, Any]:
+    return {
         "host": settings.host,
         "port": settings.port,
         "log_level": settings.log_level,
-        "access_log": False,
+        "access_log": False,  # tiffin's own middleware writes a structured access log
         "lifespan": "on",
         "timeout_graceful_shutdown": 30,
         "log_config": None,
     }
+
+
+def run_app(app: Any, settings: ServeSettings, *, reload_target: str | None = None) -> None:
+    """Serve ``app`` with uvicorn until interrupted (SIGINT/SIGTERM shut down gracefully).
+
+    If the app's runners fail to load, the server stops and this raises the error.
+    """
+    import uvicorn
+
+    configure_logging(settings.log_level, settings.log_format)
+    options = _uvicorn_options(settings)
     if reload_target is not None:
         os.environ[_TARGET_ENV] = reload_target
-        os.environ["TIFFIN_SETTINGS_JSON"] = settings.model_dump_json()
-        uvicorn.run("tiffin.serve:_reload_factory", factory=True, reload=True, **common)
-    else:
-        uvicorn.run(app, **common)
+        os.environ[_SETTINGS_ENV] = settings.model_dump_json()
+        module_part = reload_target.partition(":")[0]
+        reload_dirs = [os.getcwd()]
+        if module_part.endswith(".py") or "/" in module_part:
+            reload_dirs.append(str(Path(module_part).resolve().parent))
+        uvicorn.run(
+            "tiffin.serve:_reload_factory",
+            factory=True,
+            reload=True,
+            reload_dirs=sorted(set(reload_dirs)),
+            **options,
+        )
+        return
+    server = uvicorn.Server(uvicorn.Config(app, **options))
+    state = getattr(getattr(app, "state", None), "tiffin", None)
+    if state is not None:
+
+        def stop(exc: BaseException) -> None:
+            server.should_exit = True
+
+        state.on_fatal = stop
+    server.run()
+    if state is not None and state.load_error is not None:
+        raise RunnerError(
+            f"the service failed to start: {type(state.load_error).__name__}: "
+            f"{state.load_error}"
+        ) from state.load_error
+    if not server.started:
+        raise InvalidArgument(
+            f"the server did not start on {settings.host}:{settings.port}; see the log above "
+            "(is the port in use?)"
+        )
 
 
 def _reload_factory() -> Any:
     """Used by ``--reload``: uvicorn re-imports the service in a fresh process."""
     from tiffin.server import build_app
 
-    settings = ServeSettings.model_validate_json(os.environ["TIFFIN_SETTINGS_JSON"])
-    configure_logging(settings.log_level)
+    settings = ServeSettings.model_validate_json(os.environ[_SETTINGS_ENV])
+    configure_logging(settings.log_level, settings.log_format)
     return build_app(resolve_service(os.environ[_TARGET_ENV]), settings)
 
 

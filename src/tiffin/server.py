@@ -1,8 +1,12 @@
 """A Service as an ASGI application: API routes, health, metrics, OpenAPI, Swagger UI.
 
 Only this module (and the CLI) turns a :class:`~tiffin.exceptions.TiffinError` into a response:
-every error is JSON ``{"error": CODE, "detail": message}`` with the error's HTTP status; an
-unexpected exception is a 500 whose body carries an ``error_id`` that is also in the log.
+every error is JSON ``{"error": CODE, "detail": message}`` with the error's HTTP status (MLflow's
+``{"error_code", "message"}`` on MLflow's routes); a server-side failure is a 5xx whose body
+carries an ``error_id`` that is also in the log, next to the traceback.
+
+Runners load in the background once the server listens: ``/livez`` answers at once, ``/readyz``
+and the APIs answer 503 until every runner is loaded and the start-up hooks have run.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -33,6 +38,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger("tiffin.server")
 access_logger = logging.getLogger("tiffin.access")
 
+#: where an error id travels from the endpoint to the access log
+ERROR_ID_KEY = "tiffin.error_id"
+_HEALTH_ROUTES = ("/livez", "/readyz", "/healthz", "/metrics")
+_DOCS_ROUTES = ("/docs.json", "/", "/docs")
+
 
 class JSONResponse(Response):
     media_type = "application/json"
@@ -41,35 +51,65 @@ class JSONResponse(Response):
         return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def error_response(exc: BaseException, *, where: str = "") -> Response:
+def new_error_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def log_server_error(exc: BaseException, where: str, scope: Scope | None = None) -> str:
+    """Log ``exc`` with its traceback under a fresh error id, and return the id."""
+    error_id = new_error_id()
+    logger.error("error_id=%s %s failed", error_id, where or "request", exc_info=exc)
+    if scope is not None:
+        scope[ERROR_ID_KEY] = error_id
+    return error_id
+
+
+class Expired(Exception):
+    """The request ran past its API's timeout (504)."""
+
+    def __init__(self, where: str, seconds: float) -> None:
+        super().__init__(f"{where} did not finish within its {seconds:g} s timeout")
+
+
+def error_response(exc: BaseException, *, where: str = "", scope: Scope | None = None) -> Response:
     """The JSON response for an error raised while handling a request."""
+    if isinstance(exc, Expired):
+        return JSONResponse(
+            {
+                "error": "TIMEOUT",
+                "detail": f"{exc}; raise api_timeout_s (or apis.<name>.timeout_s) if it needs "
+                "longer",
+            },
+            504,
+        )
     if isinstance(exc, TiffinError):
+        body: dict[str, Any] = {"error": exc.error_code, "detail": str(exc)}
         headers = {}
         if isinstance(exc, Overloaded):
-            headers["Retry-After"] = str(max(1, round(exc.retry_after)))
-        return JSONResponse(
-            {"error": exc.error_code, "detail": str(exc)}, exc.http_status, headers=headers
-        )
-    status = _foreign_client_error(exc)
+            headers["Retry-After"] = retry_after(exc)
+        elif exc.http_status >= 500:  # our side failed: make it findable in the log
+            body["error_id"] = log_server_error(exc, where, scope)
+        return JSONResponse(body, exc.http_status, headers=headers)
+    status = foreign_client_error(exc)
     if status is not None:  # e.g. MLflow's schema enforcement: the input, not the server
         return JSONResponse({"error": "BAD_REQUEST", "detail": str(exc)}, status)
-    if isinstance(exc, TimeoutError):
-        return JSONResponse(
-            {"error": "TIMEOUT", "detail": f"{where} did not finish within its timeout"}, 504
-        )
-    error_id = uuid.uuid4().hex[:16]
-    logger.error("error_id=%s unhandled error in %s", error_id, where or "request", exc_info=exc)
+    error_id = log_server_error(exc, where, scope)
     return JSONResponse(
         {
             "error": "INTERNAL_ERROR",
-            "detail": f"{type(exc).__name__} in {where or 'request'}; see the server log",
+            "detail": f"{type(exc).__name__} in {where or 'request'}; "
+            f"see the server log for error_id={error_id}",
             "error_id": error_id,
         },
         500,
     )
 
 
-def _foreign_client_error(exc: BaseException) -> int | None:
+def retry_after(exc: Overloaded) -> str:
+    return str(max(1, round(exc.retry_after)))
+
+
+def foreign_client_error(exc: BaseException) -> int | None:
     """The 4xx status a library's own error carries (MLflow's MlflowException), if any."""
     getter = getattr(exc, "get_http_status_code", None)
     if getter is None or type(exc).__module__.split(".")[0] != "mlflow":
@@ -89,16 +129,19 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise InvalidArgument(f"invalid Content-Length header {declared!r}")
         if int(declared) > limit:
             raise PayloadTooLarge(
-                f"request body of {declared} bytes is over the {limit}-byte limit"
+                f"request body of {declared} bytes is over the {limit}-byte limit "
+                "(max_body_size, --max-body-size)"
             )
     chunks = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise PayloadTooLarge(f"request body is over the {limit}-byte limit")
+            raise PayloadTooLarge(
+                f"request body is over the {limit}-byte limit (max_body_size, --max-body-size)"
+            )
         chunks.append(chunk)
-    body = b"".join(chunks)
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     request._body = body  # later request.body()/form() calls reuse these bytes
     return body
 
@@ -110,22 +153,57 @@ class AppState:
         self.service = service
         self.settings = settings
         self.ready = False
+        self.load_error: BaseException | None = None
+        #: called when the runners fail to load (``serve`` sets it to stop the server)
+        self.on_fatal: Callable[[BaseException], None] | None = None
         self.metrics = ServerMetrics(service)
+        #: routes that answer in MLflow's error shape
+        self.mlflow_paths: frozenset[str] = frozenset()
+
+    def api_timeout(self, api: str) -> float:
+        # environment variables arrive lower-cased: TIFFIN_APIS__PREDICT__TIMEOUT_S
+        override = self.settings.apis.get(api) or self.settings.apis.get(api.lower())
+        if override is not None and override.timeout_s is not None:
+            return override.timeout_s
+        return self.settings.api_timeout_s
+
+    def not_ready(self) -> Response:
+        if self.load_error is not None:
+            detail = (
+                f"the service failed to start ({type(self.load_error).__name__}: "
+                f"{self.load_error}); see the server log"
+            )
+        else:
+            detail = "the server is still loading its runners; retry once /readyz answers 200"
+        return JSONResponse(
+            {"error": "NOT_READY", "detail": detail}, 503, headers={"Retry-After": "1"}
+        )
 
 
 def api_endpoint(api: API, state: AppState) -> Callable[[Request], Awaitable[Response]]:
     limit = state.settings.max_body_size
-    timeout = state.settings.api_timeout_s
+    timeout = state.api_timeout(api.name)
     where = f"API {api.name!r}"
+    decode = api.input.from_request
+    call = api.call
+    encode = api.output.to_response
 
     async def endpoint(request: Request) -> Response:
+        if not state.ready:
+            return state.not_ready()
         try:
             await read_body(request, limit)
-            value = await api.input.from_request(request)
-            result = await asyncio.wait_for(api.call(value), timeout)
-            return api.output.to_response(result, accept=request.headers.get("accept"))
+            value = await decode(request)
+            try:
+                async with asyncio.timeout(timeout) as deadline:
+                    result = await call(value)
+            except TimeoutError as exc:
+                if deadline.expired():
+                    raise Expired(where, timeout) from exc
+                raise
+            return encode(result, accept=request.headers.get("accept"))
         except Exception as exc:
-            return error_response(exc, where=where)
+            return error_response(exc, where=where, scope=request.scope)
 
     return endpoint
 
@@ -137,7 +215,9 @@ def _health_routes(state: AppState) -> list[BaseRoute]:
     async def readyz(request: Request) -> Response:
         if state.ready:
             return PlainTextResponse("ready\n")
-        return PlainTextResponse("not ready\n", 503)
+        if state.load_error is not None:
+            return PlainTextResponse(f"failed: {state.load_error}\n", 503)
+        return PlainTextResponse("loading\n", 503)
 
     async def metrics(request: Request) -> Response:
         body, content_type = state.metrics.render()
@@ -154,15 +234,14 @@ def _health_routes(state: AppState) -> list[BaseRoute]:
 def _docs_routes(service: Service, extra_paths: dict[str, Any]) -> list[BaseRoute]:
     from tiffin.openapi import openapi_spec, swagger_assets_dir, swagger_page
 
-    spec_bytes: list[bytes] = []
+    spec = orjson.dumps(openapi_spec(service, extra_paths))  # built once, and checked at start
+    page = swagger_page(service.name)
 
     async def docs_json(request: Request) -> Response:
-        if not spec_bytes:
-            spec_bytes.append(orjson.dumps(openapi_spec(service, extra_paths)))
-        return Response(spec_bytes[0], media_type="application/json")
+        return Response(spec, media_type="application/json")
 
     async def index(request: Request) -> Response:
-        return HTMLResponse(swagger_page(service.name))
+        return HTMLResponse(page)
 
     routes: list[BaseRoute] = [
         Route("/docs.json", docs_json, methods=["GET"]),
@@ -181,17 +260,30 @@ async def _call_hook(hook: Callable[[], Any]) -> None:
         await result
 
 
-def build_app(service: Service, settings: ServeSettings | None = None) -> Starlette:
-    """The ASGI app for ``service``; runners load in its lifespan (start-up)."""
-    settings = settings or ServeSettings()
+def _configure_runners(service: Service, settings: ServeSettings) -> None:
     for name, overrides in settings.runners.items():
         runner = next((r for r in service.runners if r.name == name), None)
         if runner is None:
             raise InvalidArgument(
-                f"settings name runner {name!r}, but service {service.name!r} has runners "
-                f"{[r.name for r in service.runners]}"
+                f"the settings configure runner {name!r}, but service {service.name!r} has "
+                f"runners {[r.name for r in service.runners]}"
             )
         runner.configure(**overrides.model_dump(exclude_none=True))
+    by_lower = {name.lower(): name for name in service.apis}
+    unknown = sorted(
+        name for name in settings.apis if name not in service.apis and name not in by_lower
+    )
+    if unknown:
+        raise InvalidArgument(
+            f"the settings configure API(s) {unknown}, but service {service.name!r} has APIs "
+            f"{sorted(service.apis)}"
+        )
+
+
+def build_app(service: Service, settings: ServeSettings | None = None) -> Starlette:
+    """The ASGI app for ``service``; its runners load when it starts (lifespan)."""
+    settings = settings or ServeSettings()
+    _configure_runners(service, settings)
     state = AppState(service, settings)
     routes: list[BaseRoute] = [
         Route(api.route, api_endpoint(api, state), methods=["POST"], name=api.name)
@@ -210,17 +302,24 @@ def build_app(service: Service, settings: ServeSettings | None = None) -> Starle
             )
         mlflow_route_list, extra_paths = mlflow
         routes += mlflow_route_list
+        state.mlflow_paths = MLFLOW_ROUTES
     routes += _health_routes(state)
     routes += _docs_routes(service, extra_paths)
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def load() -> None:
         started = time.perf_counter()
-        for runner in service.runners:
-            if not runner.is_initialized:
-                await asyncio.to_thread(runner.init_local)
-        for hook in service.startup_hooks:
-            await _call_hook(hook)
+        try:
+            for runner in service.runners:
+                if not runner.is_initialized:
+                    await asyncio.to_thread(runner.init_local)
+            for hook in service.startup_hooks:
+                await _call_hook(hook)
+        except Exception as exc:
+            state.load_error = exc
+            logger.error("service %r failed to start: %s", service.name, exc, exc_info=exc)
+            if state.on_fatal is not None:
+                state.on_fatal(exc)
+            return
         state.ready = True
         logger.info(
             "service %r ready in %.2fs: %d API(s), runners %s",
@@ -229,38 +328,96 @@ def build_app(service: Service, settings: ServeSettings | None = None) -> Starle
             len(service.apis),
             [r.name for r in service.runners],
         )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        loading = asyncio.get_running_loop().create_task(load(), name="tiffin-load-runners")
         try:
             yield
         finally:
             state.ready = False
+            if not loading.done():
+                loading.cancel()
+                await asyncio.gather(loading, return_exceptions=True)
             for hook in service.shutdown_hooks:
                 try:
                     await _call_hook(hook)
                 except Exception:
                     logger.exception("shutdown hook %r failed", hook)
+            await _close_dispatchers(service)
             for runner in service.runners:
                 runner.destroy()
 
-    app = Starlette(routes=routes, lifespan=lifespan)
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return _http_error_response(request, exc, state)
+
+    async def unhandled(request: Request, exc: Exception) -> Response:
+        return error_response(exc, where=f"{request.method} {request.url.path}",
+                              scope=request.scope)
+
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: http_error, Exception: unhandled},
+    )
     app.state.tiffin = state
-    app.add_middleware(AccessLogMiddleware, state=state)
+    app.add_middleware(AccessLogMiddleware, state=state, routes=_route_paths(routes))
     return app
+
+
+def _route_paths(routes: list[BaseRoute]) -> frozenset[str]:
+    return frozenset(r.path for r in routes if isinstance(r, Route))
+
+
+async def _close_dispatchers(service: Service) -> None:
+    """Stop the batching loops this event loop runs, so none is left pending at exit."""
+    loop = asyncio.get_running_loop()
+    for runner in service.runners:
+        for method in runner.methods.values():
+            dispatchers = getattr(method, "_dispatchers", None)
+            dispatcher = dispatchers.get(loop) if dispatchers is not None else None
+            if dispatcher is not None:
+                with contextlib.suppress(Exception):
+                    await dispatcher.aclose()
+
+
+def _http_error_response(request: Request, exc: HTTPException, state: AppState) -> Response:
+    """404 and 405 from the router (and the static files) as JSON."""
+    path = request.url.path
+    if exc.status_code == 404:
+        code, detail = "NOT_FOUND", (
+            f"no route {request.method} {path}; this server answers "
+            + ", ".join(
+                f"POST {a.route}" for a in state.service.apis.values()
+            )
+            + (", " if state.service.apis else "")
+            + "GET /livez, /readyz, /metrics, /docs.json"
+        )
+    elif exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        code, detail = "METHOD_NOT_ALLOWED", (
+            f"{request.method} is not allowed on {path}; use {allowed or 'another method'}"
+        )
+    else:
+        code, detail = "HTTP_ERROR", str(exc.detail)
+    if path in state.mlflow_paths:
+        from tiffin.mlflow_protocol import mlflow_error
+
+        mlflow_code = "ENDPOINT_NOT_FOUND" if exc.status_code == 404 else "BAD_REQUEST"
+        return mlflow_error(exc.status_code, mlflow_code, detail, dict(exc.headers or {}))
+    return JSONResponse({"error": code, "detail": detail}, exc.status_code, headers=exc.headers)
 
 
 class AccessLogMiddleware:
     """Pure ASGI: one structured log line and one metrics observation per HTTP request."""
 
-    def __init__(self, app: ASGIApp, state: AppState) -> None:
+    def __init__(self, app: ASGIApp, state: AppState, routes: frozenset[str]) -> None:
         self.app = app
         self.state = state
-        self.known = {a.route for a in state.service.apis.values()} | MLFLOW_ROUTES | {
-            "/livez",
-            "/readyz",
-            "/healthz",
-            "/metrics",
-            "/docs.json",
-            "/",
-        }
+        self.known = routes
+        self.metrics = state.metrics
+        self.log = state.settings.access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -281,17 +438,16 @@ class AccessLogMiddleware:
             elapsed = time.perf_counter() - started
             path = scope["path"]
             route = path if path in self.known else "<other>"
-            self.state.metrics.observe_request(route, scope["method"], status, elapsed)
-            if self.state.settings.access_log and access_logger.isEnabledFor(logging.INFO):
-                access_logger.info(
-                    "%s",
-                    orjson.dumps(
-                        {
-                            "method": scope["method"],
-                            "path": path,
-                            "status": status,
-                            "duration_ms": round(elapsed * 1000, 3),
-                            "client": (scope.get("client") or ("", 0))[0],
-                        }
-                    ).decode(),
-                )
+            self.metrics.observe_request(route, scope["method"], status, elapsed)
+            if self.log and access_logger.isEnabledFor(logging.INFO):
+                record: dict[str, Any] = {
+                    "method": scope["method"],
+                    "path": path,
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 3),
+                    "client": (scope.get("client") or ("", 0))[0],
+                }
+                error_id = scope.get(ERROR_ID_KEY)
+                if error_id is not None:
+                    record["error_id"] = error_id
+                access_logger.info("%s", orjson.dumps(record).decode(), extra={"access": record})
