@@ -3,13 +3,14 @@ ports, stopped by PID, and small MLflow models made on the spot."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -171,3 +172,21 @@ def save_iris_model(path: Path, *, tensor: bool = False) -> Path:
 
 def python() -> str:
     return sys.executable
+
+
+# -- in process ----------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def asgi_client(app: Any, *, ready: bool = True) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client on ``app`` with its lifespan running, once the runners have loaded
+    (or failed to, with ``ready=False``)."""
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://tiffin.test") as client:
+            state = app.state.tiffin
+            deadline = time.monotonic() + 30
+            while not (state.ready or state.load_error) and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)
+            assert state.ready is ready, state.load_error
+            yield client
