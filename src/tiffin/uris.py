@@ -142,10 +142,16 @@ def wrap_error(uri: str, exc: BaseException, what: str = "") -> TiffinError:
     if any(hint in lowered for hint in _CONNECTION_HINTS) or isinstance(
         exc, ConnectionError | TimeoutError
     ):
+        scheme = urllib.parse.urlparse(uri).scheme
+        where = (
+            f"the tracking server ({_tracking_uri()})"
+            if scheme in ("runs", "models", "mlflow-artifacts", "")
+            else "the server"
+        )
         return ImportFailed(
-            f"{prefix}{text}; is the server reachable? (tracking URI {_tracking_uri()}; "
-            "tiffin bounds MLflow's HTTP retries unless MLFLOW_HTTP_REQUEST_TIMEOUT / "
-            "MLFLOW_HTTP_REQUEST_MAX_RETRIES are set)"
+            f"{prefix}{text}; is {where} reachable? (tiffin bounds MLflow's HTTP timeout and "
+            "retries unless MLFLOW_HTTP_REQUEST_TIMEOUT / MLFLOW_HTTP_REQUEST_MAX_RETRIES "
+            "are set)"
         )
     if (
         code in _NOT_FOUND_CODES
