@@ -29,28 +29,113 @@ _MLFLOW_TYPES = {"double": "number", "float": "number", "integer": "integer", "l
                  "datetime": "string"}
 
 
+def _mlflow_signature(model: Model) -> dict[str, Any]:
+    return (model.info.context.get("mlflow") or {}).get("signature") or {}
+
+
+def _tensor_spec(signature: dict[str, Any]) -> dict[str, Any] | None:
+    """The one tensor spec of a tensor signature (``{"dtype", "shape"}``), or None."""
+    specs = [c for c in signature.get("inputs") or [] if isinstance(c, dict)]
+    if len(specs) == 1 and specs[0].get("type") == "tensor":
+        spec = specs[0].get("tensor-spec")
+        return spec if isinstance(spec, dict) else None
+    return None
+
+
+def _columns(signature: dict[str, Any]) -> list[dict[str, Any]]:
+    return [c for c in signature.get("inputs") or [] if isinstance(c, dict) and c.get("name")
+            and c.get("type") != "tensor"]
+
+
+def expected_width(model: Model) -> int | None:
+    """How many values a row holds, from the MLflow signature (columns, or a 2-D tensor)."""
+    signature = _mlflow_signature(model)
+    columns = _columns(signature)
+    if columns:
+        return len(columns)
+    spec = _tensor_spec(signature)
+    shape = (spec or {}).get("shape")
+    if isinstance(shape, list) and len(shape) == 2 and isinstance(shape[1], int) and shape[1] > 0:
+        return shape[1]
+    return None
+
+
+def _tensor_schema(spec: dict[str, Any]) -> dict[str, Any]:
+    dtype = str(spec.get("dtype", ""))
+    kind = (
+        "boolean" if dtype == "bool"
+        else "integer" if "int" in dtype
+        else "number" if "float" in dtype
+        else "string" if dtype in ("str", "object") else None
+    )
+    schema: dict[str, Any] = {"type": kind} if kind else {}
+    shape = spec.get("shape") or []
+    for length in reversed(shape[1:] if isinstance(shape, list) else []):
+        schema = {"type": "array", "items": schema}
+        if isinstance(length, int) and length > 0:
+            schema["minItems"] = schema["maxItems"] = length
+    return {
+        "type": "array",
+        "items": schema,
+        "description": f"a tensor of shape {shape} and dtype {dtype}, as nested lists "
+        "(or .npy bytes)",
+    }
+
+
 def _signature_schema(model: Model) -> dict[str, Any]:
     """The JSON schema of a request, from the model's MLflow signature where it has one."""
-    signature = (model.info.context.get("mlflow") or {}).get("signature") or {}
-    columns = [c for c in signature.get("inputs") or [] if isinstance(c, dict) and c.get("name")]
-    if columns and all(c.get("type") in _MLFLOW_TYPES for c in columns):
-        props = {c["name"]: {"type": _MLFLOW_TYPES[c["type"]]} for c in columns}
+    signature = _mlflow_signature(model)
+    columns = _columns(signature)
+    spec = _tensor_spec(signature)
+    schema: dict[str, Any]
+    if columns:
+        props = {c["name"]: {"type": _MLFLOW_TYPES[c["type"]]} if c.get("type") in _MLFLOW_TYPES
+                 else {} for c in columns}
         names = [c["name"] for c in columns]
-        return {
+        required = [c["name"] for c in columns if c.get("required", True)]
+        schema = {
             "oneOf": [
-                {"type": "array", "items": {"type": "object", "properties": props,
-                                            "required": names}},
-                {"type": "object", "properties": {k: {"type": "array", "items": v}
-                                                  for k, v in props.items()}},
-                {"type": "array", "items": {"type": "array", "minItems": len(names),
-                                            "maxItems": len(names)}},
+                {"type": "array", "description": "rows as objects",
+                 "items": {"type": "object", "properties": props, "required": required}},
+                {"type": "object", "description": "columns",
+                 "properties": {k: {"type": "array", "items": v} for k, v in props.items()},
+                 "required": required},
+                {"type": "array", "description": f"rows as arrays, in column order {names}",
+                 "items": {"type": "array", "minItems": len(names), "maxItems": len(names)}},
             ],
-            "x-mlflow-signature": signature,
         }
-    return {
-        "description": "a JSON array of rows, or an object of columns",
-        "type": ["array", "object"],
-    }
+    elif spec is not None:
+        schema = _tensor_schema(spec)
+    else:
+        schema = {"description": "a JSON array of rows, or an object of columns",
+                  "type": ["array", "object"]}
+    if signature:
+        schema["x-mlflow-signature"] = signature
+    example = _input_example(model)
+    if example is not None:
+        schema["examples"] = [example]
+    return schema
+
+
+def _input_example(model: Model) -> Any:
+    """The model's saved input example in this route's form (rows), if it has one."""
+    from tiffin.mlflow_protocol import serving_input_example
+
+    if model.info.module != "tiffin.mlflow":
+        return None
+    example = serving_input_example(model)
+    if not isinstance(example, dict):
+        return None
+    split = example.get("dataframe_split")
+    if isinstance(split, dict) and isinstance(split.get("data"), list):
+        columns = split.get("columns")
+        if isinstance(columns, list):
+            return [dict(zip(columns, row, strict=False)) for row in split["data"]]
+        return split["data"]
+    for key in ("dataframe_records", "inputs", "instances"):
+        if key in example:
+            return example[key]
+    return None
 
 
 class ModelRows(IODescriptor):
@@ -102,27 +187,33 @@ class ModelRows(IODescriptor):
 
 def build_service(model: Model, *, batching: bool = True) -> Service:
     """A Service with one route per signature method of ``model``."""
+    from tiffin.mlflow_protocol import frame_validator, run_alone_on_failure
+
     configs = {}
     if "predict" in model.info.signatures:
         configs["predict"] = {"batchable": batching}
     runner = model.to_runner(method_configs=configs)
     service = Service(model.tag.name, runners=[runner], models=[model])
     schema = _signature_schema(model)
-    expected: dict[str, int | None] = {"width": None}
+    checks: dict[str, Any] = {"width": expected_width(model), "frame": None}
 
     @service.on_startup
-    def learn_width() -> None:
+    def learn_checks() -> None:
         # scikit-learn estimators know how many features they take: check before batching,
         # so one malformed request is a 400 and never fails the batch it would have joined
-        native = getattr(runner._instance, "model", None)
-        width = getattr(native, "n_features_in_", None)
-        expected["width"] = int(width) if isinstance(width, int) else None
+        if checks["width"] is None:
+            native = getattr(runner._instance, "model", None)
+            width = getattr(native, "n_features_in_", None)
+            checks["width"] = int(width) if isinstance(width, int) else None
+        checks["frame"] = frame_validator(model)
 
     for method in runner.methods.values():
 
         async def call(value: Any, _method: Any = method) -> Any:
-            _check_width(value, expected["width"])
-            return await _method.async_run(value)
+            _check_width(value, checks["width"])
+            if checks["frame"] is not None:
+                value = checks["frame"](value)
+            return await run_alone_on_failure(_method, value, {})
 
         call.__doc__ = f"{method.name} of model {model.tag} ({model.info.module})"
         service.api(input=ModelRows(schema), output=ModelRows(), name=method.name)(call)
@@ -130,6 +221,8 @@ def build_service(model: Model, *, batching: bool = True) -> Service:
 
 
 def _check_width(value: Any, width: int | None) -> None:
+    if hasattr(value, "columns"):  # a DataFrame: its columns are checked by name, not counted
+        return
     shape = getattr(value, "shape", None)
     if width is None or shape is None or len(shape) != 2 or shape[1] == width:
         return
