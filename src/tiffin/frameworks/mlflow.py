@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from tiffin import uris
 from tiffin.exceptions import ImportFailed, InvalidArgument, TiffinError, missing_dependency
 from tiffin.frameworks import check_methods, get_model
+from tiffin.frameworks._mlflow_runner import get_runnable
 from tiffin.models import create, validate_signatures
 
 if TYPE_CHECKING:
@@ -412,6 +413,7 @@ __all__ = [
     "MODULE",
     "NATIVE_FLAVORS",
     "get",
+    "get_runnable",
     "import_model",
     "load_model",
     "load_native",
