@@ -6,30 +6,44 @@ A service with exactly one runner over an imported MLflow model answers these ro
 use MLflow's own scoring-server functions, so payload handling matches MLflow's; the call
 itself goes through the runner's ``predict`` and its adaptive batcher (calls batch together
 only when their ``params`` are equal).
+
+Two things keep one caller's bad input from failing the others it was batched with: a
+DataFrame is checked against the model's signature before it joins a batch (MLflow's own
+schema enforcement, so the error is MLflow's 400), and a call whose batch failed with an
+error of the model's own is run once more on its own, so only the caller whose input the
+model rejects gets the error.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from tiffin.exceptions import TiffinError
+from tiffin.exceptions import Overloaded, TiffinError
 
 if TYPE_CHECKING:
     from tiffin.models import Model
-    from tiffin.runner import Runner
+    from tiffin.runner import Runner, RunnerMethod
     from tiffin.server import AppState
     from tiffin.service import Service
+
+logger = logging.getLogger("tiffin.server")
 
 MLFLOW_MODULE = "tiffin.mlflow"
 MLFLOW_MODEL_FOLDER = "mlflow_model"
 ACCEPTED = ("application/json", "text/csv", "application/vnd.apache.parquet")
+#: bodies at least this big are parsed in a worker thread, off the event loop
+OFFLOAD_BYTES = 1 << 20
 
 
 def mlflow_runner(service: Service) -> tuple[Runner, Model] | None:
@@ -43,7 +57,10 @@ def mlflow_runner(service: Service) -> tuple[Runner, Model] | None:
     return found[0] if len(found) == 1 else None
 
 
-def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+def mlflow_error(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> Response:
+    """An error in MLflow's shape: ``{"error_code": ..., "message": ...}``."""
     return Response(
         orjson.dumps({"error_code": code, "message": message}),
         status,
@@ -56,18 +73,98 @@ def _check_content_type(header: str) -> str | Response:
     mime, *params = (part.strip() for part in header.split(";"))
     values = {k.strip().lower(): v.strip() for k, _, v in (p.partition("=") for p in params if p)}
     if values.get("charset", "utf-8").lower() != "utf-8":
-        return _error(415, "BAD_REQUEST", "The scoring server only supports UTF-8")
+        return mlflow_error(415, "BAD_REQUEST", "The scoring server only supports UTF-8")
     extra = set(values) - {"charset"}
     if extra:
-        return _error(415, "BAD_REQUEST", f"Unrecognized content type parameters: {sorted(extra)}")
+        return mlflow_error(
+            415, "BAD_REQUEST", f"Unrecognized content type parameters: {sorted(extra)}"
+        )
     if mime.lower() not in ACCEPTED:
-        return _error(
+        return mlflow_error(
             415,
             "BAD_REQUEST",
             f"This predictor only supports the following content types: {list(ACCEPTED)}. "
             f"Got {header!r}.",
         )
     return mime.lower()
+
+
+# -- shared with serve-model -------------------------------------------------------------------
+
+
+def signature_schema(model: Model) -> Any:
+    """The model's MLflow input schema (``mlflow.types.Schema``), or None."""
+    from mlflow.models import Model as MlflowModel
+
+    path = Path(model.path_of(MLFLOW_MODEL_FOLDER)) / "MLmodel"
+    return MlflowModel.load(str(path)).get_input_schema()
+
+
+def frame_validator(model: Model) -> Callable[[Any], Any] | None:
+    """A function that checks (and casts) one caller's DataFrame against the model's
+    column signature, as MLflow's ``predict`` would; None when the model has none.
+
+    DataFrames of the same columns batch together whatever their dtypes, so a frame the
+    signature rejects must be turned away before it joins a batch, not fail the batch.
+    """
+    if model.info.module != MLFLOW_MODULE:
+        return None
+    schema = signature_schema(model)
+    if schema is None or schema.is_tensor_spec() or not schema.has_input_names():
+        return None
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+    from mlflow.models.utils import _enforce_schema
+
+    def validate(data: Any) -> Any:
+        if not isinstance(data, pd.DataFrame):
+            return data
+        try:
+            return _enforce_schema(data, schema)
+        except Exception as exc:  # worded as PyFuncModel.predict words it (a 400)
+            raise MlflowException.invalid_parameter_value(
+                f"Failed to enforce schema of data '{data}' with schema '{schema}'. Error: {exc}"
+            ) from exc
+
+    return validate
+
+
+async def run_alone_on_failure(method: RunnerMethod, data: Any, kwargs: dict[str, Any]) -> Any:
+    """``method.async_run(data, **kwargs)``; if its batch fails with an error of the model's
+    own, run this call once more alone, so the error reaches only the callers it belongs to."""
+    try:
+        return await method.async_run(data, **kwargs)
+    except (TiffinError, asyncio.CancelledError):
+        raise
+    except Exception:
+        if not method.config.batchable:
+            raise
+    # tiffin.runner has no public unbatched call for a batchable method (yet)
+    loop = asyncio.get_running_loop()
+    return await method._call_in_worker(loop, (data,), kwargs)
+
+
+# -- the routes --------------------------------------------------------------------------------
+
+
+def _predictions_json(raw: Any, ss: Any) -> bytes:
+    """``{"predictions": ...}`` exactly as MLflow writes it; orjson for plain arrays."""
+    np = sys.modules.get("numpy")
+    if np is not None and isinstance(raw, np.ndarray) and raw.dtype.kind in "biuf":
+        array = raw
+        if array.dtype.kind == "f" and array.dtype != np.float64:
+            array = array.astype(np.float64)  # MLflow writes float32 as its float64 value
+        if array.dtype.kind != "f" or bool(np.isfinite(array).all()):  # NaN: MLflow writes NaN
+            try:
+                return orjson.dumps(
+                    {"predictions": np.ascontiguousarray(array)},
+                    option=orjson.OPT_SERIALIZE_NUMPY,
+                )
+            except orjson.JSONEncodeError:
+                pass
+    out = io.StringIO()
+    ss.predictions_to_json(raw, out)
+    return out.getvalue().encode()
 
 
 def mlflow_routes(
@@ -80,69 +177,114 @@ def mlflow_routes(
     model_dir = model.path_of(MLFLOW_MODEL_FOLDER)
     cache: dict[str, Any] = {}
 
-    def meta() -> tuple[Any, Any]:
+    def setup() -> dict[str, Any]:
+        """MLflow's parsers and the model's metadata, loaded on the first call."""
         if not cache:
+            from mlflow.exceptions import MlflowException
             from mlflow.models import Model as MlflowModel
+            from mlflow.pyfunc import scoring_server
 
-            mlmodel = MlflowModel.load(model_dir)
-            cache["meta"] = mlmodel
-            cache["schema"] = mlmodel.get_input_schema()
-        return cache["meta"], cache["schema"]
+            metadata = MlflowModel.load(model_dir)
+            cache.update(
+                metadata=metadata,
+                schema=metadata.get_input_schema(),
+                ss=scoring_server,
+                MlflowException=MlflowException,
+                validate=frame_validator(model),
+            )
+        return cache
 
     limit = state.settings.max_body_size
     timeout = state.settings.api_timeout_s
+    method = runner.predict
+
+    def parse(body: bytes, media_type: str) -> tuple[Any, Any]:
+        env = cache
+        ss = env["ss"]
+        params = None
+        if media_type == "application/json":
+            try:
+                decoded: Any = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                decoded = body  # let MLflow's parser accept it (NaN) or word the error
+            if isinstance(decoded, dict | bytes):
+                parsed = ss._parse_json_data(decoded, env["metadata"], env["schema"])
+            else:  # MLflow's error for a bare list or value
+                parsed = ss._parse_json_data(body, env["metadata"], env["schema"])
+            data, params = parsed.data, parsed.params
+        elif media_type == "text/csv":
+            data = ss.parse_csv_input(io.StringIO(body.decode("utf-8")), env["schema"])
+        else:
+            data = ss.parse_parquet_input(io.BytesIO(body))
+        if env["validate"] is not None:
+            data = env["validate"](data)
+        return data, params
 
     async def invocations(request: Request) -> Response:
-        from mlflow.exceptions import MlflowException
-        from mlflow.pyfunc import scoring_server as ss
+        from tiffin.server import log_server_error, read_body, retry_after
 
-        from tiffin.server import error_response, read_body
-
+        if not state.ready:
+            return mlflow_error(
+                503,
+                "TEMPORARILY_UNAVAILABLE",
+                "the model is still loading; retry once /ping answers 200",
+                {"Retry-After": "1"},
+            )
         checked = _check_content_type(request.headers.get("content-type", ""))
         if isinstance(checked, Response):
             return checked
+        env = cache or setup()
+        mlflow_exception = env["MlflowException"]
         try:
             body = await read_body(request, limit)
-            metadata, schema = meta()
-            params = None
-            if checked == "application/json":
-                parsed = ss._parse_json_data(body, metadata, schema)
-                data, params = parsed.data, parsed.params
-            elif checked == "text/csv":
-                data = ss.parse_csv_input(io.StringIO(body.decode("utf-8")), schema)
+            if len(body) >= OFFLOAD_BYTES:
+                data, params = await asyncio.to_thread(parse, body, checked)
             else:
-                data = ss.parse_parquet_input(io.BytesIO(body))
+                data, params = parse(body, checked)
             kwargs = {"params": params} if params else {}
-            raw = await asyncio.wait_for(runner.predict.async_run(data, **kwargs), timeout)
-            out = io.StringIO()
-            ss.predictions_to_json(raw, out)
-            return Response(out.getvalue(), media_type="application/json")
-        except MlflowException as exc:
-            return _error(exc.get_http_status_code(), str(exc.error_code), exc.message)
+            try:
+                async with asyncio.timeout(timeout) as deadline:
+                    raw = await run_alone_on_failure(method, data, kwargs)
+            except TimeoutError:
+                if not deadline.expired():
+                    raise
+                return mlflow_error(
+                    504,
+                    "DEADLINE_EXCEEDED",
+                    f"Request processing time exceeded limit ({timeout:g} s, api_timeout_s)",
+                )
+            return Response(_predictions_json(raw, env["ss"]), media_type="application/json")
+        except mlflow_exception as exc:
+            return mlflow_error(exc.get_http_status_code(), str(exc.error_code), exc.message)
         except UnicodeDecodeError as exc:
-            return _error(400, "BAD_REQUEST", f"the body is not valid UTF-8: {exc}")
+            return mlflow_error(400, "BAD_REQUEST", f"the body is not valid UTF-8: {exc}")
+        except Overloaded as exc:
+            return mlflow_error(
+                503, "TEMPORARILY_UNAVAILABLE", str(exc), {"Retry-After": retry_after(exc)}
+            )
         except TiffinError as exc:
-            response = error_response(exc)
-            if exc.http_status >= 500:
-                return response
-            return _error(exc.http_status, "BAD_REQUEST", str(exc), dict(response.headers))
+            if exc.http_status < 500:
+                return mlflow_error(exc.http_status, "BAD_REQUEST", str(exc))
+            error_id = log_server_error(exc, "/invocations", request.scope)
+            return mlflow_error(exc.http_status, "INTERNAL_ERROR", f"{exc} (error_id={error_id})")
         except Exception as exc:
-            if isinstance(exc, TimeoutError):
-                return error_response(exc, where="/invocations")
-            return _error(
+            # MLflow's answer when the model raises: 400, the input is taken to be at fault
+            error_id = log_server_error(exc, "/invocations", request.scope)
+            return mlflow_error(
                 400,
                 "BAD_REQUEST",
                 "Encountered an unexpected error while evaluating the model. Verify that the "
-                f"serialized input Dataframe is compatible with the model for inference. ({exc})",
+                f"serialized input Dataframe is compatible with the model for inference. "
+                f"({type(exc).__name__}: {exc}; error_id={error_id})",
             )
 
     async def ping(request: Request) -> Response:
-        return PlainTextResponse("\n", 200 if state.ready else 404)
+        return Response("\n", 200 if state.ready else 404, media_type="application/json")
 
     async def version(request: Request) -> Response:
         import mlflow
 
-        return PlainTextResponse(mlflow.__version__)
+        return Response(mlflow.__version__, media_type="application/json")
 
     routes: list[BaseRoute] = [
         Route("/invocations", invocations, methods=["POST"]),
@@ -160,25 +302,47 @@ def _openapi_paths(model: Model) -> dict[str, Any]:
         "description": "exactly one of dataframe_split, dataframe_records, instances, inputs; "
         "optional params",
         "properties": {
-            "dataframe_split": {"type": "object"},
+            "dataframe_split": {
+                "type": "object",
+                "properties": {
+                    "columns": {"type": "array", "items": {"type": "string"}},
+                    "data": {"type": "array", "items": {"type": "array"}},
+                    "index": {"type": "array"},
+                },
+                "required": ["data"],
+            },
             "dataframe_records": {"type": "array", "items": {"type": "object"}},
             "instances": {"type": "array"},
             "inputs": {},
             "params": {"type": "object"},
         },
+        "minProperties": 1,
     }
     if signature:
         schema["x-mlflow-signature"] = signature
-    text = {"description": "ok", "content": {"text/plain": {"schema": {"type": "string"}}}}
+    example = serving_input_example(model)
+    media: dict[str, Any] = {"schema": schema}
+    if example is not None:
+        media["example"] = example
+    error = {
+        "description": "MLflow error",
+        "content": {"application/json": {"schema": {
+            "type": "object",
+            "properties": {"error_code": {"type": "string"}, "message": {"type": "string"}},
+            "required": ["error_code", "message"],
+        }}},
+    }
+    text = {"description": "ok", "content": {"application/json": {"schema": {"type": "string"}}}}
     return {
         "/invocations": {
             "post": {
+                "operationId": "invocations",
                 "summary": "MLflow scoring protocol",
                 "tags": ["MLflow"],
                 "requestBody": {
                     "required": True,
                     "content": {
-                        "application/json": {"schema": schema},
+                        "application/json": media,
                         "text/csv": {"schema": {"type": "string"}},
                     },
                 },
@@ -187,7 +351,8 @@ def _openapi_paths(model: Model) -> dict[str, Any]:
                         "description": "predictions",
                         "content": {"application/json": {"schema": {
                             "type": "object", "properties": {"predictions": {}}}}},
-                    }
+                    },
+                    **{status: error for status in ("400", "413", "415", "503", "504")},
                 },
             }
         },
@@ -198,3 +363,12 @@ def _openapi_paths(model: Model) -> dict[str, Any]:
         "/version": {"get": {"summary": "MLflow version", "tags": ["MLflow"],
                              "responses": {"200": text}}},
     }
+
+
+def serving_input_example(model: Model) -> Any:
+    """The request MLflow saved with the model (``serving_input_example.json``), if any."""
+    path = Path(model.path_of(MLFLOW_MODEL_FOLDER)) / "serving_input_example.json"
+    try:
+        return orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
