@@ -456,3 +456,114 @@ def test_shutdown_runs_the_hook_and_exits_cleanly(tmp_path: Path) -> None:
     assert "shutdown hook ran" in logs
     assert "Traceback" not in logs
     assert "Task was destroyed" not in logs
+
+
+# -- the page's "Build Prediction Service" section, as written ------------------------------
+
+PAGE_SERVICE = '''
+import tiffin
+import mlflow
+import torch
+
+mnist_runner = tiffin.mlflow.get('mlflow_pytorch_mnist:latest').to_runner()
+
+svc = tiffin.Service('mlflow_pytorch_mnist', runners=[ mnist_runner ])
+
+input_spec = tiffin.io.NumpyNdarray(
+    dtype="float32",
+    shape=[-1, 1, 28, 28],
+    enforce_shape=True,
+    enforce_dtype=True,
+)
+
+@svc.api(input=input_spec, output=tiffin.io.NumpyNdarray())
+def predict(input_arr):
+    return mnist_runner.predict.run(input_arr)
+'''
+
+
+def test_the_pages_prediction_service_over_http(tmp_path: Path) -> None:
+    """The page's service file, word for word with tiffin for bentoml, on an MNIST-shaped
+    PyTorch model logged with MLflow and imported into the store."""
+    import mlflow
+    import torch
+
+    from tests.test_serving_support import bridge_mlflow_runnable
+    from tiffin.frameworks import mlflow as tiffin_mlflow
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 10)).eval()
+    images = np.random.default_rng(0).random((3, 1, 28, 28), dtype=np.float32)
+    # MLflow 3 exports pt2 with the example's batch size baked in; pickle keeps it free
+    mlflow.pytorch.save_model(model, str(tmp_path / "mnist"), input_example=images[:1],
+                              serialization_format="pickle", pip_requirements=["torch"])
+    bridge_mlflow_runnable()
+    from tests.test_serving_support import store_at
+
+    tiffin_mlflow.import_model("mlflow_pytorch_mnist", tmp_path / "mnist",
+                               store=store_at(tmp_path / "home"))
+    (tmp_path / "service.py").write_text(PAGE_SERVICE)
+    srv = start_tiffin(["serve", "service:svc"], cwd=tmp_path,
+                       env=server_env(tmp_path / "home"), log=tmp_path / "log")
+    try:
+        response = post_json(srv, "/predict", images.tolist())
+        assert response.status_code == 200, response.text
+        with torch.no_grad():
+            expected = model(torch.from_numpy(images)).numpy()
+        np.testing.assert_allclose(np.array(response.json()), expected, rtol=1e-5, atol=1e-6)
+        assert_error(post_json(srv, "/predict", images[0].tolist()), 400, "shape (1, 28, 28)")
+        response = httpx.post(srv.url + "/invocations", json={"inputs": images.tolist()})
+        assert response.status_code == 200, response.text
+        np.testing.assert_allclose(np.array(response.json()["predictions"]), expected,
+                                   rtol=1e-5, atol=1e-6)
+    finally:
+        srv.stop()
+
+
+def test_a_service_whose_runner_cannot_load_exits_non_zero(tmp_path: Path) -> None:
+    (tmp_path / "broken.py").write_text(
+        "import tiffin\n"
+        "class Broken(tiffin.Runnable):\n"
+        "    def __init__(self):\n"
+        "        raise RuntimeError('weights are missing')\n"
+        "    @tiffin.Runnable.method\n"
+        "    def predict(self, x):\n"
+        "        return x\n"
+        "svc = tiffin.Service('broken', runners=[tiffin.Runner(Broken)])\n"
+    )
+    srv = start_tiffin(["serve", "broken.py:svc"], cwd=tmp_path, ready=None,
+                       env=server_env(tmp_path / "home"), log=tmp_path / "log")
+    try:
+        assert srv.proc.wait(timeout=30) == 1
+    finally:
+        srv.stop()
+    assert "tiffin: error: the service failed to start: RuntimeError: weights are missing" in (
+        srv.logs()
+    )
+
+
+def test_reload_serves_the_edited_file(tmp_path: Path) -> None:
+    source = (
+        "import tiffin\nfrom tiffin.io import JSON\nsvc = tiffin.Service('live')\n"
+        "@svc.api(input=JSON(), output=JSON())\ndef version(x):\n    return {VERSION}\n"
+    )
+    (tmp_path / "app").mkdir()
+    path = tmp_path / "app" / "live.py"
+    path.write_text(source.replace("{VERSION}", "1"))
+    srv = start_tiffin(["serve", "app/live.py:svc", "--reload"], cwd=tmp_path,
+                       env=server_env(tmp_path / "home"), log=tmp_path / "log")
+    try:
+        assert post_json(srv, "/version", {}).json() == 1
+        path.write_text(source.replace("{VERSION}", "2"))
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if post_json(srv, "/version", {}).json() == 2:
+                    break
+            except (httpx.TransportError, ValueError):
+                pass
+            time.sleep(0.2)
+        else:
+            raise AssertionError("the edit was not served:\n" + srv.logs()[-2000:])
+    finally:
+        srv.stop()
