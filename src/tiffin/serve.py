@@ -5,11 +5,15 @@ This is the one module that starts server processes.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import logging
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +129,23 @@ def _uvicorn_options(settings: ServeSettings) -> dict[str, Any]:
     }
 
 
+@contextlib.contextmanager
+def _exit_zero_after_graceful_stop() -> Iterator[None]:
+    """uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal to whatever
+    handler was there before it. Make that a no-op, so a clean stop exits with status 0."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, lambda *_: None)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def run_app(app: Any, settings: ServeSettings, *, reload_target: str | None = None) -> None:
     """Serve ``app`` with uvicorn until interrupted (SIGINT/SIGTERM shut down gracefully).
 
@@ -157,7 +178,8 @@ def run_app(app: Any, settings: ServeSettings, *, reload_target: str | None = No
             server.should_exit = True
 
         state.on_fatal = stop
-    server.run()
+    with _exit_zero_after_graceful_stop():
+        server.run()
     if state is not None and state.load_error is not None:
         raise RunnerError(
             f"the service failed to start: {type(state.load_error).__name__}: "
