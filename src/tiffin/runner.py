@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import logging
 import os
@@ -189,6 +190,23 @@ class RunnerMethod:
             self._dispatchers[loop] = dispatcher
         return dispatcher
 
+    def close_dispatchers(self) -> None:
+        """Stop this method's batching loops (queued callers get an error)."""
+        try:
+            current = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
+        for loop, dispatcher in list(self._dispatchers.items()):
+            if loop.is_closed() or not loop.is_running():
+                continue
+            if loop is current:
+                loop.create_task(dispatcher.aclose())
+            else:
+                future = asyncio.run_coroutine_threadsafe(dispatcher.aclose(), loop)
+                with contextlib.suppress(Exception):
+                    future.result(timeout=5)
+        self._dispatchers.clear()
+
     async def async_run(self, *args: Any, **kwargs: Any) -> Any:
         """Run from any event loop; batchable methods are batched with concurrent callers."""
         self.runner._require_instance()
@@ -288,7 +306,9 @@ class Runner:
         self._instance = instance
 
     def destroy(self) -> None:
-        """Release the runnable and its worker thread."""
+        """Release the runnable, its batching loops and its worker thread."""
+        for method in self.methods.values():
+            method.close_dispatchers()
         self._instance = None
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
