@@ -94,6 +94,15 @@ class InvalidOutput(TiffinError):
     error_code = "INVALID_OUTPUT"
 
 
+class RunnerUnavailable(TiffinError):
+    """A runner process is down (crashed and restarting, or not started yet)."""
+
+    http_status = 503
+    exit_code = 1
+    error_code = "RUNNER_UNAVAILABLE"
+    retry_after = 1.0
+
+
 class Overloaded(TiffinError):
     """A call waited in a batching queue past its runner's max_latency_ms."""
 

@@ -28,6 +28,7 @@ from tiffin.tag import validate_part
 if TYPE_CHECKING:
     from tiffin.batching import BatchStats, Dispatcher
     from tiffin.models import Model
+    from tiffin.remote import RemoteRunner
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +142,19 @@ def _background_loop() -> asyncio.AbstractEventLoop:
         return _bg_loop
 
 
+class _Snapshot:
+    """Batching figures fetched from another process, read like a BatchStats."""
+
+    def __init__(self, snapshot: dict[str, Any]) -> None:
+        self._snapshot = snapshot
+        self.calls = snapshot.get("calls", 0)
+        self.rows = snapshot.get("rows", 0)
+        self.batches = snapshot.get("batches", 0)
+
+    def snapshot(self) -> dict[str, Any]:
+        return self._snapshot
+
+
 class RunnerMethod:
     """``runner.<name>``: call one runnable method with ``run`` or ``async_run``."""
 
@@ -152,11 +166,16 @@ class RunnerMethod:
             weakref.WeakKeyDictionary()
         )
         self._stats: BatchStats | None = None
+        self._remote_stats: dict[str, Any] | None = None
 
     @property
-    def stats(self) -> BatchStats | None:
-        """Batch-size, queue-wait and run-time figures (batchable methods, once called)."""
-        return self._stats
+    def stats(self) -> BatchStats | _Snapshot | None:
+        """Batch-size, queue-wait and run-time figures (batchable methods, once called).
+
+        For a runner in its own process these are the figures last fetched from it by
+        :meth:`Runner.refresh_remote_stats`.
+        """
+        return self._stats if self._remote_stats is None else _Snapshot(self._remote_stats)
 
     def _call_in_worker(self, loop: asyncio.AbstractEventLoop, args: tuple, kwargs: dict) -> Any:
         bound = getattr(self.runner._require_instance(), self.name)
@@ -209,6 +228,9 @@ class RunnerMethod:
 
     async def async_run(self, *args: Any, **kwargs: Any) -> Any:
         """Run from any event loop; batchable methods are batched with concurrent callers."""
+        remote = self.runner._remote
+        if remote is not None:
+            return await remote.call(self.name, args, kwargs)
         self.runner._require_instance()
         loop = asyncio.get_running_loop()
         if self.config.batchable:
@@ -217,6 +239,15 @@ class RunnerMethod:
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
         """Run and wait, from any thread (including one that runs an event loop)."""
+        remote = self.runner._remote
+        if remote is not None:
+            with contextlib.suppress(RuntimeError):
+                if asyncio.get_running_loop() is remote.loop:
+                    raise RunnerError(
+                        f"{self.runner.name}.{self.name}.run() would block the server's event "
+                        "loop; in an async API function use `await ....async_run(...)`"
+                    )
+            return remote.call_threadsafe(self.name, args, kwargs)
         self.runner._require_instance()
         future = asyncio.run_coroutine_threadsafe(
             self.async_run(*args, **kwargs), _background_loop()
@@ -264,6 +295,7 @@ class Runner:
             self.methods[method] = RunnerMethod(self, method, _configure(config, overrides))
         self._instance: Runnable | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._remote: RemoteRunner | None = None
 
     def __getattr__(self, name: str) -> RunnerMethod:
         methods = self.__dict__.get("methods", {})
@@ -285,7 +317,30 @@ class Runner:
 
     @property
     def is_initialized(self) -> bool:
+        """Loaded here (``init_local``) or attached to its own process (``attach_remote``)."""
+        return self._instance is not None or self._remote is not None
+
+    @property
+    def is_ready(self) -> bool:
+        """Able to take calls now: loaded here, or connected to every one of its processes."""
+        if self._remote is not None:
+            return self._remote.connected
         return self._instance is not None
+
+    def attach_remote(self, remote: RemoteRunner) -> None:
+        """Send every call to runner processes through ``remote`` instead of running here."""
+        if self._instance is not None:
+            raise RunnerError(f"runner {self.name!r} is already initialised in this process")
+        self._remote = remote
+
+    async def refresh_remote_stats(self) -> None:
+        """Fetch the batching figures of a runner that lives in other processes."""
+        if self._remote is None:
+            return
+        snapshots = await self._remote.stats()
+        for name, method in self.methods.items():
+            if name in snapshots:
+                method._remote_stats = snapshots[name]
 
     def init_local(self) -> None:
         """Load the runnable in this process (scripts, notebooks, single-process serving)."""

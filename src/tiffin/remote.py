@@ -1,0 +1,254 @@
+"""Runners in their own processes: the runner-process server and the API workers' client.
+
+A runner process loads one runner, listens on a Unix socket, and runs every call through the
+runner's own adaptive dispatcher, so calls from all API workers batch together. An API worker
+holds a :class:`RemoteRunner` per runner: one multiplexed connection per runner process,
+reconnected in the background; when a runner process dies, every call in flight to it fails
+at once with :class:`~tiffin.exceptions.RunnerUnavailable` (HTTP 503), and new calls fail fast
+until it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tiffin import transport
+from tiffin.exceptions import RunnerUnavailable
+
+if TYPE_CHECKING:
+    from tiffin.runner import Runner
+
+logger = logging.getLogger("tiffin.remote")
+
+CALL, STATS, PING = "call", "stats", "ping"
+OK, ERROR = "ok", "err"
+
+
+# -- the runner process ------------------------------------------------------------------------
+
+
+async def _handle(runner: Runner, message: Any) -> tuple[str, Any]:
+    kind, body = message
+    if kind == CALL:
+        method, args, kwargs = body
+        return OK, await runner.methods[method].async_run(*args, **kwargs)
+    if kind == STATS:
+        return OK, {
+            name: method.stats.snapshot()
+            for name, method in runner.methods.items()
+            if method.stats is not None
+        }
+    if kind == PING:
+        return OK, {"pid": os.getpid(), "ready": runner.is_initialized}
+    raise ValueError(f"unknown message kind {kind!r}")
+
+
+async def serve_runner(runner: Runner, socket_path: str, ready: Callable[[], None]) -> None:
+    """Serve ``runner`` (already initialised) on ``socket_path`` until SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    # Ctrl-C reaches the whole process group: API workers drain first, the parent then stops
+    # runner processes with SIGTERM, so a runner keeps serving through SIGINT.
+    loop.add_signal_handler(signal.SIGINT, lambda: None)
+
+    async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def answer(call_id: int, message: Any) -> None:
+            try:
+                status, value = await _handle(runner, message)
+            except BaseException as exc:  # the caller gets it, the process keeps serving
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                status, value = ERROR, transport.picklable_error(exc)
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await transport.send(writer, (call_id, status, value))
+
+        try:
+            while True:
+                call_id, message = await transport.receive(reader)
+                task = asyncio.create_task(answer(call_id, message))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the API worker went away; its calls already running finish on their own
+        finally:
+            writer.close()
+
+    Path(socket_path).unlink(missing_ok=True)
+    server = await asyncio.start_unix_server(connection, path=socket_path)
+    os.chmod(socket_path, 0o600)
+    ready()
+    async with server:
+        await stop.wait()
+    logger.info("runner %r (pid %d) stopping", runner.name, os.getpid())
+
+
+# -- the API worker's side -----------------------------------------------------------------------
+
+
+class _Endpoint:
+    """One connection to one runner process, multiplexing calls by id."""
+
+    def __init__(self, owner: RemoteRunner, path: str) -> None:
+        self.owner = owner
+        self.path = path
+        self.writer: asyncio.StreamWriter | None = None
+        self.pending: dict[int, asyncio.Future[Any]] = {}
+        self.ids = itertools.count()
+        self.task: asyncio.Task[None] | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self.writer is not None
+
+    async def run(self) -> None:
+        delay = 0.05
+        while True:
+            try:
+                reader, writer = await asyncio.open_unix_connection(self.path)
+            except OSError:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.5)
+                continue
+            delay = 0.05
+            self.writer = writer
+            try:
+                while True:
+                    call_id, status, value = await transport.receive(reader)
+                    future = self.pending.pop(call_id, None)
+                    if future is None or future.done():
+                        continue
+                    if status == OK:
+                        future.set_result(value)
+                    else:
+                        future.set_exception(value)
+            except (asyncio.IncompleteReadError, ConnectionError, OSError):
+                pass
+            finally:
+                self.writer = None
+                writer.close()
+                self._fail_pending()
+
+    def _fail_pending(self) -> None:
+        pending, self.pending = self.pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(
+                    RunnerUnavailable(
+                        f"runner {self.owner.name!r} process went away during the call; "
+                        "it is being restarted, retry shortly"
+                    )
+                )
+
+    async def request(self, message: Any) -> Any:
+        writer = self.writer
+        if writer is None:
+            raise self.owner.unavailable()
+        call_id = next(self.ids)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.pending[call_id] = future
+        try:
+            await transport.send(writer, (call_id, message))
+            return await future
+        except (ConnectionError, RuntimeError) as exc:
+            raise self.owner.unavailable() from exc
+        finally:
+            self.pending.pop(call_id, None)
+
+
+class RemoteRunner:
+    """The API worker's handle on a runner's processes (one endpoint per process)."""
+
+    def __init__(self, name: str, socket_paths: list[str]) -> None:
+        self.name = name
+        self.endpoints = [_Endpoint(self, path) for path in socket_paths]
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._turn = itertools.count()
+
+    def unavailable(self) -> RunnerUnavailable:
+        return RunnerUnavailable(
+            f"runner {self.name!r} is not available (its process is starting or restarting); "
+            "retry shortly"
+        )
+
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        for endpoint in self.endpoints:
+            endpoint.task = asyncio.create_task(endpoint.run(), name=f"tiffin-remote-{self.name}")
+
+    async def aclose(self) -> None:
+        for endpoint in self.endpoints:
+            if endpoint.task is not None:
+                endpoint.task.cancel()
+                await asyncio.gather(endpoint.task, return_exceptions=True)
+            endpoint._fail_pending()
+
+    @property
+    def connected(self) -> bool:
+        return all(endpoint.connected for endpoint in self.endpoints)
+
+    def _pick(self) -> _Endpoint:
+        live = [e for e in self.endpoints if e.connected]
+        if not live:
+            raise self.unavailable()
+        # the least busy process; ties in turn, so idle processes share the load
+        turn = next(self._turn)
+        return min(live, key=lambda e: (len(e.pending), (self.endpoints.index(e) - turn) % len(
+            self.endpoints)))
+
+    async def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return await self._pick().request((CALL, (method, args, kwargs)))
+
+    def call_threadsafe(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Blocking call from a thread that is not the API worker's event loop."""
+        if self.loop is None:
+            raise self.unavailable()
+        future = asyncio.run_coroutine_threadsafe(self.call(method, args, kwargs), self.loop)
+        return future.result()
+
+    async def stats(self) -> dict[str, dict[str, Any]]:
+        """Each method's batching figures, summed over the runner's processes."""
+        merged: dict[str, dict[str, Any]] = {}
+        for endpoint in self.endpoints:
+            if not endpoint.connected:
+                continue
+            try:
+                snapshot = await asyncio.wait_for(endpoint.request((STATS, None)), 2)
+            except (RunnerUnavailable, TimeoutError):
+                continue
+            for method, snap in snapshot.items():
+                merged[method] = _add(merged[method], snap) if method in merged else snap
+        return merged
+
+
+def _add(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Sum two BatchStats snapshots (counters and histograms with the same buckets)."""
+    out: dict[str, Any] = {}
+    for key, value in a.items():
+        other = b.get(key)
+        if isinstance(value, dict) and isinstance(other, dict):
+            out[key] = {
+                "buckets": [
+                    (bound, count + other_count)
+                    for (bound, count), (_, other_count) in zip(
+                        value["buckets"], other["buckets"], strict=True
+                    )
+                ],
+                "count": value["count"] + other["count"],
+                "sum": value["sum"] + other["sum"],
+            }
+        elif isinstance(value, int | float) and isinstance(other, int | float):
+            out[key] = value + other
+        else:
+            out[key] = value
+    return out

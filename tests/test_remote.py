@@ -1,0 +1,161 @@
+"""Runners in their own processes: the pickle-5 transport, and RemoteRunner against a real
+runner process over a Unix socket (batching across callers, errors, a killed process)."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tiffin
+from tiffin import transport
+from tiffin.exceptions import RunnerError, RunnerUnavailable
+from tiffin.remote import RemoteRunner, serve_runner
+
+
+class Slow(tiffin.Runnable):
+    """Doubles its input after ``delay`` seconds per batch; records batch sizes."""
+
+    def __init__(self, delay: float = 0.02) -> None:
+        self.delay = delay
+        self.sizes: list[int] = []
+
+    @tiffin.Runnable.method(batchable=True)
+    def double(self, x):
+        self.sizes.append(len(x))
+        time.sleep(self.delay)
+        return x * 2
+
+    @tiffin.Runnable.method
+    def sizes_seen(self):
+        return list(self.sizes)
+
+    @tiffin.Runnable.method
+    def fail(self, message):
+        raise ValueError(message)
+
+    @tiffin.Runnable.method
+    def crash(self):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _runner_main(socket_path: str, ready) -> None:  # a child process
+    runner = tiffin.Runner(Slow, name="slow")
+    runner.init_local()
+    asyncio.run(serve_runner(runner, socket_path, ready.set))
+
+
+@pytest.fixture
+def runner_process(tmp_path: Path):
+    socket_path = str(tmp_path / "slow.sock")
+    context = multiprocessing.get_context("spawn")
+    ready = context.Event()
+    process = context.Process(target=_runner_main, args=(socket_path, ready), daemon=True)
+    process.start()
+    assert ready.wait(30), "runner process did not start"
+    yield process, socket_path
+    if process.is_alive():
+        process.terminate()
+    process.join(10)
+
+
+def test_frames_round_trip_arrays_out_of_band_and_writable():
+    big = np.arange(100_000, dtype=np.float32).reshape(1000, 100)
+    chunks = transport.encode((7, "ok", {"a": big, "b": [1, "x"]}))
+    assert len(chunks) == 3  # prefix, pickle header, the array's own memory
+    assert sum(len(c) for c in chunks[:2]) < 1000  # the array is not inside the pickle
+
+    async def round_trip():
+        reader = asyncio.StreamReader()
+        for chunk in chunks:
+            reader.feed_data(bytes(chunk))
+        reader.feed_eof()
+        return await transport.receive(reader)
+
+    call_id, status, value = asyncio.run(round_trip())
+    assert (call_id, status, value["b"]) == (7, "ok", [1, "x"])
+    np.testing.assert_array_equal(value["a"], big)
+    value["a"][0, 0] = -1  # arrives writable
+
+
+def test_unpicklable_errors_become_runner_errors():
+    class Odd(Exception):
+        def __reduce__(self):
+            raise TypeError("no pickling")
+
+    err = transport.picklable_error(Odd("boom"))
+    assert isinstance(err, RunnerError) and "Odd: boom" in str(err)
+    plain = ValueError("fine")
+    assert transport.picklable_error(plain) is plain
+
+
+@pytest.mark.slow
+def test_remote_runner_batches_across_callers_and_survives_errors(runner_process):
+    _, socket_path = runner_process
+    runner = tiffin.Runner(Slow, name="slow")
+
+    async def main():
+        remote = RemoteRunner("slow", [socket_path])
+        runner.attach_remote(remote)
+        await remote.start()
+        for _ in range(100):
+            if remote.connected:
+                break
+            await asyncio.sleep(0.05)
+        assert runner.is_ready
+        results = await asyncio.gather(
+            *(runner.double.async_run(np.array([i, i])) for i in range(30))
+        )
+        with pytest.raises(ValueError, match="bad input"):
+            await runner.fail.async_run("bad input")
+        sizes = await runner.sizes_seen.async_run()
+        await runner.refresh_remote_stats()
+        await remote.aclose()
+        return results, sizes
+
+    results, sizes = asyncio.run(main())
+    assert [r.tolist() for r in results] == [[2 * i, 2 * i] for i in range(30)]
+    assert sum(sizes) == 60 and max(sizes) > 2, f"calls were not batched: {sizes}"
+    assert runner.double.stats is not None and runner.double.stats.calls == 30
+
+
+@pytest.mark.slow
+def test_in_flight_callers_get_503_when_the_runner_process_dies(runner_process):
+    process, socket_path = runner_process
+    runner = tiffin.Runner(Slow, name="slow")
+
+    async def main():
+        remote = RemoteRunner("slow", [socket_path])
+        runner.attach_remote(remote)
+        await remote.start()
+        while not remote.connected:
+            await asyncio.sleep(0.05)
+        waiting = asyncio.ensure_future(runner.double.async_run(np.arange(4)))
+        await asyncio.sleep(0)
+        started = time.perf_counter()
+        with pytest.raises(RunnerUnavailable):
+            await runner.crash.async_run()
+        with pytest.raises(RunnerUnavailable) as info:
+            await asyncio.gather(waiting)
+        elapsed = time.perf_counter() - started
+        assert info.value.http_status == 503
+        for _ in range(20):  # noticed as gone, new calls fail fast
+            if not remote.connected:
+                break
+            await asyncio.sleep(0.05)
+        with pytest.raises(RunnerUnavailable):
+            await runner.double.async_run(np.arange(2))
+        assert not runner.is_ready
+        await remote.aclose()
+        return elapsed
+
+    elapsed = asyncio.run(main())
+    assert elapsed < 5, "callers hung after the runner process died"
+    process.join(5)
+    assert process.exitcode == -signal.SIGKILL
