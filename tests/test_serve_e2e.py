@@ -302,6 +302,7 @@ def test_exception_in_the_api_function_is_500_with_a_logged_error_id(
     assert "the user function broke" in logs  # the traceback is in the log, not the body
     assert "the user function broke" not in response.text
     # the access log line of that request carries the id too
+    logs = server.wait_for_log(f'"error_id":"{body_id}"')
     access = [json.loads(line) for line in logs.splitlines()
               if line.startswith("{") and '"logger":"tiffin.access"' in line]
     assert any(entry.get("error_id") == body_id and entry["status"] == 500 for entry in access)
@@ -488,7 +489,6 @@ def test_the_pages_prediction_service_over_http(tmp_path: Path) -> None:
     import mlflow
     import torch
 
-    from tests.test_serving_support import bridge_mlflow_runnable
     from tiffin.frameworks import mlflow as tiffin_mlflow
 
     torch.manual_seed(0)
@@ -497,7 +497,6 @@ def test_the_pages_prediction_service_over_http(tmp_path: Path) -> None:
     # MLflow 3 exports pt2 with the example's batch size baked in; pickle keeps it free
     mlflow.pytorch.save_model(model, str(tmp_path / "mnist"), input_example=images[:1],
                               serialization_format="pickle", pip_requirements=["torch"])
-    bridge_mlflow_runnable()
     from tests.test_serving_support import store_at
 
     tiffin_mlflow.import_model("mlflow_pytorch_mnist", tmp_path / "mnist",

@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -101,8 +102,50 @@ class JSONFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
+class BufferedStreamHandler(logging.StreamHandler):
+    """A stream handler that writes lines in batches: at most every ``interval`` seconds, when
+    256 lines wait, and at once for a warning or worse. One write per request (the access
+    log) cost a system call each, a tenth of a loaded server's event loop."""
+
+    def __init__(self, stream: Any, interval: float = 0.2) -> None:
+        super().__init__(stream)
+        self.pending: list[str] = []
+        self.interval = interval
+        threading.Thread(target=self._flush_every, name="tiffin-log-flush", daemon=True).start()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        self.pending.append(line)  # handle() holds self.lock here
+        if record.levelno >= logging.WARNING or len(self.pending) >= 256:
+            self.flush()
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            if self.pending:
+                lines, self.pending = self.pending, []
+                try:
+                    self.stream.write("\n".join(lines) + "\n")
+                except Exception:  # a closed or broken stream: drop the lines, keep serving
+                    return
+            super().flush()
+
+    def _flush_every(self) -> None:
+        while True:
+            time.sleep(self.interval)
+            self.flush()
+
+
+def flush_logs() -> None:
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+
+
 def configure_logging(level: str, log_format: str = "text") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = BufferedStreamHandler(sys.stderr)
     if log_format == "json":
         handler.setFormatter(JSONFormatter())
     else:
