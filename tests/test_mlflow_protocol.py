@@ -23,7 +23,6 @@ from tests.test_serving_support import (
     IRIS_COLUMNS,
     ServerProcess,
     asgi_client,
-    bridge_mlflow_runnable,
     iris_frame,
     save_iris_model,
     server_env,
@@ -67,7 +66,6 @@ class Models:
 
         from tiffin.frameworks import mlflow as tiffin_mlflow
 
-        bridge_mlflow_runnable()
         self.root = root
         self.iris_dir = save_iris_model(root / "iris")
         scaled_dir = root / "scaled"

@@ -17,7 +17,6 @@ import pytest
 from tests.test_serving_support import (
     IRIS_COLUMNS,
     asgi_client,
-    bridge_mlflow_runnable,
     iris_frame,
     save_iris_model,
     server_env,
@@ -47,7 +46,6 @@ class Models:
     def __init__(self, root: Path) -> None:
         from tiffin.frameworks import mlflow as tiffin_mlflow
 
-        bridge_mlflow_runnable()
         self.root = root
         self.columns_dir = save_iris_model(root / "iris-columns")
         self.tensor_dir = save_iris_model(root / "iris-tensor", tensor=True)

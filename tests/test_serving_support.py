@@ -105,7 +105,7 @@ def start_tiffin(
 ) -> ServerProcess:
     """``tiffin ARGS --host 127.0.0.1 --port FREE`` in its own process group."""
     port = port or free_port()
-    cmd = [*tiffin_command(), *args, "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [tiffin_exe(), *args, "--host", "127.0.0.1", "--port", str(port)]
     return start_process(
         cmd, url=f"http://127.0.0.1:{port}", cwd=cwd, env=env, log=log, ready=ready,
         timeout=timeout,
@@ -198,41 +198,3 @@ def store_at(home: Path) -> Any:
     from tiffin.store import Store
 
     return Store(home / "models", "model", MODEL_FILE)
-
-
-def mlflow_runnable_missing() -> bool:
-    """Whether ``tiffin.frameworks.mlflow`` lacks ``get_runnable`` (so ``Model.to_runner()``
-    fails for MLflow models); reported, and bridged by :func:`bridge_mlflow_runnable`."""
-    import tiffin.frameworks.mlflow as framework
-
-    return _bridged or not hasattr(framework, "get_runnable")
-
-
-_bridged = False
-
-
-def bridge_mlflow_runnable() -> None:
-    """In this process: give tiffin.frameworks.mlflow the get_runnable that
-    tiffin.frameworks._mlflow_runner holds, if it lacks one."""
-    import tiffin.frameworks.mlflow as framework
-    from tiffin.frameworks import _mlflow_runner
-
-    global _bridged
-    if not hasattr(framework, "get_runnable"):
-        framework.get_runnable = _mlflow_runner.get_runnable  # type: ignore[attr-defined]
-        _bridged = True
-
-
-_BRIDGE = (
-    "import sys, tiffin.frameworks.mlflow as f, tiffin.frameworks._mlflow_runner as r; "
-    "f.get_runnable = getattr(f, 'get_runnable', r.get_runnable); "
-    "from tiffin.cli import main; sys.argv[0] = 'tiffin'; main()"
-)
-
-
-def tiffin_command() -> list[str]:
-    """The ``tiffin`` console script; while tiffin.frameworks.mlflow lacks get_runnable, the
-    same CLI entry point started through the interpreter with the bridge above."""
-    if _bridged or (sys.modules.get("tiffin.frameworks.mlflow") and mlflow_runnable_missing()):
-        return [sys.executable, "-c", _BRIDGE]
-    return [tiffin_exe()]
