@@ -170,7 +170,7 @@ async def test_openapi_document_covers_every_descriptor() -> None:
         post = spec["paths"][f"/{name}"]["post"]
         content = post["requestBody"]["content"]
         assert set(content) == set(descriptor.request_media_types)
-        assert post["x-tiffin-io"]["input"] == type(descriptor).__name__
+        assert post["x-tiffin-io"]["input"]["type"] == type(descriptor).__name__
         for status in ("400", "413", "415", "500", "503", "504"):
             ref = post["responses"][status]["content"]["application/json"]["schema"]["$ref"]
             assert ref == "#/components/schemas/Error"

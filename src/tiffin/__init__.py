@@ -15,11 +15,14 @@ from tiffin.tag import Tag
 if TYPE_CHECKING:
     from tiffin import exceptions, io, models
     from tiffin.frameworks import mlflow, picklable_model, sklearn
+    from tiffin.client import AsyncClient, Client
     from tiffin.runner import Runnable, Runner
     from tiffin.service import Service
 
 # attribute -> module that provides it (a module itself when the names match)
 _LAZY: dict[str, str] = {
+    "AsyncClient": "tiffin.client",
+    "Client": "tiffin.client",
     "Runnable": "tiffin.runner",
     "Runner": "tiffin.runner",
     "Service": "tiffin.service",
@@ -47,6 +50,8 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "AsyncClient",
+    "Client",
     "Runnable",
     "Runner",
     "Service",

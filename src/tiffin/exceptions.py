@@ -115,6 +115,33 @@ class Overloaded(TiffinError):
         self.retry_after = retry_after
 
 
+class RemoteError(TiffinError):
+    """A tiffin server answered a client's request with an error; carries its body."""
+
+    def __init__(self, message: str, status: int, body: object) -> None:
+        super().__init__(message)
+        self.http_status = status
+        self.body = body
+        self.error_code = str(body.get("error", "HTTP_ERROR")) if isinstance(body, dict) else (
+            "HTTP_ERROR"
+        )
+        self.detail = body.get("detail") if isinstance(body, dict) else body
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (str(self), self.http_status, self.body))
+
+    @classmethod
+    def from_response(cls, status: int, content: bytes, what: str) -> RemoteError:
+        import json
+
+        try:
+            body: object = json.loads(content)
+        except ValueError:
+            body = content.decode("utf-8", "replace")
+        detail = body.get("detail") or body.get("message") if isinstance(body, dict) else body
+        return cls(f"{what} answered {status}: {detail}", status, body)
+
+
 def missing_dependency(package: str, extra: str) -> MissingDependency:
     """The error to raise when an optional framework is not installed."""
     return MissingDependency(

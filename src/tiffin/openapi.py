@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tiffin._version import __version__
+from tiffin.io.spec import describe
 from tiffin.service import Service
 
 ERROR_SCHEMA = {
@@ -56,10 +57,7 @@ def openapi_spec(service: Service, extra_paths: dict[str, Any] | None = None) ->
                 "tags": ["APIs"],
                 "requestBody": api.input.openapi_request_body(),
                 "responses": {"200": api.output.openapi_response(), **ERROR_RESPONSES},
-                "x-tiffin-io": {
-                    "input": type(api.input).__name__,
-                    "output": type(api.output).__name__,
-                },
+                "x-tiffin-io": {"input": describe(api.input), "output": describe(api.output)},
             }
         }
     infra = {

@@ -39,11 +39,17 @@ class API:
     doc: str
 
     async def call(self, value: Any) -> Any:
+        """Call the function; a Multipart input's parts arrive as keyword arguments."""
+        args, kwargs = ((), value) if self.parts_as_kwargs else ((value,), {})
         if self.is_async:
-            return await self.func(value)
+            return await self.func(*args, **kwargs)
         from starlette.concurrency import run_in_threadpool
 
-        return await run_in_threadpool(self.func, value)
+        return await run_in_threadpool(self.func, *args, **kwargs)
+
+    @property
+    def parts_as_kwargs(self) -> bool:
+        return type(self.input).__name__ == "Multipart"
 
 
 class Service:

@@ -1,0 +1,200 @@
+"""Python clients for a tiffin server: one method per API, discovered from ``/docs.json``.
+
+``tiffin.Client.from_url(url)`` (blocking) and ``await tiffin.AsyncClient.from_url(url)``
+read the server's OpenAPI document, rebuild each API's IO descriptors from its
+``x-tiffin-io`` description, and so send numpy arrays, DataFrames, JSON, text, files and
+multipart forms in the encoding the server expects, and decode answers the same way. A
+non-2xx answer raises :class:`~tiffin.exceptions.RemoteError` carrying the server's error body.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from tiffin.exceptions import InvalidArgument, RemoteError
+from tiffin.io.base import IODescriptor
+from tiffin.io.spec import rebuild
+
+DEFAULT_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class APISpec:
+    name: str
+    route: str
+    input: IODescriptor
+    output: IODescriptor
+
+
+def parse_spec(document: dict[str, Any]) -> dict[str, APISpec]:
+    """The APIs of an OpenAPI document written by a tiffin server."""
+    apis: dict[str, APISpec] = {}
+    for route, item in (document.get("paths") or {}).items():
+        post = (item or {}).get("post") or {}
+        io = post.get("x-tiffin-io")
+        if not isinstance(io, dict) or "input" not in io:
+            continue
+        name = post.get("operationId") or route.strip("/").replace("/", "_")
+        apis[name] = APISpec(name, route, rebuild(io["input"]), rebuild(io["output"]))
+    return apis
+
+
+def _request(api: APISpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bytes, str]:
+    if kwargs and args:
+        raise InvalidArgument(f"{api.name}() takes one value or keyword parts, not both")
+    if kwargs:
+        value: Any = kwargs
+    elif len(args) == 1:
+        value = args[0]
+    else:
+        raise InvalidArgument(f"{api.name}() takes exactly one value, got {len(args)}")
+    return api.input.encode_request(value)
+
+
+def _answer(api: APISpec, response: httpx.Response) -> Any:
+    if response.is_success:
+        return api.output.decode_response(response.content, response.headers.get("content-type"))
+    raise RemoteError.from_response(
+        response.status_code, response.content, f"{response.request.method} {api.route}"
+    )
+
+
+def _headers(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+class Client:
+    """A blocking client; each API is a method: ``client.classify(array)``."""
+
+    def __init__(
+        self,
+        url: str,
+        apis: dict[str, APISpec],
+        *,
+        api_key: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.apis = apis
+        self._http = httpx.Client(base_url=self.url, timeout=timeout, headers=_headers(api_key))
+
+    @classmethod
+    def from_url(
+        cls, url: str, *, api_key: str | None = None, timeout: float = DEFAULT_TIMEOUT
+    ) -> Client:
+        with httpx.Client(timeout=timeout, headers=_headers(api_key)) as http:
+            response = http.get(url.rstrip("/") + "/docs.json")
+        if not response.is_success:
+            raise RemoteError.from_response(
+                response.status_code, response.content, "GET /docs.json"
+            )
+        return cls(url, parse_spec(response.json()), api_key=api_key, timeout=timeout)
+
+    def call(self, api_name: str, *args: Any, **kwargs: Any) -> Any:
+        api = self._api(api_name)
+        body, content_type = _request(api, args, kwargs)
+        response = self._http.post(api.route, content=body, headers={"content-type": content_type})
+        return _answer(api, response)
+
+    def is_ready(self) -> bool:
+        try:
+            return self._http.get("/readyz").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def _api(self, name: str) -> APISpec:
+        try:
+            return self.apis[name]
+        except KeyError:
+            raise AttributeError(
+                f"the server at {self.url} has no API {name!r}; it has {sorted(self.apis)}"
+            ) from None
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            return super().__getattribute__(name)
+        self._api(name)
+        return lambda *args, **kwargs: self.call(name, *args, **kwargs)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncClient:
+    """An asyncio client; each API is a coroutine method: ``await client.classify(array)``."""
+
+    def __init__(
+        self,
+        url: str,
+        apis: dict[str, APISpec],
+        *,
+        api_key: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.apis = apis
+        self._http = httpx.AsyncClient(
+            base_url=self.url, timeout=timeout, headers=_headers(api_key)
+        )
+
+    @classmethod
+    async def from_url(
+        cls, url: str, *, api_key: str | None = None, timeout: float = DEFAULT_TIMEOUT
+    ) -> AsyncClient:
+        async with httpx.AsyncClient(timeout=timeout, headers=_headers(api_key)) as http:
+            response = await http.get(url.rstrip("/") + "/docs.json")
+        if not response.is_success:
+            raise RemoteError.from_response(
+                response.status_code, response.content, "GET /docs.json"
+            )
+        return cls(url, parse_spec(response.json()), api_key=api_key, timeout=timeout)
+
+    async def call(self, api_name: str, *args: Any, **kwargs: Any) -> Any:
+        api = self._api(api_name)
+        body, content_type = _request(api, args, kwargs)
+        response = await self._http.post(
+            api.route, content=body, headers={"content-type": content_type}
+        )
+        return _answer(api, response)
+
+    async def is_ready(self) -> bool:
+        try:
+            return (await self._http.get("/readyz")).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def _api(self, name: str) -> APISpec:
+        try:
+            return self.apis[name]
+        except KeyError:
+            raise AttributeError(
+                f"the server at {self.url} has no API {name!r}; it has {sorted(self.apis)}"
+            ) from None
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            return super().__getattribute__(name)
+        self._api(name)
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            return await self.call(name, *args, **kwargs)
+
+        return call
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
