@@ -14,8 +14,8 @@ from tiffin.tag import Tag
 
 if TYPE_CHECKING:
     from tiffin import exceptions, io, models
-    from tiffin.frameworks import mlflow, picklable_model, sklearn
     from tiffin.client import AsyncClient, Client
+    from tiffin.frameworks import mlflow, picklable_model, sklearn
     from tiffin.runner import Runnable, Runner
     from tiffin.service import Service
 
