@@ -66,7 +66,20 @@ def _headers(api_key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
-class Client:
+class _Base:
+    url: str
+    apis: dict[str, APISpec]
+
+    def _api(self, name: str) -> APISpec:
+        try:
+            return self.apis[name]
+        except KeyError:
+            raise AttributeError(
+                f"the server at {self.url} has no API {name!r}; it has {sorted(self.apis)}"
+            ) from None
+
+
+class Client(_Base):
     """A blocking client; each API is a method: ``client.classify(array)``."""
 
     def __init__(
@@ -105,14 +118,6 @@ class Client:
         except httpx.TransportError:
             return False
 
-    def _api(self, name: str) -> APISpec:
-        try:
-            return self.apis[name]
-        except KeyError:
-            raise AttributeError(
-                f"the server at {self.url} has no API {name!r}; it has {sorted(self.apis)}"
-            ) from None
-
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
             return super().__getattribute__(name)
@@ -129,7 +134,7 @@ class Client:
         self.close()
 
 
-class AsyncClient:
+class AsyncClient(_Base):
     """An asyncio client; each API is a coroutine method: ``await client.classify(array)``."""
 
     def __init__(
@@ -171,14 +176,6 @@ class AsyncClient:
             return (await self._http.get("/readyz")).status_code == 200
         except httpx.TransportError:
             return False
-
-    def _api(self, name: str) -> APISpec:
-        try:
-            return self.apis[name]
-        except KeyError:
-            raise AttributeError(
-                f"the server at {self.url} has no API {name!r}; it has {sorted(self.apis)}"
-            ) from None
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
