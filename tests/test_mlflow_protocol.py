@@ -305,3 +305,30 @@ def test_same_predictions_and_status_codes_as_mlflow_models_serve(
         assert (b.status_code, b.text) == (a.status_code, a.text), path
     assert httpx.get(ours.url + "/invocations").status_code == 405
     assert httpx.get(theirs.url + "/invocations").status_code == 405
+
+
+async def test_the_one_tensor_fast_path_answers_as_mlflows_parser(
+    models: Models, tmp_path: Path
+) -> None:
+    """``{"inputs": [...]}`` for a one-tensor signature skips MLflow's parser; the same body
+    with an empty ``params`` takes it: both must answer alike, good input or bad."""
+    from tiffin.frameworks import mlflow as tiffin_mlflow
+
+    tensor = tiffin_mlflow.import_model(
+        "iris_tensor", save_iris_model(tmp_path / "tensor", tensor=True),
+        store=store_at(tmp_path / "home"),
+    )  # fmt: skip
+    rows = models.X[:4].tolist()
+    bodies: list[Any] = [rows, [[1, 2, 3, 4]], [[1, 2], [3]], [["a", "b", "c", "d"]],
+                         [[1, 2, 3]], [[[1, 2, 3, 4]]], [1, 2, 3, 4], []]
+    async with asgi_client(build_app(build_service(tensor))) as client:
+        for inputs in bodies:
+            fast = await client.post("/invocations", json={"inputs": inputs})
+            slow = await client.post("/invocations", json={"inputs": inputs, "params": {}})
+            assert fast.status_code == slow.status_code, (inputs, fast.text, slow.text)
+            if fast.status_code == 200:
+                assert fast.json() == slow.json(), inputs
+            else:
+                assert fast.json()["error_code"] == slow.json()["error_code"], inputs
+        response = await client.post("/invocations", json={"inputs": rows})
+        assert response.json() == {"predictions": models.sklearn.predict(models.X[:4]).tolist()}

@@ -85,9 +85,18 @@ class ServerMetrics:
         )
         self.registry.register(RunnerCollector(service))
 
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, method, str(status)).inc()
-        self.latency.labels(route).observe(seconds)
+        # labels() builds and looks up its key under a lock each time: keep the children
+        key = (route, method, status)
+        children = self._children.get(key)
+        if children is None:
+            children = (self.requests.labels(route, method, str(status)),
+                        self.latency.labels(route))
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE

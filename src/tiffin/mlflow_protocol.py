@@ -70,6 +70,8 @@ def mlflow_error(
 
 
 def _check_content_type(header: str) -> str | Response:
+    if header == "application/json":  # what nearly every client sends
+        return header
     mime, *params = (part.strip() for part in header.split(";"))
     values = {k.strip().lower(): v.strip() for k, _, v in (p.partition("=") for p in params if p)}
     if values.get("charset", "utf-8").lower() != "utf-8":
@@ -167,6 +169,15 @@ def _predictions_json(raw: Any, ss: Any) -> bytes:
     return out.getvalue().encode()
 
 
+def _single_tensor_dtype(metadata: Any, schema: Any) -> Any:
+    """The numpy dtype of a signature that is one unnamed tensor, else None."""
+    if schema is None or not schema.is_tensor_spec() or schema.has_input_names():
+        return None
+    if len(schema.inputs) != 1 or getattr(metadata, "_is_signature_from_type_hint", bool)():
+        return None
+    return schema.inputs[0].type
+
+
 def mlflow_routes(
     service: Service, state: AppState
 ) -> tuple[list[BaseRoute], dict[str, Any]] | None:
@@ -185,11 +196,14 @@ def mlflow_routes(
             from mlflow.pyfunc import scoring_server
 
             metadata = MlflowModel.load(model_dir)
+            schema = metadata.get_input_schema()
             cache.update(
                 metadata=metadata,
-                schema=metadata.get_input_schema(),
+                schema=schema,
+                tensor_dtype=_single_tensor_dtype(metadata, schema),
                 ss=scoring_server,
                 MlflowException=MlflowException,
+                np=__import__("numpy"),
                 validate=frame_validator(model),
             )
         return cache
@@ -207,6 +221,17 @@ def mlflow_routes(
                 decoded: Any = orjson.loads(body)
             except orjson.JSONDecodeError:
                 decoded = body  # let MLflow's parser accept it (NaN) or word the error
+            dtype = env["tensor_dtype"]
+            if dtype is not None and type(decoded) is dict and len(decoded) == 1:
+                # {"inputs": [...]} for a one-tensor signature: MLflow's parser comes down to
+                # np.array(inputs, dtype=spec dtype) (after a deepcopy); anything else, or
+                # anything numpy refuses, goes the long way and gets MLflow's own answer
+                value = decoded.get("inputs")
+                if type(value) is list and value and type(value[0]) is not dict:
+                    try:
+                        return env["np"].array(value, dtype=dtype), None
+                    except (ValueError, TypeError):
+                        pass
             if isinstance(decoded, dict | bytes):
                 parsed = ss._parse_json_data(decoded, env["metadata"], env["schema"])
             else:  # MLflow's error for a bare list or value
