@@ -324,7 +324,6 @@ def build_app(service: Service, settings: ServeSettings | None = None) -> Starle
         # What start-up made (frameworks, models: ~10^5 objects) lives as long as the process;
         # out of the collector's generations, a full collection no longer walks it (without
         # this, each one stalled every request for ~100 ms, the p99 of a loaded server).
-        gc.collect()
         gc.freeze()
         state.ready = True
         logger.info(
