@@ -145,12 +145,12 @@ def test_every_tiffin_variable_in_the_source_is_a_setting_or_known_to_be_none() 
 
 def test_serve_with_an_unknown_key_exits_2_naming_it(tmp_path: Path) -> None:
     (tmp_path / "svc.py").write_text("import tiffin\nsvc = tiffin.Service('x')\n")
-    config = write(tmp_path, "runners: {}\nworkers: 4\n")
+    config = write(tmp_path, "runners: {}\nwokers: 4\n")
     result = CliRunner().invoke(
         main, ["serve", str(tmp_path / "svc.py") + ":svc", "--config", str(config)]
     )
     assert result.exit_code == 2, result.output
-    assert "unknown key 'workers'" in result.output
+    assert "unknown key 'wokers'" in result.output
 
 
 def test_serve_model_reads_tiffin_config_too(

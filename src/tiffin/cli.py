@@ -258,6 +258,12 @@ def _serve_options(func: Any) -> Any:
                      help="Seconds per request before a 504 [default: 60]."),
         click.option("--log-level", default=None,
                      type=click.Choice(["debug", "info", "warning", "error", "critical"])),
+        click.option("--workers", type=click.IntRange(1, 64), default=None,
+                     help="API worker processes sharing runner processes [default: 1, "
+                          "runners in-process]."),
+        click.option("--api-key", default=None, metavar="KEY",
+                     help="Require 'Authorization: Bearer KEY' on API routes (or "
+                          "TIFFIN_API_KEY)."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -278,7 +284,14 @@ def serve(target: str, config_file: str | None, reload: bool, **overrides: Any) 
     """Serve a tiffin.Service: TARGET is module:attr or path/to/file.py:attr."""
     from tiffin.serve import serve as run_serve
 
-    run_serve(target, _settings(config_file, **overrides), reload=reload)
+    settings = _settings(config_file, **overrides)
+    if settings.workers > 1:
+        from tiffin.supervisor import ServiceSource, serve_workers
+
+        if reload:
+            raise click.UsageError("--reload works with one worker only")
+        sys.exit(serve_workers(ServiceSource(target=target), settings, settings.workers))
+    run_serve(target, settings, reload=reload)
 
 
 @main.command("serve-model")
@@ -294,6 +307,11 @@ def serve_model(target: str, config_file: str | None, no_batching: bool, **overr
     settings = _settings(config_file, **overrides)
     model = resolve_model(target)
     click.echo(f"serving model '{model.tag}' ({model.info.module})", err=True)
+    if settings.workers > 1:
+        from tiffin.supervisor import ServiceSource, serve_workers
+
+        source = ServiceSource(model_tag=str(model.tag), batching=not no_batching)
+        sys.exit(serve_workers(source, settings, settings.workers))
     run_app(build_app(build_service(model, batching=not no_batching), settings), settings)
 
 

@@ -55,6 +55,8 @@ class RunnerSettings(BaseModel):
 
     max_batch_size: int | None = Field(default=None, ge=1)
     max_latency_ms: float | None = Field(default=None, gt=0)
+    #: runner processes for this runner when serving with --workers > 1
+    workers: int | None = Field(default=None, ge=1, le=64)
 
 
 class ApiSettings(BaseModel):
@@ -73,6 +75,12 @@ class ServeSettings(BaseModel):
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     log_format: Literal["text", "json"] = "text"
     access_log: bool = True
+    workers: int = Field(default=1, ge=1, le=64)
+    #: bearer token API routes require (``Authorization: Bearer <key>``); None: no auth
+    api_key: str | None = Field(default=None, min_length=1)
+    #: whether /metrics and /docs.json need the key too (health checks never do)
+    auth_metrics: bool = False
+    cors_origins: list[str] = Field(default_factory=list)
     runners: dict[str, RunnerSettings] = Field(default_factory=dict)
     apis: dict[str, ApiSettings] = Field(default_factory=dict)
 

@@ -3,6 +3,7 @@ batching figures (batch size, queue wait, run time), read from each dispatcher's
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +15,9 @@ if TYPE_CHECKING:
     from tiffin.service import Service
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+#: set by the supervisor for ``--workers N``: prometheus-client's multiprocess mode, so
+#: /metrics on any API worker shows the counts of every worker
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
@@ -83,7 +87,8 @@ class ServerMetrics:
             "tiffin_http_request_duration_seconds", "HTTP request latency by route",
             ["route"], buckets=LATENCY_BUCKETS, registry=self.registry,
         )
-        self.registry.register(RunnerCollector(service))
+        self.runner_collector = RunnerCollector(service)
+        self.registry.register(self.runner_collector)
 
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
@@ -99,4 +104,11 @@ class ServerMetrics:
         children[1].observe(seconds)
 
     def render(self) -> tuple[bytes, str]:
-        return generate_latest(self.registry), CONTENT_TYPE
+        if not os.environ.get(MULTIPROC_ENV):
+            return generate_latest(self.registry), CONTENT_TYPE
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        registry.register(self.runner_collector)
+        return generate_latest(registry), CONTENT_TYPE

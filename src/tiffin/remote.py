@@ -51,14 +51,24 @@ async def _handle(runner: Runner, message: Any) -> tuple[str, Any]:
     raise ValueError(f"unknown message kind {kind!r}")
 
 
-async def serve_runner(runner: Runner, socket_path: str, ready: Callable[[], None]) -> None:
-    """Serve ``runner`` (already initialised) on ``socket_path`` until SIGTERM."""
+async def serve_runner(
+    runner: Runner,
+    socket_path: str,
+    ready: Callable[[], None],
+    *,
+    stop_signal: int = signal.SIGTERM,
+) -> None:
+    """Serve ``runner`` (already initialised) on ``socket_path`` until ``stop_signal``.
+
+    Ctrl-C (and a SIGTERM sent to the whole process group, as systemd does) reaches runner
+    processes too; under a supervisor they must outlive the API workers' drain, so the
+    supervisor passes its own stop signal and every other one is ignored here.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    # Ctrl-C reaches the whole process group: API workers drain first, the parent then stops
-    # runner processes with SIGTERM, so a runner keeps serving through SIGINT.
-    loop.add_signal_handler(signal.SIGINT, lambda: None)
+    for sig in {signal.SIGINT, signal.SIGTERM} - {stop_signal}:
+        loop.add_signal_handler(sig, lambda: None)
+    loop.add_signal_handler(stop_signal, stop.set)
 
     async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         tasks: set[asyncio.Task[None]] = set()

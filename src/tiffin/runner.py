@@ -365,6 +365,7 @@ class Runner:
         for method in self.methods.values():
             method.close_dispatchers()
         self._instance = None
+        self._remote = None
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None

@@ -173,7 +173,7 @@ def _uvicorn_options(settings: ServeSettings) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _exit_zero_after_graceful_stop() -> Iterator[None]:
+def exit_zero_after_graceful_stop() -> Iterator[None]:
     """uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal to whatever
     handler was there before it. Make that a no-op, so a clean stop exits with status 0."""
     if threading.current_thread() is not threading.main_thread():
@@ -221,7 +221,7 @@ def run_app(app: Any, settings: ServeSettings, *, reload_target: str | None = No
             server.should_exit = True
 
         state.on_fatal = stop
-    with _exit_zero_after_graceful_stop():
+    with exit_zero_after_graceful_stop():
         server.run()
     if state is not None and state.load_error is not None:
         raise RunnerError(

@@ -214,13 +214,19 @@ def _health_routes(state: AppState) -> list[BaseRoute]:
         return PlainTextResponse("ok\n")
 
     async def readyz(request: Request) -> Response:
-        if state.ready:
+        if state.ready and all(runner.is_ready for runner in state.service.runners):
             return PlainTextResponse("ready\n")
+        if state.ready:
+            return PlainTextResponse("runner process unavailable\n", 503)
         if state.load_error is not None:
             return PlainTextResponse(f"failed: {state.load_error}\n", 503)
         return PlainTextResponse("loading\n", 503)
 
     async def metrics(request: Request) -> Response:
+        await asyncio.gather(
+            *(runner.refresh_remote_stats() for runner in state.service.runners),
+            return_exceptions=True,
+        )
         body, content_type = state.metrics.render()
         return Response(body, media_type=content_type)
 
@@ -337,6 +343,10 @@ def build_app(service: Service, settings: ServeSettings | None = None) -> Starle
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         loading = asyncio.get_running_loop().create_task(load(), name="tiffin-load-runners")
+        if all(runner.is_initialized for runner in service.runners):
+            # nothing slow to load here (runners live in their own processes, or were loaded
+            # before): finish starting before taking connections, so no request meets a 503
+            await asyncio.shield(loading)
         try:
             yield
         finally:
@@ -371,6 +381,21 @@ def build_app(service: Service, settings: ServeSettings | None = None) -> Starle
         exception_handlers={HTTPException: http_error, Exception: unhandled},
     )
     app.state.tiffin = state
+    if settings.cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "Accept"],
+        )
+    if settings.api_key:
+        from tiffin.auth import BearerAuthMiddleware
+
+        app.add_middleware(
+            BearerAuthMiddleware, api_key=settings.api_key, protect_docs=settings.auth_metrics
+        )
     app.add_middleware(AccessLogMiddleware, state=state, routes=_route_paths(routes))
     return app
 

@@ -1,0 +1,169 @@
+"""`tiffin serve --workers N`: API workers sharing runner processes, a killed runner process,
+SIGTERM under load, bearer-token auth. Real processes, real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import textwrap
+import time
+
+import httpx
+import pytest
+
+from tests.test_serving_support import running, server_env, start_tiffin, wait_until
+
+pytestmark = pytest.mark.slow
+
+SERVICE = textwrap.dedent(
+    """
+    import os
+    import time
+
+    import numpy as np
+    import tiffin
+
+    class Slow(tiffin.Runnable):
+        @tiffin.Runnable.method(batchable=True)
+        def double(self, x):
+            time.sleep(0.01)
+            return x * 2
+
+        @tiffin.Runnable.method
+        def pid(self):
+            return os.getpid()
+
+    slow = tiffin.Runner(Slow, name="slow")
+    svc = tiffin.Service("workers", runners=[slow])
+
+    @svc.api(input=tiffin.io.NumpyNdarray(dtype="float64"), output=tiffin.io.NumpyNdarray())
+    async def double(arr):
+        return await slow.double.async_run(arr)
+
+    @svc.api(input=tiffin.io.JSON(), output=tiffin.io.JSON())
+    async def whoami(_):
+        return {"api": os.getpid(), "runner": await slow.pid.async_run()}
+    """
+)
+
+
+def _start(tmp_path, *extra: str, env_extra: dict[str, str] | None = None):
+    (tmp_path / "svc.py").write_text(SERVICE)
+    return start_tiffin(
+        ["serve", "svc.py:svc", "--workers", "2", *extra],
+        cwd=tmp_path,
+        env=server_env(tmp_path / "home", **(env_extra or {})),
+        log=tmp_path / "log.txt",
+    )
+
+
+async def _load(url: str, n: int, concurrency: int, *, headers=None) -> list[int | str]:
+    """n one-row requests, at most ``concurrency`` at once; each answer's status or error."""
+    outcomes: list[int | str] = []
+    queue = list(range(n))
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        while queue:
+            i = queue.pop()
+            try:
+                r = await client.post("/double", json=[[float(i)]], headers=headers)
+                if r.status_code == 200:
+                    assert r.json() == [[2.0 * i]], r.text
+                outcomes.append(r.status_code)
+            except httpx.HTTPError as exc:
+                outcomes.append(type(exc).__name__)
+
+    async with httpx.AsyncClient(base_url=url, timeout=15) as client:
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+    return outcomes
+
+
+def _metric(text: str, name: str) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name)
+    )
+
+
+def test_workers_share_one_runner_process_and_batch_across_workers(tmp_path):
+    with running(_start(tmp_path)) as server:
+        pids = {tuple(httpx.post(server.url + "/whoami", json={}).json().values())
+                for _ in range(30)}
+        api_pids = {api for api, _ in pids}
+        runner_pids = {runner for _, runner in pids}
+        assert len(runner_pids) == 1, "every API worker must reach the same runner process"
+        assert not api_pids & runner_pids
+        outcomes = asyncio.run(_load(server.url, 400, 32))
+        assert outcomes == [200] * 400
+        metrics = httpx.get(server.url + "/metrics").text
+        calls = _metric(metrics, 'tiffin_runner_calls_total{method="double"')
+        batches = _metric(metrics, 'tiffin_runner_batches_total{method="double"')
+        assert calls == 400
+        assert batches < calls / 2, f"{calls} calls ran in {batches} batches: no batching"
+        # request counts add up over both API workers
+        assert _metric(metrics, 'tiffin_http_requests_total{method="POST",route="/double"') == 400
+
+
+def test_a_killed_runner_process_is_restarted_and_callers_never_hang(tmp_path):
+    with running(_start(tmp_path)) as server:
+        runner_pid = httpx.post(server.url + "/whoami", json={}).json()["runner"]
+
+        async def load_and_kill():
+            task = asyncio.ensure_future(_load(server.url, 600, 32))
+            await asyncio.sleep(0.3)
+            os.kill(runner_pid, signal.SIGKILL)
+            started = time.monotonic()
+            outcomes = await task
+            return outcomes, time.monotonic() - started
+
+        outcomes, elapsed = asyncio.run(load_and_kill())
+        assert set(outcomes) <= {200, 503}, f"unexpected outcomes: {set(outcomes)}"
+        assert outcomes.count(503) >= 1, "the kill went unnoticed"
+        assert elapsed < 30
+        wait_until(server, "/readyz", timeout=60)
+        new_pid = httpx.post(server.url + "/whoami", json={}).json()["runner"]
+        assert new_pid != runner_pid
+        assert asyncio.run(_load(server.url, 50, 8)) == [200] * 50
+        logs = server.wait_for_log("died with exit code")
+        assert "restarting" in logs
+        metrics = httpx.get(server.url + "/metrics").text
+        assert _metric(metrics, "tiffin_process_restarts_total") >= 1
+
+
+def test_sigterm_under_load_drains_accepted_requests_and_exits_zero(tmp_path):
+    server = _start(tmp_path)
+    with running(server):
+
+        async def load_then_term():
+            async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+                async def one(i: int) -> int:
+                    r = await client.post("/double", json=[[float(i)]])
+                    return r.status_code
+
+                sent = [asyncio.ensure_future(one(i)) for i in range(64)]
+                await asyncio.sleep(0.05)  # all 64 are on the wire and accepted
+                os.killpg(server.proc.pid, signal.SIGTERM)
+                return await asyncio.gather(*sent, return_exceptions=True)
+
+        results = asyncio.run(load_then_term())
+        assert results == [200] * 64, results
+        assert server.proc.wait(timeout=60) == 0
+        assert "stopped" in server.logs()
+
+
+def test_api_key_guards_api_routes_but_not_health(tmp_path):
+    with running(_start(tmp_path, env_extra={"TIFFIN_API_KEY": "s3cret"})) as server:
+        url = server.url
+        denied = httpx.post(url + "/double", json=[[1.0]])
+        assert denied.status_code == 401
+        assert denied.json()["error"] == "UNAUTHORIZED"
+        assert denied.headers["www-authenticate"].startswith("Bearer")
+        wrong = httpx.post(url + "/double", json=[[1.0]], headers={"Authorization": "Bearer x"})
+        assert wrong.status_code == 401
+        ok = httpx.post(url + "/double", json=[[1.0]], headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200 and ok.json() == [[2.0]]
+        for path in ("/livez", "/readyz", "/healthz", "/metrics", "/docs.json"):
+            assert httpx.get(url + path).status_code == 200, path
+        # the static route serves Swagger UI's own files and nothing outside them
+        escape = httpx.get(url + "/static/swagger-ui/..%2F..%2F..%2Fetc%2Fpasswd")
+        assert escape.status_code == 404
