@@ -139,7 +139,9 @@ async def run_alone_on_failure(method: RunnerMethod, data: Any, kwargs: dict[str
     except (TiffinError, asyncio.CancelledError):
         raise
     except Exception:
-        if not method.config.batchable:
+        # only a runner loaded in this process can be called past its batcher; one in a
+        # runner process (serve --workers) answers its callers' errors as it must
+        if not method.config.batchable or getattr(method.runner, "_instance", None) is None:
             raise
     # tiffin.runner has no public unbatched call for a batchable method (yet)
     loop = asyncio.get_running_loop()
