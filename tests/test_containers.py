@@ -183,3 +183,15 @@ def test_importing_needs_no_ml_library() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "2"
     assert containers.__name__ == "tiffin.containers"
+
+
+def test_dataframes_with_different_dtypes_never_share_a_batch():
+    import pandas as pd
+
+    from tiffin.containers import signature
+
+    numbers = pd.DataFrame({"a": [1.0, 2.0]})
+    strings = pd.DataFrame({"a": ["x", "y"]})
+    assert signature(numbers, 0) != signature(strings, 0)
+    assert signature(numbers, 0) == signature(pd.DataFrame({"a": [3.0]}), 0)
+    assert signature(pd.Series([1.0]), 0) != signature(pd.Series(["x"]), 0)

@@ -111,8 +111,12 @@ def signature(payload: Any, dim: int) -> Hashable:
         return (kind, shape[:axis] + shape[axis + 1 :], str(payload.dtype), str(payload.device))
     if kind == "dataframe":
         _only_rows(kind, dim)
-        return (kind, tuple(payload.columns))
-    if kind in ("series", "list"):
+        # dtypes too: a column of strings must not join (and fail) a batch of numbers
+        return (kind, tuple(payload.columns), tuple(str(t) for t in payload.dtypes))
+    if kind == "series":
+        _only_rows(kind, dim)
+        return (kind, str(payload.dtype))
+    if kind == "list":
         _only_rows(kind, dim)
         return (kind,)
     if kind == "dict":

@@ -245,6 +245,7 @@ class Supervisor:
         metrics_dir = self.workdir / "metrics"
         metrics_dir.mkdir()
         # before prometheus-client is imported here (it reads this once); children inherit it
+        previous_env = os.environ.get(MULTIPROC_ENV)
         os.environ[MULTIPROC_ENV] = str(metrics_dir)
         service = self.source.load()  # names and counts only: nothing is loaded here
         from tiffin.server import _configure_runners
@@ -275,6 +276,10 @@ class Supervisor:
                 signal.signal(sig, handler)
             listener.close()
             shutil.rmtree(self.workdir, ignore_errors=True)
+            if previous_env is None:
+                os.environ.pop(MULTIPROC_ENV, None)
+            else:
+                os.environ[MULTIPROC_ENV] = previous_env
 
     def _wait_for_runners(self, runners: list[Child]) -> bool:
         """API workers start once every runner process listens (so none serves 503s)."""
