@@ -56,10 +56,13 @@ def from_json(value: Any) -> Any:
             return from_json(body)
         if not value:
             raise InvalidArgument("input object has no columns")
+        if all(isinstance(v, dict) for v in value.values()):  # pandas' "columns" orient
+            return pd.DataFrame(value)
         lengths = {len(v) if isinstance(v, list) else -1 for v in value.values()}
         if -1 in lengths or len(lengths) != 1:
             raise InvalidArgument(
-                "an object of columns must map each column name to a list, all of equal length"
+                "an object of columns must map each column name to a list (all of equal "
+                "length) or to an object of row labels to values"
             )
         return pd.DataFrame(value)
     if isinstance(value, list):
