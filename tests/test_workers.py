@@ -41,6 +41,13 @@ SERVICE = textwrap.dedent(
     async def double(arr):
         return await slow.double.async_run(arr)
 
+    @svc.api(input=tiffin.io.NumpyNdarray(dtype="float64"), output=tiffin.io.NumpyNdarray())
+    async def slow_double(arr):
+        import asyncio
+
+        await asyncio.sleep(0.4)  # long enough to be in flight when the stop signal comes
+        return await slow.double.async_run(arr)
+
     @svc.api(input=tiffin.io.JSON(), output=tiffin.io.JSON())
     async def whoami(_):
         return {"api": os.getpid(), "runner": await slow.pid.async_run()}
@@ -130,19 +137,20 @@ def test_a_killed_runner_process_is_restarted_and_callers_never_hang(tmp_path):
         assert _metric(metrics, "tiffin_process_restarts_total") >= 1
 
 
-def test_sigterm_under_load_drains_accepted_requests_and_exits_zero(tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_under_load_drains_accepted_requests_and_exits_zero(tmp_path, stop):
     server = _start(tmp_path)
     with running(server):
 
         async def load_then_term():
             async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
                 async def one(i: int) -> int:
-                    r = await client.post("/double", json=[[float(i)]])
+                    r = await client.post("/slow_double", json=[[float(i)]])
                     return r.status_code
 
                 sent = [asyncio.ensure_future(one(i)) for i in range(64)]
-                await asyncio.sleep(0.05)  # all 64 are on the wire and accepted
-                os.killpg(server.proc.pid, signal.SIGTERM)
+                await asyncio.sleep(0.2)  # all 64 accepted, read, and inside the API function
+                os.killpg(server.proc.pid, stop)  # the whole group, as Ctrl-C and systemd do
                 return await asyncio.gather(*sent, return_exceptions=True)
 
         results = asyncio.run(load_then_term())
