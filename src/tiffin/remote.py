@@ -72,6 +72,7 @@ async def serve_runner(
 
     async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         tasks: set[asyncio.Task[None]] = set()
+        lock = asyncio.Lock()
 
         async def answer(call_id: int, message: Any) -> None:
             try:
@@ -81,7 +82,7 @@ async def serve_runner(
                     raise
                 status, value = ERROR, transport.picklable_error(exc)
             with contextlib.suppress(ConnectionError, RuntimeError):
-                await transport.send(writer, (call_id, status, value))
+                await transport.send(writer, (call_id, status, value), lock)
 
         try:
             while True:
@@ -95,7 +96,9 @@ async def serve_runner(
             writer.close()
 
     Path(socket_path).unlink(missing_ok=True)
-    server = await asyncio.start_unix_server(connection, path=socket_path)
+    server = await asyncio.start_unix_server(
+        connection, path=socket_path, limit=transport.STREAM_LIMIT
+    )
     os.chmod(socket_path, 0o600)
     ready()
     async with server:
@@ -113,6 +116,7 @@ class _Endpoint:
         self.owner = owner
         self.path = path
         self.writer: asyncio.StreamWriter | None = None
+        self.lock = asyncio.Lock()
         self.pending: dict[int, asyncio.Future[Any]] = {}
         self.ids = itertools.count()
         self.task: asyncio.Task[None] | None = None
@@ -125,7 +129,9 @@ class _Endpoint:
         delay = 0.05
         while True:
             try:
-                reader, writer = await asyncio.open_unix_connection(self.path)
+                reader, writer = await asyncio.open_unix_connection(
+                    self.path, limit=transport.STREAM_LIMIT
+                )
             except OSError:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.5)
@@ -168,7 +174,7 @@ class _Endpoint:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.pending[call_id] = future
         try:
-            await transport.send(writer, (call_id, message))
+            await transport.send(writer, (call_id, message), self.lock)
             return await future
         except (ConnectionError, RuntimeError) as exc:
             raise self.owner.unavailable() from exc

@@ -20,6 +20,10 @@ from typing import Any
 _PREFIX = struct.Struct("!II")
 _LENGTH = struct.Struct("!Q")
 MAX_HEADER = 1 << 31
+#: the stream reader's buffer before it pauses the socket; asyncio's 64 KiB default makes a
+#: large array arrive in hundreds of pause/resume rounds
+STREAM_LIMIT = 16 << 20
+_SLICE = 1 << 20
 
 
 def encode(message: Any) -> list[bytes | memoryview]:
@@ -31,9 +35,23 @@ def encode(message: Any) -> list[bytes | memoryview]:
     return [prefix, head, *raws]
 
 
-async def send(writer: asyncio.StreamWriter, message: Any) -> None:
-    writer.writelines(encode(message))  # one synchronous write: frames never interleave
-    await writer.drain()
+async def send(writer: asyncio.StreamWriter, message: Any, lock: asyncio.Lock) -> None:
+    """Write one frame. ``lock`` (one per connection) keeps frames whole: a large buffer goes
+    out in slices with a drain between them, and no other frame may start meanwhile.
+
+    Slicing matters: asyncio's socket transport (before Python 3.12) keeps unsent bytes in
+    one bytearray and deletes from its front after each send, so a 16 MiB write buffered
+    whole is moved in memory once per send -- quadratic, tens of milliseconds.
+    """
+    chunks = encode(message)
+    async with lock:
+        for chunk in chunks:
+            view = memoryview(chunk).cast("B")
+            for start in range(0, len(view), _SLICE):
+                writer.write(view[start : start + _SLICE])
+                if writer.transport.get_write_buffer_size() > _SLICE:
+                    await writer.drain()
+        await writer.drain()
 
 
 async def receive(reader: asyncio.StreamReader) -> Any:
