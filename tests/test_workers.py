@@ -175,3 +175,20 @@ def test_api_key_guards_api_routes_but_not_health(tmp_path):
         # the static route serves Swagger UI's own files and nothing outside them
         escape = httpx.get(url + "/static/swagger-ui/..%2F..%2F..%2Fetc%2Fpasswd")
         assert escape.status_code == 404
+
+
+def test_runner_process_count_comes_from_the_config_file(tmp_path):
+    config = tmp_path / "tiffin.yaml"
+    config.write_text("runners:\n  slow:\n    workers: 2\n")
+    with running(_start(tmp_path, "--config", str(config))) as server:
+
+        async def whoami_many() -> set[int]:
+            async with httpx.AsyncClient(base_url=server.url, timeout=15) as client:
+                answers = await asyncio.gather(
+                    *(client.post("/whoami", json={}) for _ in range(40))
+                )
+            return {r.json()["runner"] for r in answers}
+
+        runner_pids = asyncio.run(whoami_many())
+        assert len(runner_pids) == 2, runner_pids
+        assert asyncio.run(_load(server.url, 100, 16)) == [200] * 100

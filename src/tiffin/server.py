@@ -275,7 +275,7 @@ def _configure_runners(service: Service, settings: ServeSettings) -> None:
                 f"the settings configure runner {name!r}, but service {service.name!r} has "
                 f"runners {[r.name for r in service.runners]}"
             )
-        runner.configure(**overrides.model_dump(exclude_none=True))
+        runner.configure(**overrides.model_dump(exclude_none=True, exclude={"workers"}))
     by_lower = {name.lower(): name for name in service.apis}
     unknown = sorted(
         name for name in settings.apis if name not in service.apis and name not in by_lower
