@@ -192,3 +192,20 @@ def test_runner_process_count_comes_from_the_config_file(tmp_path):
         runner_pids = asyncio.run(whoami_many())
         assert len(runner_pids) == 2, runner_pids
         assert asyncio.run(_load(server.url, 100, 16)) == [200] * 100
+
+
+def test_a_killed_api_worker_is_replaced_and_the_other_keeps_serving(tmp_path):
+    with running(_start(tmp_path)) as server:
+        victim = httpx.post(server.url + "/whoami", json={}).json()["api"]
+        os.kill(victim, signal.SIGKILL)
+        # the surviving worker answers meanwhile; the replacement joins it
+        # (a request on a connection the dead worker held may see the connection drop)
+        outcomes = set(asyncio.run(_load(server.url, 100, 8)))
+        assert outcomes <= {200, "ReadError", "RemoteProtocolError"}, outcomes
+        server.wait_for_log("died with exit code", timeout=10)
+        deadline = time.monotonic() + 30
+        seen: set[int] = set()
+        while len(seen) < 2 and time.monotonic() < deadline:
+            seen.add(httpx.post(server.url + "/whoami", json={}, timeout=5).json()["api"])
+        assert len(seen) == 2 and victim not in seen, seen
+        assert asyncio.run(_load(server.url, 100, 8)) == [200] * 100
