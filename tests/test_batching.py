@@ -185,7 +185,7 @@ def test_call_queued_past_max_latency_is_overloaded() -> None:
     assert model.batches == [[1], [3]]  # the overloaded call never reached the model
 
 
-def test_failure_fans_out_to_the_whole_batch() -> None:
+def test_a_failed_batch_is_rerun_call_by_call_so_only_the_bad_call_fails() -> None:
     model = Model(b=0.02)
     model.fail_if = lambda rows: 666 in rows
 
@@ -196,13 +196,31 @@ def test_failure_fans_out_to_the_whole_batch() -> None:
         batch = [asyncio.ensure_future(dispatcher.submit(rows)) for rows in ([2], [666], [3])]
         assert await first == [10]
         outcomes = await asyncio.gather(*batch, return_exceptions=True)
-        assert all(isinstance(o, ValueError) for o in outcomes)
-        assert len({id(o) for o in outcomes}) == 1  # one failure, fanned out
+        assert outcomes[0] == [20] and outcomes[2] == [30]
+        assert isinstance(outcomes[1], ValueError)
         assert await dispatcher.submit([4]) == [40]
         assert dispatcher.stats.failed_batches == 1
+        assert dispatcher.stats.isolated_calls == 3
 
     run(main)
-    assert model.batches == [[1], [2, 666, 3], [4]]
+    assert model.batches == [[1], [2, 666, 3], [2], [666], [3], [4]]
+
+
+def test_a_model_that_always_fails_fails_every_call_and_keeps_serving() -> None:
+    model = Model(b=0.02)
+    model.fail_if = lambda rows: any(r < 100 for r in rows)
+
+    async def main() -> None:
+        dispatcher = Dispatcher(model)
+        first = asyncio.ensure_future(dispatcher.submit([100]))
+        await asyncio.sleep(0.005)
+        batch = [asyncio.ensure_future(dispatcher.submit(rows)) for rows in ([1], [2], [3])]
+        assert await first == [1000]
+        outcomes = await asyncio.gather(*batch, return_exceptions=True)
+        assert all(isinstance(o, ValueError) for o in outcomes)
+        assert await dispatcher.submit([200]) == [2000]
+
+    run(main)
 
 
 def test_wrong_row_count_from_the_model_is_a_runner_error() -> None:

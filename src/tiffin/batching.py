@@ -39,9 +39,12 @@ The knobs
 
 Failures and cancellation
 -------------------------
-If ``infer`` raises, every call of that batch receives the exception, and the next batch runs as
-usual. A caller whose task is cancelled (its client hung up) leaves the queue and its rows are
-never sent to the model; if its batch had already started, the result is dropped.
+If ``infer`` raises on a batch of several calls, each call is run once more on its own: a call
+that fails alone receives its own exception, the others their results, so one caller's bad
+input never fails the callers it was batched with (a model that fails for every input fails
+every call). Then the next batch runs as usual. A caller whose task is cancelled (its client
+hung up) leaves the queue and its rows are never sent to the model; if its batch had already
+started, the result is dropped.
 
 Event loops
 -----------
@@ -105,7 +108,8 @@ class BatchStats:
     """What one dispatcher did, cumulative since it was made; read it with :meth:`snapshot`.
 
     Counters: ``calls`` and ``rows`` submitted, ``batches`` run, ``failed_batches`` (infer
-    raised), ``overloaded`` calls (answered past max_latency_ms), ``cancelled`` calls.
+    raised), ``isolated_calls`` (re-run alone after their batch failed), ``overloaded`` calls
+    (answered past max_latency_ms), ``cancelled`` calls.
     Histograms: ``batch_size`` (rows per batch), ``queue_wait`` (seconds a call waited for its
     batch to start) and ``run_time`` (seconds per batch in ``infer``).
     """
@@ -115,6 +119,7 @@ class BatchStats:
         self.rows = 0
         self.batches = 0
         self.failed_batches = 0
+        self.isolated_calls = 0
         self.overloaded = 0
         self.cancelled = 0
         self.batch_size = Histogram(SIZE_BUCKETS)
@@ -127,6 +132,7 @@ class BatchStats:
             "rows": self.rows,
             "batches": self.batches,
             "failed_batches": self.failed_batches,
+            "isolated_calls": self.isolated_calls,
             "overloaded": self.overloaded,
             "cancelled": self.cancelled,
             "batch_size": self.batch_size.snapshot(),
@@ -530,14 +536,12 @@ class Dispatcher:
                 raise RunnerError(f"runner method '{self.name}': {exc}") from exc
         except BaseException as exc:
             stats.failed_batches += 1
-            error = exc
-            if not isinstance(exc, Exception):  # cancelled by loop shutdown: still answer
-                error = RunnerError(f"a batch of runner method '{self.name}' was interrupted")
-            for entry in batch:
-                if not entry.future.done():
-                    entry.future.set_exception(error)
-            if error is not exc:
-                raise
+            if isinstance(exc, Exception) and len(batch) > 1:
+                # one caller's bad input must not fail everyone it was batched with: run each
+                # call once more on its own, so an error reaches only the calls it belongs to
+                await self._run_alone(batch)
+                return
+            self._fail(batch, exc)
         else:
             stats.run_time.observe(elapsed)
             self.cost.add(rows, elapsed)
@@ -547,6 +551,33 @@ class Dispatcher:
         finally:
             self._in_flight -= 1
             self._wake.set()
+
+    def _fail(self, batch: list[_Entry], exc: BaseException) -> None:
+        """Answer every call of ``batch`` with ``exc``; re-raise a cancellation after."""
+        error = exc
+        if not isinstance(exc, Exception):  # cancelled by loop shutdown: still answer
+            error = RunnerError(f"a batch of runner method '{self.name}' was interrupted")
+        for entry in batch:
+            if not entry.future.done():
+                entry.future.set_exception(error)
+        if error is not exc:
+            raise exc
+
+    async def _run_alone(self, batch: list[_Entry]) -> None:
+        """After a failed batch: each call alone, its own answer or its own error."""
+        self.stats.isolated_calls += len(batch)
+        for index, entry in enumerate(batch):
+            if entry.future.done():  # cancelled meanwhile
+                continue
+            try:
+                result = await self._infer(*entry.args, **entry.kwargs)
+            except Exception as exc:
+                entry.future.set_exception(exc)
+            except BaseException as exc:
+                self._fail(batch[index:], exc)
+            else:
+                if not entry.future.done():
+                    entry.future.set_result(result)
 
     def _fail_queued(self, exc: BaseException) -> None:
         while self._queue:

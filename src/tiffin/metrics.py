@@ -50,6 +50,7 @@ class RunnerCollector(Collector):
                 ("batches", "Batches run"),
                 ("overloaded", "Calls refused because they waited past max_latency_ms"),
                 ("failed_batches", "Batches whose model call raised"),
+                ("isolated_calls", "Calls re-run alone after their batch failed"),
                 ("cancelled", "Calls whose caller went away before their batch started"),
             )
         }

@@ -33,7 +33,7 @@ from tiffin.exceptions import Overloaded, TiffinError
 
 if TYPE_CHECKING:
     from tiffin.models import Model
-    from tiffin.runner import Runner, RunnerMethod
+    from tiffin.runner import Runner
     from tiffin.server import AppState
     from tiffin.service import Service
 
@@ -129,23 +129,6 @@ def frame_validator(model: Model) -> Callable[[Any], Any] | None:
             ) from exc
 
     return validate
-
-
-async def run_alone_on_failure(method: RunnerMethod, data: Any, kwargs: dict[str, Any]) -> Any:
-    """``method.async_run(data, **kwargs)``; if its batch fails with an error of the model's
-    own, run this call once more alone, so the error reaches only the callers it belongs to."""
-    try:
-        return await method.async_run(data, **kwargs)
-    except (TiffinError, asyncio.CancelledError):
-        raise
-    except Exception:
-        # only a runner loaded in this process can be called past its batcher; one in a
-        # runner process (serve --workers) answers its callers' errors as it must
-        if not method.config.batchable or getattr(method.runner, "_instance", None) is None:
-            raise
-    # tiffin.runner has no public unbatched call for a batchable method (yet)
-    loop = asyncio.get_running_loop()
-    return await method._call_in_worker(loop, (data,), kwargs)
 
 
 # -- the routes --------------------------------------------------------------------------------
@@ -271,7 +254,7 @@ def mlflow_routes(
             kwargs = {"params": params} if params else {}
             try:
                 async with asyncio.timeout(timeout) as deadline:
-                    raw = await run_alone_on_failure(method, data, kwargs)
+                    raw = await method.async_run(data, **kwargs)
             except TimeoutError:
                 if not deadline.expired():
                     raise

@@ -187,7 +187,7 @@ class ModelRows(IODescriptor):
 
 def build_service(model: Model, *, batching: bool = True) -> Service:
     """A Service with one route per signature method of ``model``."""
-    from tiffin.mlflow_protocol import frame_validator, run_alone_on_failure
+    from tiffin.mlflow_protocol import frame_validator
 
     configs = {}
     if "predict" in model.info.signatures:
@@ -213,7 +213,7 @@ def build_service(model: Model, *, batching: bool = True) -> Service:
             _check_width(value, checks["width"])
             if checks["frame"] is not None:
                 value = checks["frame"](value)
-            return await run_alone_on_failure(_method, value, {})
+            return await _method.async_run(value)
 
         call.__doc__ = f"{method.name} of model {model.tag} ({model.info.module})"
         service.api(input=ModelRows(schema), output=ModelRows(), name=method.name)(call)
