@@ -72,7 +72,7 @@ async def serve_runner(
 
     async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         tasks: set[asyncio.Task[None]] = set()
-        lock = asyncio.Lock()
+        frames = transport.FrameWriter(writer)
 
         async def answer(call_id: int, message: Any) -> None:
             try:
@@ -82,7 +82,7 @@ async def serve_runner(
                     raise
                 status, value = ERROR, transport.picklable_error(exc)
             with contextlib.suppress(ConnectionError, RuntimeError):
-                await transport.send(writer, (call_id, status, value), lock)
+                await frames.send((call_id, status, value))
 
         try:
             while True:
@@ -115,8 +115,7 @@ class _Endpoint:
     def __init__(self, owner: RemoteRunner, path: str) -> None:
         self.owner = owner
         self.path = path
-        self.writer: asyncio.StreamWriter | None = None
-        self.lock = asyncio.Lock()
+        self.writer: transport.FrameWriter | None = None
         self.pending: dict[int, asyncio.Future[Any]] = {}
         self.ids = itertools.count()
         self.task: asyncio.Task[None] | None = None
@@ -137,7 +136,7 @@ class _Endpoint:
                 delay = min(delay * 2, 0.5)
                 continue
             delay = 0.05
-            self.writer = writer
+            self.writer = transport.FrameWriter(writer)
             try:
                 while True:
                     call_id, status, value = await transport.receive(reader)
@@ -174,7 +173,7 @@ class _Endpoint:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.pending[call_id] = future
         try:
-            await transport.send(writer, (call_id, message), self.lock)
+            await writer.send((call_id, message))
             return await future
         except (ConnectionError, RuntimeError) as exc:
             raise self.owner.unavailable() from exc
