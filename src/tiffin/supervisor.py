@@ -32,10 +32,14 @@ import time
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tiffin.config import ServeSettings
 from tiffin.service import Service
+
+if TYPE_CHECKING:
+    import asyncio
+    from collections.abc import Callable
 
 logger = logging.getLogger("tiffin.supervisor")
 _CTX = multiprocessing.get_context("spawn")
@@ -109,9 +113,19 @@ def runner_main(
         os.getpid(),
     )
     try:
-        asyncio.run(serve_runner(runner, socket_path, ready.set, stop_signal=RUNNER_STOP))
+        # the event loop uvicorn's "auto" picks for the API workers: uvloop when it is installed
+        with asyncio.Runner(loop_factory=_loop_factory()) as loop_runner:
+            loop_runner.run(serve_runner(runner, socket_path, ready.set, stop_signal=RUNNER_STOP))
     finally:
         runner.destroy()
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def api_worker_main(
