@@ -117,16 +117,24 @@ def get(url: str) -> int:
         return 0
 
 
-class Server:
-    """A server process in its own process group, pinned to CPU 0."""
+def pinned(cmd: list[str], cpus: str | None) -> list[str]:
+    """``cmd`` under ``taskset -c CPUS``, or as it is when ``cpus`` is None."""
+    return cmd if cpus is None else ["taskset", "-c", cpus, *cmd]
 
-    def __init__(self, cmd: list[str], port: int, ready: str, env: dict[str, str], log: Path):
+
+class Server:
+    """A server process in its own process group, pinned to ``cpus`` (CPU 0 by default)."""
+
+    def __init__(
+        self, cmd: list[str], port: int, ready: str, env: dict[str, str], log: Path,
+        cpus: str | None = "0",
+    ) -> None:  # fmt: skip
         self.url = f"http://127.0.0.1:{port}"
         self.log = log
         started = time.perf_counter()
         with log.open("wb") as out:
             self.proc = subprocess.Popen(
-                ["taskset", "-c", "0", *cmd], stdout=out, stderr=subprocess.STDOUT, env=env,
+                pinned(cmd, cpus), stdout=out, stderr=subprocess.STDOUT, env=env,
                 cwd=log.parent, start_new_session=True,
             )  # fmt: skip
         deadline = time.monotonic() + 120
@@ -139,13 +147,20 @@ class Server:
 
     def pss_mb(self) -> float:
         """PSS of the process tree, in MB (10^6 bytes)."""
-        total_kb = 0
-        for pid in _tree(self.proc.pid):
+        return self.memory_mb()["Pss"]
+
+    def memory_mb(self) -> dict[str, float]:
+        """RSS and PSS summed over the process tree, in MB (10^6 bytes), and its size."""
+        total_kb = {"Rss": 0, "Pss": 0}
+        pids = _tree(self.proc.pid)
+        for pid in pids:
             with contextlib.suppress(OSError):
                 for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                    if line.startswith("Pss:"):
-                        total_kb += int(line.split()[1])
-        return total_kb * 1024 / 1e6
+                    key = line.split(":", 1)[0]
+                    if key in total_kb:
+                        total_kb[key] += int(line.split()[1])
+        return {"Rss": total_kb["Rss"] * 1024 / 1e6, "Pss": total_kb["Pss"] * 1024 / 1e6,
+                "processes": len(pids)}
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -176,12 +191,13 @@ def _tree(root: int) -> list[int]:
 # -- load ------------------------------------------------------------------------------------
 
 
-def lua_script(path: Path, body: str, content_type: str) -> Path:
+def lua_script(path: Path, body: str, content_type: str, extra: str = "") -> Path:
+    """A wrk script that POSTs ``body``; ``extra`` Lua (hooks such as ``response``) follows."""
     assert "]==]" not in body
     path.write_text(
         'wrk.method = "POST"\n'
         f'wrk.headers["Content-Type"] = "{content_type}"\n'
-        f"wrk.body = [==[{body}]==]\n"
+        f"wrk.body = [==[{body}]==]\n" + extra
     )
     return path
 
@@ -194,13 +210,24 @@ def _ms(text: str) -> float:
     return float(number) * _UNITS[unit]
 
 
-def wrk(url: str, script: Path, seconds: int) -> tuple[float, float, float, int]:
-    """(requests/s, p50 ms, p99 ms, non-2xx responses + socket errors) of one wrk run."""
-    out = subprocess.run(
-        ["taskset", "-c", "1", "wrk", "-t1", f"-c{CONCURRENCY}", f"-d{max(1, seconds)}s",
-         "--latency", "--timeout", "10s", "-s", str(script), url],
+def wrk_output(url: str, script: Path, seconds: int, cpus: str | None = "1") -> str:
+    """wrk's report of one run: one thread, ``CONCURRENCY`` connections, pinned to ``cpus``."""
+    return subprocess.run(
+        pinned(["wrk", "-t1", f"-c{CONCURRENCY}", f"-d{max(1, seconds)}s", "--latency",
+                "--timeout", "10s", "-s", str(script), url], cpus),
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
+
+
+def wrk(
+    url: str, script: Path, seconds: int, cpus: str | None = "1"
+) -> tuple[float, float, float, int]:
+    """(requests/s, p50 ms, p99 ms, non-2xx responses + socket errors) of one wrk run."""
+    return parse_wrk(wrk_output(url, script, seconds, cpus))
+
+
+def parse_wrk(out: str) -> tuple[float, float, float, int]:
+    """(requests/s, p50 ms, p99 ms, non-2xx responses + socket errors) from wrk's report."""
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
     p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
@@ -214,6 +241,21 @@ def wrk(url: str, script: Path, seconds: int) -> tuple[float, float, float, int]
 
 
 # -- models ------------------------------------------------------------------------------------
+
+
+def one_row() -> list[float]:
+    """The row of every request (``{"inputs": [ROW]}`` to ``/invocations``)."""
+    import numpy as np
+
+    return list(np.random.default_rng(2).normal(size=FEATURES).round(6).tolist())
+
+
+def import_models(dirs: dict[str, Path], env: dict[str, str]) -> None:
+    """Import each MLflow model directory into tiffin's store (``TIFFIN_HOME`` of ``env``) under
+    its own name, as a user would."""
+    for name, path in dirs.items():
+        subprocess.run([str(BIN / "tiffin"), "models", "import-mlflow", name, str(path)],
+                       env=env, check=True, capture_output=True)
 
 
 def make_models(root: Path) -> dict[str, Path]:
@@ -288,20 +330,15 @@ def measure(
 
 
 def run(args: argparse.Namespace, root: Path) -> list[Measured]:
-    import numpy as np
-
     dirs = make_models(root / "models")
     for name, path in dirs.items():
         print(f"model {name}: one-row predict {one_row_cost_ms(path, 1):.2f} ms, "
               f"1024 rows {one_row_cost_ms(path, 1024):.2f} ms (pyfunc, this process)")
-    row = np.random.default_rng(2).normal(size=FEATURES).round(6).tolist()
+    row = one_row()
     inputs = lua_script(root / "inputs.lua", '{"inputs": [' + str(row) + ']}', "application/json")
     rows = lua_script(root / "rows.lua", '[' + str(row) + ']', "application/json")
-    home = root / "home"
-    env = env_for(home, args.omp1)
-    for name, path in dirs.items():  # into tiffin's store once, as a user would
-        subprocess.run([str(BIN / "tiffin"), "models", "import-mlflow", name, str(path)],
-                       env=env, check=True, capture_output=True)
+    env = env_for(root / "home", args.omp1)
+    import_models(dirs, env)
     results = []
     for model in args.models:
         print(f"{model}:", flush=True)

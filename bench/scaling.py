@@ -1,0 +1,160 @@
+"""What ``--workers 2`` buys over ``--workers 1``: ``tiffin serve-model`` of bench/serve.py's
+``hgb`` model (one-row ``predict`` about 1.6 ms) on two cores, under the same wrk load.
+
+Run with ``python bench/scaling.py`` (``--help`` for options). It needs ``wrk`` and two CPUs.
+Both servers start once and stay up side by side (an idle one costs nothing); their wrk runs
+take turns, ``--runs`` each, so a shared machine's changing load falls on both alike. The
+servers and wrk (one thread, 64 connections, one-row ``{"inputs": [[32 floats]]}`` bodies to
+``/invocations``) are all pinned to the same CPUs, ``--cpus`` (default ``0,1``): the process
+tree and the load generator share the two cores, as on a small host.
+
+* ``--workers 1``: one process, the runner inside it (its own worker thread).
+* ``--workers 2``: a supervisor, two API worker processes and one runner process; each call
+  crosses a Unix socket to the runner process, where calls from both workers batch together.
+  The API workers accept from one shared listening socket, so how wrk's 64 keep-alive
+  connections split between them is up to the kernel; each run prints the split (``ss``).
+
+Target: ``--workers 2`` at least 1.3x the req/s of ``--workers 1`` (medians, same run); the
+script exits 1 when it is missed. Everything else (models, store, wrk, memory) is
+bench/serve.py's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from serve import (
+    BIN,
+    Measured,
+    Server,
+    env_for,
+    free_port,
+    import_models,
+    lua_script,
+    make_models,
+    one_row,
+    one_row_cost_ms,
+    wrk,
+)
+
+TARGET = 1.3
+
+
+def start(workers: int, env: dict[str, str], root: Path, cpus: str) -> Server:
+    port = free_port()
+    cmd = [str(BIN / "tiffin"), "serve-model", "hgb:latest", "--host", "127.0.0.1",
+           "--port", str(port), "--workers", str(workers)]  # fmt: skip
+    return Server(cmd, port, "/readyz", env, root / f"workers-{workers}.log", cpus=cpus)
+
+
+def connections(server: Server, after_s: float) -> dict[int, int]:
+    """Established client connections per process, counted ``after_s`` into a run (``ss``)."""
+    counts: dict[int, int] = {}
+
+    def count() -> None:
+        time.sleep(after_s)
+        port = server.url.rsplit(":", 1)[1]
+        out = subprocess.run(["ss", "-Htnp", "state", "established", f"( sport = :{port} )"],
+                             capture_output=True, text=True).stdout  # fmt: skip
+        for pid in re.findall(r"pid=(\d+)", out):
+            counts[int(pid)] = counts.get(int(pid), 0) + 1
+
+    if shutil.which("ss") is not None:
+        threading.Thread(target=count, daemon=True).start()
+    return counts
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=int, default=5, help="per wrk run (5)")
+    parser.add_argument("--runs", type=int, default=5, help="wrk runs per server (5)")
+    parser.add_argument("--warmup", type=int, default=2, help="seconds of warm-up load (2)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2],
+                        help="the --workers values to compare (1 2); the first is the baseline")
+    parser.add_argument("--cpus", default="0,1",
+                        help="taskset CPU list for the servers and wrk alike (0,1)")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory and logs")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None or shutil.which("taskset") is None:
+        print("bench/scaling.py needs wrk (`apt-get install wrk`) and taskset", file=sys.stderr)
+        return 2
+    root = Path(tempfile.mkdtemp(prefix="tiffin-bench-scaling-"))
+    servers: dict[int, Server] = {}
+    try:
+        model = make_models(root / "models")["hgb"]
+        print(f"model hgb: one-row predict {one_row_cost_ms(model, 1):.2f} ms (pyfunc)")
+        env = env_for(root / "home")
+        import_models({"hgb": model}, env)
+        script = lua_script(root / "inputs.lua", '{"inputs": [' + str(one_row()) + ']}',
+                            "application/json")
+        results: dict[int, Measured] = {}
+        for workers in args.workers:
+            server = servers[workers] = start(workers, env, root, args.cpus)
+            time.sleep(0.5)
+            memory = server.memory_mb()
+            results[workers] = Measured(f"--workers {workers}", "hgb", "/invocations",
+                                        startup_s=server.startup_s, pss_mb=memory["Pss"])
+            print(f"--workers {workers}: ready in {server.startup_s:.2f} s, "
+                  f"{memory['processes']:.0f} processes, PSS {memory['Pss']:.0f} MB", flush=True)
+            wrk(server.url + "/invocations", script, args.warmup, cpus=args.cpus)
+        for turn in range(args.runs):
+            for workers, server in servers.items():
+                split = connections(server, args.seconds / 2)
+                rps, p50, p99, errors = wrk(server.url + "/invocations", script, args.seconds,
+                                            cpus=args.cpus)
+                result = results[workers]
+                result.rps.append(rps)
+                result.p50_ms.append(p50)
+                result.p99_ms.append(p99)
+                result.errors += errors
+                shares = "/".join(str(n) for n in sorted(split.values(), reverse=True))
+                print(f"  run {turn + 1} --workers {workers}: {rps:7.0f} req/s  "
+                      f"p50 {p50:5.1f} ms  p99 {p99:5.1f} ms  errors {errors}  "
+                      f"connections per process {shares or '?'}", flush=True)
+    finally:
+        for server in servers.values():
+            server.stop()
+        if args.keep:
+            print(f"work directory kept: {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    base = results[args.workers[0]]
+    print(f"\n| --workers | processes | req/s (median of {args.runs}) | p50 ms | p99 ms | "
+          f"x --workers {args.workers[0]} | start-up s | idle PSS MB | errors |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    for workers, r in results.items():
+        tree = "1" if workers == 1 else f"1 + {workers} + 1"
+        print(f"| {workers} | {tree} | {r.rps_median:,.0f} | {r.p50_median:.1f} | "
+              f"{r.p99_median:.1f} | {r.rps_median / base.rps_median:.2f} | "
+              f"{r.startup_s:.2f} | {r.pss_mb:.0f} | {r.errors} |")
+    per_turn = [
+        statistics.median(results[w].rps[i] for w in args.workers[1:]) / base.rps[i]
+        for i in range(args.runs)
+    ] if len(args.workers) > 1 else []  # fmt: skip
+    if per_turn:
+        print(f"\nper-turn ratios: {', '.join(f'{x:.2f}' for x in per_turn)}")
+    ok = True
+    if 2 in results and args.workers[0] == 1:
+        got = results[2].rps_median / base.rps_median
+        ok = got >= TARGET
+        print(f"target: --workers 2 / --workers 1 req/s = {got:.2f}, wanted >= {TARGET} "
+              f"({'met' if ok else 'MISSED'})")
+    errors = sum(r.errors for r in results.values())
+    if errors:
+        print(f"{errors} requests failed (non-2xx or socket errors)")
+    return 0 if ok and not errors else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
