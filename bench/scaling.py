@@ -2,8 +2,8 @@
 ``hgb`` model (one-row ``predict`` about 1.6 ms) on two cores, under the same wrk load.
 
 Run with ``python bench/scaling.py`` (``--help`` for options). It needs ``wrk`` and two CPUs.
-Both servers start once and stay up side by side (an idle one costs nothing); their wrk runs
-take turns, ``--runs`` each, so a shared machine's changing load falls on both alike. The
+The servers start once and stay up side by side (an idle one costs nothing); their wrk runs
+take turns, ``--runs`` each, so a shared machine's changing load falls on all alike. The
 servers and wrk (one thread, 64 connections, one-row ``{"inputs": [[32 floats]]}`` bodies to
 ``/invocations``) are all pinned to the same CPUs, ``--cpus`` (default ``0,1``): the process
 tree and the load generator share the two cores, as on a small host.
@@ -13,6 +13,10 @@ tree and the load generator share the two cores, as on a small host.
   crosses a Unix socket to the runner process, where calls from both workers batch together.
   The API workers accept from one shared listening socket, so how wrk's 64 keep-alive
   connections split between them is up to the kernel; each run prints the split (``ss``).
+
+``--layouts 1 2 1+runner`` adds a third layout the command line does not offer: the
+supervisor with one API worker and one runner process (``serve_workers(..., 1)`` called from
+Python), i.e. ``--workers 2`` less one API worker.
 
 Target: ``--workers 2`` at least 1.3x the req/s of ``--workers 1`` (medians, same run); the
 script exits 1 when it is missed. Everything else (models, store, wrk, memory) is
@@ -24,7 +28,6 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,13 +52,30 @@ from serve import (
 )
 
 TARGET = 1.3
+LAYOUTS = {  # name: (what runs, processes)
+    "1": ("serve-model --workers 1", "1"),
+    "2": ("serve-model --workers 2", "1 + 2 + 1"),
+    "1+runner": ("supervisor, 1 API worker, 1 runner process", "1 + 1 + 1"),
+}
+# the supervisor with one API worker: what --workers 2 is, less one API worker
+ONE_API_WORKER = """
+import sys
+from tiffin import models
+from tiffin.config import ServeSettings
+from tiffin.supervisor import ServiceSource, serve_workers
+settings = ServeSettings(host="127.0.0.1", port=int(sys.argv[1]))
+sys.exit(serve_workers(ServiceSource(model_tag=str(models.get("hgb:latest").tag)), settings, 1))
+"""
 
 
-def start(workers: int, env: dict[str, str], root: Path, cpus: str) -> Server:
+def start(layout: str, env: dict[str, str], root: Path, cpus: str) -> Server:
     port = free_port()
-    cmd = [str(BIN / "tiffin"), "serve-model", "hgb:latest", "--host", "127.0.0.1",
-           "--port", str(port), "--workers", str(workers)]  # fmt: skip
-    return Server(cmd, port, "/readyz", env, root / f"workers-{workers}.log", cpus=cpus)
+    if layout == "1+runner":
+        cmd = [sys.executable, "-c", ONE_API_WORKER, str(port)]
+    else:
+        cmd = [str(BIN / "tiffin"), "serve-model", "hgb:latest", "--host", "127.0.0.1",
+               "--port", str(port), "--workers", layout]  # fmt: skip
+    return Server(cmd, port, "/readyz", env, root / f"layout-{layout}.log", cpus=cpus)
 
 
 def connections(server: Server, after_s: float) -> dict[int, int]:
@@ -80,8 +100,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=5, help="per wrk run (5)")
     parser.add_argument("--runs", type=int, default=5, help="wrk runs per server (5)")
     parser.add_argument("--warmup", type=int, default=2, help="seconds of warm-up load (2)")
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2],
-                        help="the --workers values to compare (1 2); the first is the baseline")
+    parser.add_argument("--layouts", nargs="+", default=["1", "2"], choices=list(LAYOUTS),
+                        help="--workers values (1 2), or 1+runner; the first is the baseline")
     parser.add_argument("--cpus", default="0,1",
                         help="taskset CPU list for the servers and wrk alike (0,1)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory and logs")
@@ -90,7 +110,7 @@ def main() -> int:
         print("bench/scaling.py needs wrk (`apt-get install wrk`) and taskset", file=sys.stderr)
         return 2
     root = Path(tempfile.mkdtemp(prefix="tiffin-bench-scaling-"))
-    servers: dict[int, Server] = {}
+    servers: dict[str, Server] = {}
     try:
         model = make_models(root / "models")["hgb"]
         print(f"model hgb: one-row predict {one_row_cost_ms(model, 1):.2f} ms (pyfunc)")
@@ -98,28 +118,28 @@ def main() -> int:
         import_models({"hgb": model}, env)
         script = lua_script(root / "inputs.lua", '{"inputs": [' + str(one_row()) + ']}',
                             "application/json")
-        results: dict[int, Measured] = {}
-        for workers in args.workers:
-            server = servers[workers] = start(workers, env, root, args.cpus)
+        results: dict[str, Measured] = {}
+        for layout in args.layouts:
+            server = servers[layout] = start(layout, env, root, args.cpus)
             time.sleep(0.5)
             memory = server.memory_mb()
-            results[workers] = Measured(f"--workers {workers}", "hgb", "/invocations",
-                                        startup_s=server.startup_s, pss_mb=memory["Pss"])
-            print(f"--workers {workers}: ready in {server.startup_s:.2f} s, "
+            results[layout] = Measured(layout, "hgb", "/invocations",
+                                       startup_s=server.startup_s, pss_mb=memory["Pss"])
+            print(f"{LAYOUTS[layout][0]}: ready in {server.startup_s:.2f} s, "
                   f"{memory['processes']:.0f} processes, PSS {memory['Pss']:.0f} MB", flush=True)
             wrk(server.url + "/invocations", script, args.warmup, cpus=args.cpus)
         for turn in range(args.runs):
-            for workers, server in servers.items():
+            for layout, server in servers.items():
                 split = connections(server, args.seconds / 2)
                 rps, p50, p99, errors = wrk(server.url + "/invocations", script, args.seconds,
                                             cpus=args.cpus)
-                result = results[workers]
+                result = results[layout]
                 result.rps.append(rps)
                 result.p50_ms.append(p50)
                 result.p99_ms.append(p99)
                 result.errors += errors
                 shares = "/".join(str(n) for n in sorted(split.values(), reverse=True))
-                print(f"  run {turn + 1} --workers {workers}: {rps:7.0f} req/s  "
+                print(f"  run {turn + 1} {layout:>8}: {rps:7.0f} req/s  "
                       f"p50 {p50:5.1f} ms  p99 {p99:5.1f} ms  errors {errors}  "
                       f"connections per process {shares or '?'}", flush=True)
     finally:
@@ -129,24 +149,21 @@ def main() -> int:
             print(f"work directory kept: {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
-    base = results[args.workers[0]]
-    print(f"\n| --workers | processes | req/s (median of {args.runs}) | p50 ms | p99 ms | "
-          f"x --workers {args.workers[0]} | start-up s | idle PSS MB | errors |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
-    for workers, r in results.items():
-        tree = "1" if workers == 1 else f"1 + {workers} + 1"
-        print(f"| {workers} | {tree} | {r.rps_median:,.0f} | {r.p50_median:.1f} | "
-              f"{r.p99_median:.1f} | {r.rps_median / base.rps_median:.2f} | "
+    base = results[args.layouts[0]]
+    print(f"\n| layout | processes | req/s (median of {args.runs}) | p50 ms | p99 ms | "
+          f"x {LAYOUTS[args.layouts[0]][0]} | start-up s | idle PSS MB | errors |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for layout, r in results.items():
+        print(f"| {LAYOUTS[layout][0]} | {LAYOUTS[layout][1]} | {r.rps_median:,.0f} | "
+              f"{r.p50_median:.1f} | {r.p99_median:.1f} | {r.rps_median / base.rps_median:.2f} | "
               f"{r.startup_s:.2f} | {r.pss_mb:.0f} | {r.errors} |")
-    per_turn = [
-        statistics.median(results[w].rps[i] for w in args.workers[1:]) / base.rps[i]
-        for i in range(args.runs)
-    ] if len(args.workers) > 1 else []  # fmt: skip
-    if per_turn:
-        print(f"\nper-turn ratios: {', '.join(f'{x:.2f}' for x in per_turn)}")
+    for layout in args.layouts[1:]:
+        ratios = [x / b for x, b in zip(results[layout].rps, base.rps, strict=True)]
+        print(f"per-turn ratios, {layout} / {args.layouts[0]}: "
+              f"{', '.join(f'{x:.2f}' for x in ratios)}")
     ok = True
-    if 2 in results and args.workers[0] == 1:
-        got = results[2].rps_median / base.rps_median
+    if "2" in results and args.layouts[0] == "1":
+        got = results["2"].rps_median / base.rps_median
         ok = got >= TARGET
         print(f"target: --workers 2 / --workers 1 req/s = {got:.2f}, wanted >= {TARGET} "
               f"({'met' if ok else 'MISSED'})")
