@@ -14,6 +14,11 @@ tree and the load generator share the two cores, as on a small host.
   The API workers accept from one shared listening socket, so how wrk's 64 keep-alive
   connections split between them is up to the kernel; each run prints the split (``ss``).
 
+Each run also prints the CPU it cost per request, by process and thread (``utime + stime``
+from ``/proc/<pid>/task/*/stat``): the API side's event loop(s), the runner process's event
+loop and its other threads (the model's worker thread), and for ``--workers 1`` the one
+process's event loop and other threads; the medians end the report.
+
 ``--layouts 1 2 1+runner`` adds a third layout the command line does not offer: the
 supervisor with one API worker and one runner process (``serve_workers(..., 1)`` called from
 Python), i.e. ``--workers 2`` less one API worker.
@@ -26,8 +31,11 @@ bench/serve.py's.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,6 +49,7 @@ from serve import (
     BIN,
     Measured,
     Server,
+    _tree,
     env_for,
     free_port,
     import_models,
@@ -95,6 +104,52 @@ def connections(server: Server, after_s: float) -> dict[int, int]:
     return counts
 
 
+_HZ = os.sysconf("SC_CLK_TCK")
+
+
+def roles(server: Server, layout: str) -> dict[str, list[int]]:
+    """The server's processes by role (the supervisor starts its runner process first)."""
+    root = server.proc.pid
+    if layout == "1":
+        return {"server": [root]}
+    children = sorted(
+        pid for pid in _tree(root)
+        if pid != root and b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    )  # fmt: skip
+    return {"api": children[1:], "runner": children[:1]}
+
+
+def thread_ticks(pids: list[int]) -> tuple[int, int]:
+    """CPU clock ticks (user + system) of these processes: (main threads, other threads)."""
+    main = other = 0
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                ticks = int(fields[11]) + int(fields[12])
+                if int(task.name) == pid:
+                    main += ticks
+                else:
+                    other += ticks
+    return main, other
+
+
+def cpu_per_request(by_role: dict[str, list[int]], before: dict[str, tuple[int, int]],
+                    requests: float) -> dict[str, float]:
+    """µs of CPU per request since ``before``: each role's event loop (main thread) and, for the
+    process holding the model, its other threads (the model's worker thread)."""
+    out = {}
+    for role, pids in by_role.items():
+        (main, other), (main_then, other_then) = thread_ticks(pids), before[role]
+        loop_us = (main - main_then) / _HZ * 1e6 / requests
+        threads_us = (other - other_then) / _HZ * 1e6 / requests
+        if role == "api":
+            out["API workers"] = loop_us + threads_us
+        else:
+            out[f"{role} loop"], out[f"{role} threads"] = loop_us, threads_us
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=5, help="per wrk run (5)")
@@ -119,6 +174,8 @@ def main() -> int:
         script = lua_script(root / "inputs.lua", '{"inputs": [' + str(one_row()) + ']}',
                             "application/json")
         results: dict[str, Measured] = {}
+        cpu: dict[str, list[dict[str, float]]] = {layout: [] for layout in args.layouts}
+        tree: dict[str, dict[str, list[int]]] = {}
         for layout in args.layouts:
             server = servers[layout] = start(layout, env, root, args.cpus)
             time.sleep(0.5)
@@ -128,11 +185,14 @@ def main() -> int:
             print(f"{LAYOUTS[layout][0]}: ready in {server.startup_s:.2f} s, "
                   f"{memory['processes']:.0f} processes, PSS {memory['Pss']:.0f} MB", flush=True)
             wrk(server.url + "/invocations", script, args.warmup, cpus=args.cpus)
+            tree[layout] = roles(server, layout)
         for turn in range(args.runs):
             for layout, server in servers.items():
                 split = connections(server, args.seconds / 2)
+                before = {role: thread_ticks(pids) for role, pids in tree[layout].items()}
                 rps, p50, p99, errors = wrk(server.url + "/invocations", script, args.seconds,
                                             cpus=args.cpus)
+                cpu[layout].append(cpu_per_request(tree[layout], before, rps * args.seconds))
                 result = results[layout]
                 result.rps.append(rps)
                 result.p50_ms.append(p50)
@@ -141,7 +201,9 @@ def main() -> int:
                 shares = "/".join(str(n) for n in sorted(split.values(), reverse=True))
                 print(f"  run {turn + 1} {layout:>8}: {rps:7.0f} req/s  "
                       f"p50 {p50:5.1f} ms  p99 {p99:5.1f} ms  errors {errors}  "
-                      f"connections per process {shares or '?'}", flush=True)
+                      f"connections per process {shares or '?'}; CPU µs per request: "
+                      + ", ".join(f"{k} {v:.0f}" for k, v in cpu[layout][-1].items())
+                      + f", total {sum(cpu[layout][-1].values()):.0f}", flush=True)
     finally:
         for server in servers.values():
             server.stop()
@@ -157,6 +219,18 @@ def main() -> int:
         print(f"| {LAYOUTS[layout][0]} | {LAYOUTS[layout][1]} | {r.rps_median:,.0f} | "
               f"{r.p50_median:.1f} | {r.p99_median:.1f} | {r.rps_median / base.rps_median:.2f} | "
               f"{r.startup_s:.2f} | {r.pss_mb:.0f} | {r.errors} |")
+    print("\n| CPU µs per request (median) | "
+          + " | ".join(LAYOUTS[layout][0] for layout in results) + " |")
+    print("|---|" + "---:|" * len(results))
+    parts = list(dict.fromkeys(k for runs in cpu.values() for run in runs for k in run))
+    for part in [*parts, "total"]:
+        cells = []
+        for layout in results:
+            values = [sum(run.values()) if part == "total" else run.get(part)
+                      for run in cpu[layout]]  # fmt: skip
+            known = [v for v in values if v is not None]
+            cells.append(f"{statistics.median(known):.0f}" if known else "-")
+        print(f"| {part} | " + " | ".join(cells) + " |")
     for layout in args.layouts[1:]:
         ratios = [x / b for x, b in zip(results[layout].rps, base.rps, strict=True)]
         print(f"per-turn ratios, {layout} / {args.layouts[0]}: "
