@@ -41,6 +41,10 @@ class Slow(tiffin.Runnable):
         raise ValueError(message)
 
     @tiffin.Runnable.method
+    def unpicklable(self):
+        return lambda: None  # pickle cannot send a lambda back
+
+    @tiffin.Runnable.method
     def crash(self):
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -114,6 +118,8 @@ def test_remote_runner_batches_across_callers_and_survives_errors(runner_process
         )
         with pytest.raises(ValueError, match="bad input"):
             await runner.fail.async_run("bad input")
+        with pytest.raises(RunnerError, match="cannot be sent back"):
+            await asyncio.wait_for(runner.unpicklable.async_run(), 10)
         sizes = await runner.sizes_seen.async_run()
         await runner.refresh_remote_stats()
         await remote.aclose()

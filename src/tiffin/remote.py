@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tiffin import transport
-from tiffin.exceptions import RunnerUnavailable
+from tiffin.exceptions import RunnerError, RunnerUnavailable
 
 if TYPE_CHECKING:
     from tiffin.runner import Runner
@@ -81,8 +81,17 @@ async def serve_runner(
                 if isinstance(exc, asyncio.CancelledError):
                     raise
                 status, value = ERROR, transport.picklable_error(exc)
-            with contextlib.suppress(ConnectionError, RuntimeError):
+            try:
                 await frames.send((call_id, status, value))
+            except (ConnectionError, RuntimeError):
+                pass  # the API worker went away
+            except Exception as exc:  # the answer would not pickle: say so instead of hanging
+                error = RunnerError(
+                    f"runner {runner.name!r} returned a value that cannot be sent back to the "
+                    f"API worker ({type(value).__name__}): {exc}"
+                )
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await frames.send((call_id, ERROR, error))
 
         try:
             while True:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tiffin.config import ServeSettings
+from tiffin.exceptions import TiffinError
 from tiffin.service import Service
 
 if TYPE_CHECKING:
@@ -218,7 +219,13 @@ class Supervisor:
         family = socket.AF_INET6 if ":" in self.settings.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.settings.host, self.settings.port))
+        try:
+            sock.bind((self.settings.host, self.settings.port))
+        except OSError as exc:
+            sock.close()
+            raise TiffinError(
+                f"cannot listen on {self.settings.host}:{self.settings.port}: {exc.strerror}"
+            ) from exc
         sock.listen(2048)
         sock.set_inheritable(True)
         return sock
@@ -266,14 +273,16 @@ class Supervisor:
         # before prometheus-client is imported here (it reads this once); children inherit it
         previous_env = os.environ.get(MULTIPROC_ENV)
         os.environ[MULTIPROC_ENV] = str(metrics_dir)
-        service = self.source.load()  # names and counts only: nothing is loaded here
-        from tiffin.server import _configure_runners
-
-        _configure_runners(service, self.settings)
-        listener = self._listen()
-        previous = {sig: signal.signal(sig, self._handle_signal)
-                    for sig in (signal.SIGTERM, signal.SIGINT)}
+        previous: dict[int, Any] = {}
+        listener: socket.socket | None = None
         try:
+            service = self.source.load()  # names and counts only: nothing is loaded here
+            from tiffin.server import _configure_runners
+
+            _configure_runners(service, self.settings)
+            listener = self._listen()
+            previous = {sig: signal.signal(sig, self._handle_signal)
+                        for sig in (signal.SIGTERM, signal.SIGINT)}
             self._plan(service, listener)
             runners = [c for c in self.children if c.role == "runner"]
             for child in runners:
@@ -293,7 +302,8 @@ class Supervisor:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            listener.close()
+            if listener is not None:
+                listener.close()
             shutil.rmtree(self.workdir, ignore_errors=True)
             if previous_env is None:
                 os.environ.pop(MULTIPROC_ENV, None)
