@@ -42,6 +42,7 @@ class Doubler(tiffin.Runnable):
     def predict(self, x):
         if (x < 0).any():
             raise ValueError("negative values break this model")
+        time.sleep(0.005)  # long enough for concurrent calls to queue up behind a batch
         return x * 2
 
 
