@@ -26,6 +26,12 @@ def tiffin_exe() -> str:
     return str(BIN / "tiffin")
 
 
+@pytest.fixture
+def anyio_backend() -> str:
+    """Async tests (``pytest.mark.anyio``) run on asyncio only."""
+    return "asyncio"
+
+
 @pytest.fixture(autouse=True)
 def tiffin_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "tiffin-home"

@@ -42,11 +42,6 @@ pytestmark = [
 ]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 with warnings.catch_warnings():  # MLflow asks for type hints that it would then misread
     warnings.simplefilter("ignore", UserWarning)
 

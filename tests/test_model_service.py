@@ -34,11 +34,6 @@ pytestmark = [
 ]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class Models:
     """The module's models: iris with a column signature (pyfunc and native flavors) and
     iris with a tensor signature, imported into a store of their own."""

@@ -23,11 +23,6 @@ from tiffin.service import Service
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class Echo(tiffin.Runnable):
     @tiffin.Runnable.method(batchable=True)
     def predict(self, x: Any) -> Any:

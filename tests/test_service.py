@@ -39,11 +39,6 @@ class Broken(tiffin.Runnable):
         return x
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 # -- construction --------------------------------------------------------------------------
 
 
