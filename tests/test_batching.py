@@ -358,6 +358,46 @@ def test_holds_an_idle_model_back_when_more_rows_are_about_to_arrive() -> None:
     run(main)
 
 
+def test_closed_loop_callers_are_waited_for_so_their_groups_merge() -> None:
+    """16 callers in a closed loop, started as two groups of 8: without waiting for the callers
+    on their way back, the groups would alternate on the model for good (8-row batches, each
+    paying the fixed cost); waiting for the population merges them into 16-row batches."""
+    model = Model(b=0.005)
+
+    async def main() -> None:
+        dispatcher = Dispatcher(model)
+
+        async def caller(k: int, calls: int, delay: float) -> None:
+            await asyncio.sleep(delay)
+            for i in range(calls):
+                row = k * 1000 + i
+                assert await dispatcher.submit([row]) == [row * 10]
+                # its answer going out and its next request coming in, spread over 0.7 ms
+                await asyncio.sleep(0.0001 * (k % 8))
+
+        await asyncio.gather(*(caller(k, 30, 0.0 if k < 8 else 0.0025) for k in range(16)))
+        sizes = [len(batch) for batch in model.batches]
+        assert sizes[-10:] == [16] * 10, sizes
+        assert dispatcher.population() == 16
+
+        # a caller leaves: the others still run, held at most about the gap each time
+        model.batches.clear()
+        started = time.perf_counter()
+        await asyncio.gather(*(caller(k, 10, 0.0) for k in range(1, 16)))
+        per_batch = (time.perf_counter() - started) / len(model.batches)
+        assert max(len(batch) for batch in model.batches) == 15
+        assert dispatcher.population() == 15  # started afresh when the 16th did not come back
+        assert per_batch < 3 * 0.005, per_batch
+
+        # after a quiet spell a lone call runs at once again
+        await asyncio.sleep(0.05)
+        started = time.perf_counter()
+        assert await dispatcher.submit([7]) == [70]
+        assert time.perf_counter() - started < 0.005 + 0.004
+
+    run(main)
+
+
 def test_max_concurrency_runs_batches_side_by_side() -> None:
     model = Model(b=0.02)
 

@@ -19,11 +19,27 @@ How a batch is formed
   new calls queue up and form the next one, so batches grow with load by themselves.
 * A learned cost model decides whether to hold an idle model back a moment: a least-squares fit
   of ``duration ≈ a·n + b`` over the last 50 batches (n rows), and the arrival rate λ (rows/s)
-  over the last ``4·b`` seconds. Holding pays off only if more rows are expected to arrive
-  within the fixed cost ``b`` than are already queued (``λ·b ≥ queued + 1``). A hold ends as soon
-  as that stops being true, when no call has arrived for ``2/λ`` (the callers are all waiting),
-  or ``b`` after the oldest call arrived, whichever comes first. Until the model has run a batch
-  nothing is held, and after a quiet spell λ is 0: a lone call on an idle dispatcher runs at once.
+  over the last ``4·b`` seconds. Nothing is held unless calls come often enough that the model's
+  fixed cost alone would keep it busy (``λ·b ≥ 1``); until the model has run a batch, and after a
+  quiet spell (λ = 0), a lone call on an idle dispatcher runs at once. Beyond that, two reasons
+  to hold, each while calls keep arriving (a gap of twice the mean time between calls with none
+  ends it):
+
+  - *Arrivals are fast*: more rows are expected within the fixed cost ``b`` than are queued
+    (``λ·b ≥ queued + 1``); for at most ``b`` after the oldest queued call arrived.
+  - *Callers are on their way back*: fewer rows are queued than the population P, the most rows
+    that were in the dispatcher at once (queued plus running) over the last second or so. Under
+    steady load from a fixed set of callers -- a closed loop, such as a client pool or a load
+    test -- the callers answered by the last batch come back with their next calls while their
+    answers go out; dispatching the rest without them would split the callers into groups that
+    alternate on the model for good, each paying the fixed cost ``b``. So the batch waits for
+    the missing ``P - queued`` rows, for at most ``2·b`` after the model became free; when they
+    do not come, P starts afresh from the rows present (callers left). On a
+    process where the HTTP side and the model share one core (``--workers 1``) this is free:
+    the core is busy answering and reading the callers meanwhile. Measured on a 1.4 ms model
+    with 64 closed-loop callers: 32-row batches became 64-row ones, +27% requests/s.
+
+  Every hold is also bounded by ``max_latency_ms / 4``.
 * ``max_concurrency`` batches run at a time (default 1: the model is one resource).
 
 The knobs
@@ -56,6 +72,7 @@ from another running loop is an error, except after the first loop has been clos
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import math
 import time
 from collections import deque
@@ -67,9 +84,21 @@ from tiffin import containers
 from tiffin.batch_stats import BatchStats, Histogram
 from tiffin.exceptions import InvalidArgument, Overloaded, RunnerError
 
-__all__ = ["BatchStats", "CostModel", "Dispatcher", "Histogram"]
+__all__ = ["BatchStats", "CostModel", "Dispatcher", "Histogram", "current_batch_calls"]
 
 _QUEUED, _STARTED, _DROPPED = 0, 1, 2
+
+# how many callers' calls the batch that infer is running holds (see current_batch_calls)
+_batch_calls: contextvars.ContextVar[int] = contextvars.ContextVar("tiffin_batch_calls", default=1)
+
+
+def current_batch_calls() -> int:
+    """Inside ``infer``: how many calls the batch it runs merges (1 outside a batch)."""
+    return _batch_calls.get()
+
+
+# seconds over which the dispatcher's population (the most rows in it at once) is taken
+POPULATION_PERIOD = 1.0
 
 # Bucket upper bounds, Prometheus style (a +Inf bucket is implied).
 class CostModel:
@@ -143,6 +172,10 @@ class Dispatcher:
     dimension the payloads are merged along, or an ``(input_dim, output_dim)`` pair when the
     result is batched along another dimension than the inputs. ``max_batch_size`` (rows) and
     ``max_latency_ms`` (queue deadline) are described under "The knobs" above.
+
+    ``hold=False`` never holds a free model back (a batch starts as soon as the loop gets to
+    it); ``isolate(exc)`` says whether a failed batch of several calls is re-run call by call
+    (default: always), or ``exc`` goes to every call of the batch as it is.
     """
 
     def __init__(
@@ -155,6 +188,8 @@ class Dispatcher:
         max_latency_ms: float = 5000.0,
         max_concurrency: int = 1,
         stats: BatchStats | None = None,
+        hold: bool = True,
+        isolate: Callable[[Exception], bool] | None = None,
     ) -> None:
         if not isinstance(max_batch_size, int) or max_batch_size < 1:
             raise InvalidArgument(f"max_batch_size must be a positive int, not {max_batch_size!r}")
@@ -171,11 +206,18 @@ class Dispatcher:
         self.max_concurrency = max_concurrency
         self.stats = stats if stats is not None else BatchStats()
         self.cost = CostModel()
+        self.hold = hold
+        self._isolate = isolate
         self._infer = infer
         self._limit = self.max_latency_ms / 1000.0
         self._arrivals: deque[tuple[float, int]] = deque(maxlen=4096)
         self._arrival_rows = 0
         self._last_arrival = -math.inf
+        # the population: the most rows in the dispatcher at once (queued + running), over the
+        # current and the previous period of POPULATION_PERIOD seconds
+        self._peak = 0
+        self._peak_before = 0
+        self._peak_since = -math.inf
         self._closed = False
         self._bound: asyncio.AbstractEventLoop | None = None
         self._reset()
@@ -186,6 +228,8 @@ class Dispatcher:
         self._queued_rows = 0
         self._queued_calls = 0
         self._in_flight = 0
+        self._running_rows = 0
+        self._hold_started: float | None = None
         self._wake: asyncio.Event = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._batches: set[asyncio.Task[None]] = set()
@@ -302,6 +346,9 @@ class Dispatcher:
         self._queue.append(entry)
         self._queued_rows += entry.rows
         self._queued_calls += 1
+        present = self._queued_rows + self._running_rows
+        if present > self._peak:
+            self._peak = present
         if self._timer is None:
             self._arm_timer(entry.enqueued + self._limit)
 
@@ -371,7 +418,7 @@ class Dispatcher:
                     wake.clear()
                     await wake.wait()
                     continue
-                hold = self._hold_for(loop.time())
+                hold = self._hold_for(loop.time()) if self.hold else 0.0
                 if hold > 0:
                     wake.clear()
                     timer = loop.call_later(hold, wake.set)
@@ -380,7 +427,16 @@ class Dispatcher:
                     finally:
                         timer.cancel()
                     continue
-                batch = self._take_batch(loop.time())
+                now = loop.time()
+                if self._hold_started is not None:
+                    self._hold_started = None
+                    if self._queued_rows < self.population(now):
+                        # held for callers who did not come back: fewer are left than there
+                        # were, so the population starts afresh from the rows here (it grows
+                        # again by itself when they return)
+                        self._peak = self._peak_before = self._queued_rows + self._running_rows
+                        self._peak_since = now
+                batch = self._take_batch(now)
                 if batch:
                     self._in_flight += 1
                     task = loop.create_task(self._run_batch(batch))
@@ -392,18 +448,44 @@ class Dispatcher:
             self._fail_queued(error)
             raise
 
+    def population(self, now: float | None = None) -> int:
+        """The most rows that were in the dispatcher at once (queued plus running) lately:
+        over the current period of ``POPULATION_PERIOD`` seconds and the one before."""
+        if now is None:
+            now = time.monotonic()
+        if now - self._peak_since >= POPULATION_PERIOD:
+            # a new period starts from what is in the dispatcher now
+            self._peak_before = self._peak if now - self._peak_since < 2 * POPULATION_PERIOD else 0
+            self._peak = self._queued_rows + self._running_rows
+            self._peak_since = now
+        return max(self._peak, self._peak_before)
+
     def _hold_for(self, now: float) -> float:
         """How long to hold the queued calls back for more to arrive; 0 to dispatch now."""
         fixed = self.cost.b
-        if fixed <= 0 or self._queued_rows >= self.max_batch_size:
+        queued = self._queued_rows
+        if fixed <= 0 or queued >= self.max_batch_size:
             return 0.0
         head = self._head()
         if head is None:
             return 0.0
-        rate = self.arrival_rate(now)
-        if rate * fixed < self._queued_rows + 1:
+        rate = self.arrival_rate(now)  # rows/s; arrival_rate() pruned the window's calls
+        if rate * fixed < 1:
             return 0.0
-        until = min(head.enqueued + min(fixed, self._limit / 4), self._last_arrival + 2 / rate)
+        bound = min(fixed, self._limit / 4)
+        # twice the mean time between calls (not rows: a caller may send many rows at once)
+        gap = 2 * (4 * fixed) / max(len(self._arrivals), 1)
+        until = -math.inf
+        if rate * fixed >= queued + 1:  # arrivals are fast
+            until = min(head.enqueued + bound, self._last_arrival + gap)
+        if queued < min(self.population(now), self.max_batch_size):  # callers on their way back
+            started = self._hold_started
+            if started is None:
+                started = self._hold_started = now
+            back_by = min(
+                started + min(2 * fixed, self._limit / 4), max(self._last_arrival, started) + gap
+            )
+            until = max(until, back_by)
         return max(until - now, 0.0)
 
     def _head(self) -> _Entry | None:
@@ -441,6 +523,7 @@ class Dispatcher:
             wait.observe(now - entry.enqueued)
         self._queued_rows -= rows
         self._queued_calls -= len(batch)
+        self._running_rows += rows
         return batch
 
     async def _run_batch(self, batch: list[_Entry]) -> None:
@@ -459,6 +542,7 @@ class Dispatcher:
                     for i in range(len(head.args))
                 )
             started = loop.time()
+            _batch_calls.set(len(batch))  # this task's own context: seen by infer alone
             result = await self._infer(*merged, **head.kwargs)
             elapsed = loop.time() - started
             try:
@@ -467,7 +551,11 @@ class Dispatcher:
                 raise RunnerError(f"runner method '{self.name}': {exc}") from exc
         except BaseException as exc:
             stats.failed_batches += 1
-            if isinstance(exc, Exception) and len(batch) > 1:
+            if (
+                isinstance(exc, Exception)
+                and len(batch) > 1
+                and (self._isolate is None or self._isolate(exc))
+            ):
                 # one caller's bad input must not fail everyone it was batched with: run each
                 # call once more on its own, so an error reaches only the calls it belongs to
                 await self._run_alone(batch)
@@ -481,6 +569,7 @@ class Dispatcher:
                     entry.future.set_result(part)
         finally:
             self._in_flight -= 1
+            self._running_rows -= rows
             self._wake.set()
 
     def _fail(self, batch: list[_Entry], exc: BaseException) -> None:
@@ -497,6 +586,7 @@ class Dispatcher:
     async def _run_alone(self, batch: list[_Entry]) -> None:
         """After a failed batch: each call alone, its own answer or its own error."""
         self.stats.isolated_calls += len(batch)
+        _batch_calls.set(1)
         for index, entry in enumerate(batch):
             if entry.future.done():  # cancelled meanwhile
                 continue
