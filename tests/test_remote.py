@@ -30,6 +30,8 @@ class Slow(tiffin.Runnable):
     def double(self, x):
         self.sizes.append(len(x))
         time.sleep(self.delay)
+        if (x < 0).any():
+            raise ValueError("negative rows are not allowed")
         return x * 2
 
     @tiffin.Runnable.method
@@ -129,6 +131,47 @@ def test_remote_runner_batches_across_callers_and_survives_errors(runner_process
     assert [r.tolist() for r in results] == [[2 * i, 2 * i] for i in range(30)]
     assert sum(sizes) == 60 and max(sizes) > 2, f"calls were not batched: {sizes}"
     assert runner.double.stats is not None and runner.double.stats.calls == 30
+
+
+@pytest.mark.slow
+def test_an_api_worker_sends_the_calls_of_one_loop_turn_as_one_message(runner_process):
+    """Concurrent calls of a batchable method leave the API worker merged (one message, one
+    pickle, one queue entry in the runner process), and come back split, each its own rows;
+    a merged call that fails is sent again call by call, so only the bad call fails."""
+    _, socket_path = runner_process
+    runner = tiffin.Runner(Slow, name="slow")
+
+    async def main():
+        remote = RemoteRunner("slow", [socket_path])
+        runner.attach_remote(remote)
+        await remote.start()
+        for _ in range(100):
+            if remote.connected:
+                break
+            await asyncio.sleep(0.05)
+        good = await asyncio.gather(
+            *(runner.double.async_run(np.full((1 + i % 3, 2), i)) for i in range(40))
+        )
+        merged_messages = remote.messages
+        mixed = await asyncio.gather(
+            *(runner.double.async_run(np.array([[-1 if i == 7 else i]])) for i in range(10)),
+            return_exceptions=True,
+        )
+        await runner.refresh_remote_stats()
+        await remote.aclose()
+        return good, merged_messages, mixed
+
+    good, merged_messages, mixed = asyncio.run(main())
+    for i, result in enumerate(good):
+        np.testing.assert_array_equal(result, np.full((1 + i % 3, 2), 2 * i))
+    assert merged_messages <= 2, f"40 calls took {merged_messages} messages"
+    assert isinstance(mixed[7], ValueError) and "negative" in str(mixed[7])
+    assert [r.tolist() for i, r in enumerate(mixed) if i != 7] == [
+        [[2 * i]] for i in range(10) if i != 7
+    ]
+    # the runner process counts the callers' calls, not the messages: 40, then the 10 merged,
+    # then the same 10 sent again one by one
+    assert runner.double.stats is not None and runner.double.stats.calls == 40 + 10 + 10
 
 
 @pytest.mark.slow

@@ -38,8 +38,15 @@ OK, ERROR = "ok", "err"
 async def _handle(runner: Runner, message: Any) -> tuple[str, Any]:
     kind, body = message
     if kind == CALL:
-        method, args, kwargs = body
-        return OK, await runner.methods[method].async_run(*args, **kwargs)
+        method_name, args, kwargs, calls = body
+        method = runner.methods[method_name]
+        try:
+            return OK, await method.async_run(*args, **kwargs)
+        finally:
+            # an API worker merged `calls` callers' calls into this one: count each
+            stats = method.stats
+            if calls > 1 and stats is not None:
+                stats.calls += calls - 1
     if kind == STATS:
         return OK, {
             name: method.stats.snapshot()
@@ -198,6 +205,7 @@ class RemoteRunner:
         self.endpoints = [_Endpoint(self, path) for path in socket_paths]
         self.loop: asyncio.AbstractEventLoop | None = None
         self._turn = itertools.count()
+        self.messages = 0  # calls sent to the runner processes (after merging)
 
     def unavailable(self) -> RunnerUnavailable:
         return RunnerUnavailable(
@@ -230,8 +238,12 @@ class RemoteRunner:
         return min(live, key=lambda e: (len(e.pending), (self.endpoints.index(e) - turn) % len(
             self.endpoints)))
 
-    async def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        return await self._pick().request((CALL, (method, args, kwargs)))
+    async def call(
+        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], *, calls: int = 1
+    ) -> Any:
+        """Run ``method`` in a runner process; ``calls``: how many callers' calls it merges."""
+        self.messages += 1
+        return await self._pick().request((CALL, (method, args, kwargs, calls)))
 
     def call_threadsafe(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Blocking call from a thread that is not the API worker's event loop."""

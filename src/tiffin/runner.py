@@ -167,6 +167,9 @@ class RunnerMethod:
         )
         self._stats: BatchStats | None = None
         self._remote_stats: dict[str, Any] | None = None
+        self._coalescers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Dispatcher] = (
+            weakref.WeakKeyDictionary()
+        )
 
     @property
     def stats(self) -> BatchStats | _Snapshot | None:
@@ -209,13 +212,51 @@ class RunnerMethod:
             self._dispatchers[loop] = dispatcher
         return dispatcher
 
+    def _coalescer(self, loop: asyncio.AbstractEventLoop, remote: RemoteRunner) -> Dispatcher:
+        """For a runner in its own process: the calls of one event-loop turn, one message.
+
+        The calls an API worker makes while its event loop works through one batch of ready
+        requests are merged (same options and shapes, as a batch would be) and sent to the
+        runner process as one call of many rows; the runner process's dispatcher batches it
+        with the other workers' calls, and the answer is split again here. This spares the
+        runner process a message, a pickle and a dispatcher entry per request. Nothing is held
+        back: a merge starts as soon as the loop gets to it, many may be in flight at once, and
+        the runner process does the real batching. When a merged call fails, each of its calls
+        is sent again alone, so an error reaches only the calls it belongs to -- unless the
+        runner process is unavailable or overloaded, which every call hears at once.
+        """
+        coalescer = self._coalescers.get(loop)
+        if coalescer is None:
+            from tiffin.batching import Dispatcher, current_batch_calls
+            from tiffin.exceptions import Overloaded, RunnerUnavailable
+
+            for old in [old for old in self._coalescers if old.is_closed()]:
+                del self._coalescers[old]
+            name = self.name
+
+            async def send(*args: Any, **kwargs: Any) -> Any:
+                return await remote.call(name, args, kwargs, calls=current_batch_calls())
+
+            coalescer = Dispatcher(
+                send,
+                name=f"{self.runner.name}.{self.name}",
+                batch_dim=self.config.batch_dim,
+                max_batch_size=self.config.max_batch_size,
+                max_latency_ms=self.config.max_latency_ms,
+                max_concurrency=1 << 30,
+                hold=False,
+                isolate=lambda exc: not isinstance(exc, (Overloaded, RunnerUnavailable)),
+            )
+            self._coalescers[loop] = coalescer
+        return coalescer
+
     def close_dispatchers(self) -> None:
         """Stop this method's batching loops (queued callers get an error)."""
         try:
             current = asyncio.get_running_loop()
         except RuntimeError:
             current = None
-        for loop, dispatcher in list(self._dispatchers.items()):
+        for loop, dispatcher in [*self._dispatchers.items(), *self._coalescers.items()]:
             if loop.is_closed() or not loop.is_running():
                 continue
             if loop is current:
@@ -225,11 +266,16 @@ class RunnerMethod:
                 with contextlib.suppress(Exception):
                     future.result(timeout=5)
         self._dispatchers.clear()
+        self._coalescers.clear()
 
     async def async_run(self, *args: Any, **kwargs: Any) -> Any:
         """Run from any event loop; batchable methods are batched with concurrent callers."""
         remote = self.runner._remote
         if remote is not None:
+            if self.config.batchable:
+                return await self._coalescer(asyncio.get_running_loop(), remote).submit(
+                    *args, **kwargs
+                )
             return await remote.call(self.name, args, kwargs)
         self.runner._require_instance()
         loop = asyncio.get_running_loop()

@@ -409,11 +409,12 @@ async def _close_dispatchers(service: Service) -> None:
     loop = asyncio.get_running_loop()
     for runner in service.runners:
         for method in runner.methods.values():
-            dispatchers = getattr(method, "_dispatchers", None)
-            dispatcher = dispatchers.get(loop) if dispatchers is not None else None
-            if dispatcher is not None:
-                with contextlib.suppress(Exception):
-                    await dispatcher.aclose()
+            for kind in ("_dispatchers", "_coalescers"):
+                dispatchers = getattr(method, kind, None)
+                dispatcher = dispatchers.get(loop) if dispatchers is not None else None
+                if dispatcher is not None:
+                    with contextlib.suppress(Exception):
+                        await dispatcher.aclose()
 
 
 def _http_error_response(request: Request, exc: HTTPException, state: AppState) -> Response:
