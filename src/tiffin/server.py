@@ -381,6 +381,7 @@ def build_app(service: Service, settings: ServeSettings | None = None) -> Starle
         exception_handlers={HTTPException: http_error, Exception: unhandled},
     )
     app.state.tiffin = state
+    _route_exact_posts_first(app, routes)
     if settings.cors_origins:
         from starlette.middleware.cors import CORSMiddleware
 
@@ -398,6 +399,42 @@ def build_app(service: Service, settings: ServeSettings | None = None) -> Starle
         )
     app.add_middleware(AccessLogMiddleware, state=state, routes=_route_paths(routes))
     return app
+
+
+def _route_exact_posts_first(app: Starlette, routes: list[BaseRoute]) -> None:
+    """Send ``POST`` requests for the API and MLflow routes straight to their endpoints.
+
+    Starlette's router tries each route's pattern in turn, then wraps the endpoint in a second
+    round of exception handling; for the routes that take the traffic a dictionary lookup of
+    the exact path does the same job. Everything else (other methods, other paths, a
+    ``root_path``) goes through the router as before, and errors still reach the app's
+    exception handlers, which sit outside the router.
+    """
+    router = app.router
+    table: dict[str, tuple[Route, Callable[[Request], Awaitable[Response]]]] = {}
+    for route in routes:
+        if (
+            isinstance(route, Route)
+            and route.methods == {"POST"}
+            and not route.param_convertors
+            and asyncio.iscoroutinefunction(route.endpoint)
+        ):
+            table[route.path] = (route, route.endpoint)
+    fallback = router.middleware_stack
+
+    async def exact_first(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
+            found = table.get(scope["path"])
+            if found is not None:
+                scope.setdefault("router", router)
+                scope["route"] = found[0]
+                request = Request(scope, receive, send)
+                response = await found[1](request)
+                await response(scope, receive, send)
+                return
+        await fallback(scope, receive, send)
+
+    router.middleware_stack = exact_first
 
 
 def _route_paths(routes: list[BaseRoute]) -> frozenset[str]:
