@@ -161,7 +161,10 @@ def configure_logging(level: str, log_format: str = "text") -> None:
 
 
 def _uvicorn_options(settings: ServeSettings) -> dict[str, Any]:
+    from tiffin._http import BatchedWritesProtocol
+
     return {
+        "http": BatchedWritesProtocol,
         "host": settings.host,
         "port": settings.port,
         "log_level": settings.log_level,
