@@ -89,6 +89,50 @@ async def test_server_side_errors_carry_a_logged_error_id(
             "error_id": body["error_id"]}.items() <= access[0].items()
 
 
+async def test_the_short_path_for_api_posts_answers_as_the_full_middleware_stack(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Without auth or CORS, POSTs to API routes skip Starlette's layers (server._App); with
+    CORS on they take the full stack. Both give the same statuses, bodies, log and metrics."""
+    caplog.set_level(logging.INFO)
+    requests: list[tuple[str, str, Any]] = [
+        ("post", "/predict", {"json": [[1.5, 2.0]]}),
+        ("post", "/predict", {"content": b"[[1, 2", "headers": {"content-type": "application/json"}}),
+        ("post", "/predict", {"content": b"1,2", "headers": {"content-type": "text/csv"}}),
+        ("post", "/not_an_array", {"json": {}}),
+        ("post", "/mlflow_says_no", {"json": {}}),
+        ("get", "/predict", {}),
+        ("post", "/nothing", {"json": {}}),
+    ]
+    seen: dict[str, list[tuple[int, Any]]] = {}
+    for kind, settings in (
+        ("short", load_settings(environ={})),
+        ("full", load_settings(overrides={"cors_origins": ["http://ui.example"]}, environ={})),
+    ):
+        app = build_app(make_service(), settings)
+        assert bool(app.hot) == (kind == "short")  # type: ignore[attr-defined]
+        caplog.clear()
+        answers = []
+        async with asgi_client(app) as client:
+            for method, path, kwargs in requests:
+                response = await getattr(client, method)(path, **kwargs)
+                body = response.json()
+                if isinstance(body, dict):
+                    body.pop("error_id", None)
+                    body["detail"] = str(body.get("detail", ""))[:30]
+                answers.append((response.status_code, body))
+            metrics = (await client.get("/metrics")).text
+        access = [r.access for r in caplog.records if r.name == "tiffin.access"]  # type: ignore[attr-defined]
+        assert [(a["method"], a["path"], a["status"]) for a in access[: len(requests)]] == [
+            (m.upper(), p, status) for (m, p, _), (status, _) in zip(requests, answers, strict=True)
+        ]
+        assert any("error_id" in a for a in access)  # the 500's id reaches the access log
+        assert 'tiffin_http_requests_total{method="POST",route="/predict",status="400"} 1.0' in metrics
+        seen[kind] = answers
+    assert seen["short"] == seen["full"]
+    assert [status for status, _ in seen["short"]] == [200, 400, 415, 500, 400, 405, 404]
+
+
 async def test_an_mlflow_client_error_is_a_400_and_a_users_timeouterror_is_not_a_504() -> None:
     async with asgi_client(build_app(make_service())) as client:
         response = await client.post("/mlflow_says_no", json={})

@@ -375,13 +375,19 @@ def build_app(service: Service, settings: ServeSettings | None = None) -> Starle
         return error_response(exc, where=f"{request.method} {request.url.path}",
                               scope=request.scope)
 
-    app = Starlette(
+    app = _App(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={HTTPException: http_error, Exception: unhandled},
     )
     app.state.tiffin = state
-    _route_exact_posts_first(app, routes)
+    hot = _exact_posts(routes)
+    _route_exact_posts_first(app, hot)
+    if not (settings.cors_origins or settings.api_key):
+        # no middleware of the user's choosing to pass through: the short path, see _App
+        app.hot, app.hot_state = hot, state
+        app.hot_known = _route_paths(routes)
+        app.on_http_error, app.on_error = http_error, unhandled
     if settings.cors_origins:
         from starlette.middleware.cors import CORSMiddleware
 
@@ -401,7 +407,74 @@ def build_app(service: Service, settings: ServeSettings | None = None) -> Starle
     return app
 
 
-def _route_exact_posts_first(app: Starlette, routes: list[BaseRoute]) -> None:
+_Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def _exact_posts(routes: list[BaseRoute]) -> dict[str, tuple[Route, _Endpoint]]:
+    """The POST-only routes of fixed paths (the API and MLflow routes) by path."""
+    table: dict[str, tuple[Route, _Endpoint]] = {}
+    for route in routes:
+        if (
+            isinstance(route, Route)
+            and route.methods == {"POST"}
+            and not route.param_convertors
+            and asyncio.iscoroutinefunction(route.endpoint)
+        ):
+            table[route.path] = (route, route.endpoint)
+    return table
+
+
+class _App(Starlette):
+    """Starlette, with a short path for the requests that carry the traffic.
+
+    A ``POST`` to an API or MLflow route goes through five layers of ASGI middleware and
+    routing before its endpoint runs (uvicorn's proxy headers, Starlette's server-error
+    handler, the access log, Starlette's exception handler, the router). When the user has
+    configured no middleware (auth, CORS), :attr:`hot` holds those routes, and such a request
+    is served here in one step that does what the layers do for it: run the endpoint, turn an
+    exception into the same error response through the same handlers, send the response,
+    write the access log line and the request metrics. Everything else takes the full stack.
+    """
+
+    hot: dict[str, tuple[Route, _Endpoint]] = {}
+    hot_state: AppState
+    hot_known: frozenset[str]
+    on_http_error: Callable[[Request, Exception], Awaitable[Response]]
+    on_error: Callable[[Request, Exception], Awaitable[Response]]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.hot and scope["type"] == "http" and scope["method"] == "POST":
+            found = self.hot.get(scope["path"])
+            if found is not None and not scope.get("root_path"):
+                await self._serve(found, scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+    async def _serve(
+        self, found: tuple[Route, _Endpoint], scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        started = time.perf_counter()
+        status = 500
+        scope["app"] = self
+        scope["router"] = self.router
+        scope["route"] = found[0]
+        request = Request(scope, receive, send)
+        try:
+            try:
+                response = await found[1](request)
+            except HTTPException as exc:
+                response = await self.on_http_error(request, exc)
+            except Exception as exc:
+                response = await self.on_error(request, exc)
+            status = response.status_code
+            await response(scope, receive, send)
+        finally:
+            _record_access(
+                self.hot_state, self.hot_known, scope, status, time.perf_counter() - started
+            )
+
+
+def _route_exact_posts_first(app: Starlette, table: dict[str, tuple[Route, _Endpoint]]) -> None:
     """Send ``POST`` requests for the API and MLflow routes straight to their endpoints.
 
     Starlette's router tries each route's pattern in turn, then wraps the endpoint in a second
@@ -411,15 +484,6 @@ def _route_exact_posts_first(app: Starlette, routes: list[BaseRoute]) -> None:
     exception handlers, which sit outside the router.
     """
     router = app.router
-    table: dict[str, tuple[Route, Callable[[Request], Awaitable[Response]]]] = {}
-    for route in routes:
-        if (
-            isinstance(route, Route)
-            and route.methods == {"POST"}
-            and not route.param_convertors
-            and asyncio.iscoroutinefunction(route.endpoint)
-        ):
-            table[route.path] = (route, route.endpoint)
     fallback = router.middleware_stack
 
     async def exact_first(scope: Scope, receive: Receive, send: Send) -> None:
@@ -521,8 +585,6 @@ class AccessLogMiddleware:
         self.app = app
         self.state = state
         self.known = routes
-        self.metrics = state.metrics
-        self.log = state.settings.access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -540,19 +602,25 @@ class AccessLogMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            elapsed = time.perf_counter() - started
-            path = scope["path"]
-            route = path if path in self.known else "<other>"
-            self.metrics.observe_request(route, scope["method"], status, elapsed)
-            if self.log and access_logger.isEnabledFor(logging.INFO):
-                fields: dict[str, Any] = {
-                    "method": scope["method"],
-                    "path": path,
-                    "status": status,
-                    "duration_ms": round(elapsed * 1000, 3),
-                    "client": (scope.get("client") or ("", 0))[0],
-                }
-                error_id = scope.get(ERROR_ID_KEY)
-                if error_id is not None:
-                    fields["error_id"] = error_id
-                access_logger.handle(_access_record(fields))
+            _record_access(self.state, self.known, scope, status, time.perf_counter() - started)
+
+
+def _record_access(
+    state: AppState, known: frozenset[str], scope: Scope, status: int, elapsed: float
+) -> None:
+    """One request's metrics and access log line."""
+    path = scope["path"]
+    route = path if path in known else "<other>"
+    state.metrics.observe_request(route, scope["method"], status, elapsed)
+    if state.settings.access_log and access_logger.isEnabledFor(logging.INFO):
+        fields: dict[str, Any] = {
+            "method": scope["method"],
+            "path": path,
+            "status": status,
+            "duration_ms": round(elapsed * 1000, 3),
+            "client": (scope.get("client") or ("", 0))[0],
+        }
+        error_id = scope.get(ERROR_ID_KEY)
+        if error_id is not None:
+            fields["error_id"] = error_id
+        access_logger.handle(_access_record(fields))
