@@ -95,9 +95,10 @@ async def test_the_short_path_for_api_posts_answers_as_the_full_middleware_stack
     """Without auth or CORS, POSTs to API routes skip Starlette's layers (server._App); with
     CORS on they take the full stack. Both give the same statuses, bodies, log and metrics."""
     caplog.set_level(logging.INFO)
+    JSON_TYPE = "application/json"
     requests: list[tuple[str, str, Any]] = [
         ("post", "/predict", {"json": [[1.5, 2.0]]}),
-        ("post", "/predict", {"content": b"[[1, 2", "headers": {"content-type": "application/json"}}),
+        ("post", "/predict", {"content": b"[[1, 2", "headers": {"content-type": JSON_TYPE}}),
         ("post", "/predict", {"content": b"1,2", "headers": {"content-type": "text/csv"}}),
         ("post", "/not_an_array", {"json": {}}),
         ("post", "/mlflow_says_no", {"json": {}}),
@@ -127,7 +128,8 @@ async def test_the_short_path_for_api_posts_answers_as_the_full_middleware_stack
             (m.upper(), p, status) for (m, p, _), (status, _) in zip(requests, answers, strict=True)
         ]
         assert any("error_id" in a for a in access)  # the 500's id reaches the access log
-        assert 'tiffin_http_requests_total{method="POST",route="/predict",status="400"} 1.0' in metrics
+        counted = 'tiffin_http_requests_total{method="POST",route="/predict",status="400"} 1.0'
+        assert counted in metrics
         seen[kind] = answers
     assert seen["short"] == seen["full"]
     assert [status for status, _ in seen["short"]] == [200, 400, 415, 500, 400, 405, 404]
