@@ -13,7 +13,7 @@ float64 features):
   ``predict`` costs about 1.6 ms, 1024 rows about 5.6 ms.
 * ``lr``: a LogisticRegression on the same data; ``predict`` costs tens of microseconds.
 
-Servers, one at a time, each in its own process group, in the environment a user would give
+Servers, each in its own process group, in the environment a user would give
 it (``--omp1`` starts all of them with ``OMP_NUM_THREADS=1``):
 
 * ``mlflow``: ``mlflow models serve -m DIR --env-manager local`` (one uvicorn worker).
@@ -24,11 +24,14 @@ it (``--omp1`` starts all of them with ``OMP_NUM_THREADS=1``):
   rows form, ``[[...]]``).
 * ``noop``: the bare server's endpoint that answers without parsing or predicting (the ceiling).
 
-Each measurement: start the server, time spawn-to-ready (``/readyz`` for tiffin, ``/ping``
-otherwise), read idle memory (PSS of the process and all its descendants from
-``/proc/<pid>/smaps_rollup``), warm up, then ``--runs`` wrk runs of ``--seconds``; the table
-shows medians. Targets (ratios taken in the same run) are checked at the end; the script
-exits 1 when one is missed.
+Per model, the servers take turns, so that the shared machine's changing load falls on all of
+them alike: each is started ``--starts`` times (at least 2) in turn (spawn-to-ready:
+``/readyz`` for tiffin, ``/ping`` otherwise; the last start of each stays up), its idle memory
+is read on its first start, while it runs alone (PSS of the process and all its descendants
+from ``/proc/<pid>/smaps_rollup``), each is warmed up, and ``--runs`` rounds of wrk runs of
+``--seconds`` go to each server and route in turn (the others sit idle on the same CPU
+meanwhile). The table shows medians. Targets (ratios taken in the same run) are checked at
+the end; the script exits 1 when one is missed.
 """
 
 from __future__ import annotations
@@ -307,26 +310,78 @@ def one_row_cost_ms(path: Path, rows: int) -> float:
 # -- the run -----------------------------------------------------------------------------------
 
 
-def measure(
-    label: str, model: str, route: str, server: Server, script: Path, args: argparse.Namespace
-) -> Measured:
-    result = Measured(label, model, route, startup_s=server.startup_s)
-    time.sleep(0.5)
-    result.pss_mb = server.pss_mb()
-    wrk(server.url + route, script, args.warmup)
-    for _ in range(args.runs):
-        rps, p50, p99, errors = wrk(server.url + route, script, args.seconds)
-        result.rps.append(rps)
-        result.p50_ms.append(p50)
-        result.p99_ms.append(p99)
-        result.errors += errors
-    print(
-        f"  {label:<8} {model:<4} {route:<12} {result.rps_median:>9.0f} req/s  "
-        f"p50 {result.p50_median:6.1f} ms  p99 {result.p99_median:6.1f} ms  "
-        f"start {server.startup_s:5.2f} s  PSS {result.pss_mb:6.0f} MB  errors {result.errors}",
-        flush=True,
-    )
-    return result
+def wrk_into(result: Measured, server: Server, script: Path, seconds: int) -> None:
+    rps, p50, p99, errors = wrk(server.url + result.route, script, seconds)
+    result.rps.append(rps)
+    result.p50_ms.append(p50)
+    result.p99_ms.append(p99)
+    result.errors += errors
+    print(f"    {result.server:<8} {result.route:<12} {rps:>9.0f} req/s  p50 {p50:6.1f} ms  "
+          f"p99 {p99:6.1f} ms  errors {errors}", flush=True)
+
+
+def server_command(
+    kind: str, model: str, model_dir: Path, port: int, inputs: Path, rows: Path
+) -> tuple[list[str], str, list[tuple[str, Path]]]:
+    """(command, readiness path, [(route, wrk script)]) of one server kind."""
+    if kind == "mlflow":
+        cmd = [str(BIN / "mlflow"), "models", "serve", "-m", str(model_dir),
+               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
+        return cmd, "/ping", [("/invocations", inputs)]
+    if kind == "tiffin":
+        cmd = [str(BIN / "tiffin"), "serve-model", f"{model}:latest",
+               "--host", "127.0.0.1", "--port", str(port)]
+        return cmd, "/readyz", [("/invocations", inputs), ("/predict", rows)]
+    if kind in ("bare", "noop"):
+        cmd = [sys.executable, str(HERE / "_bare_server.py"), str(model_dir), str(port)]
+        return cmd, "/ping", [("/invocations", inputs)] if kind == "bare" else [("/noop", inputs)]
+    raise SystemExit(f"unknown server {kind!r}")
+
+
+def measure_model(
+    model: str, model_dir: Path, args: argparse.Namespace, root: Path, env: dict[str, str],
+    inputs: Path, rows: Path,
+) -> list[Measured]:  # fmt: skip
+    """Every server of ``args.servers`` on one model, taking turns (see the module doc)."""
+    startups: dict[str, list[float]] = {kind: [] for kind in args.servers}
+    pss_mb: dict[str, float] = {}
+    servers: dict[str, Server] = {}
+    starts = max(args.starts, 2)
+    try:
+        for start in range(starts):
+            for kind in args.servers:
+                port = free_port()
+                cmd, ready, _ = server_command(kind, model, model_dir, port, inputs, rows)
+                server = Server(cmd, port, ready, env, root / f"{kind}-{model}-{start}.log")
+                startups[kind].append(server.startup_s)
+                if start == 0:
+                    # idle memory while it runs alone: PSS splits shared pages between the
+                    # processes that map them, so another server up would make it look smaller
+                    time.sleep(0.5)
+                    pss_mb[kind] = server.pss_mb()
+                if start == starts - 1:
+                    servers[kind] = server
+                else:
+                    server.stop()
+        results: list[tuple[Measured, Server, Path]] = []
+        for kind, server in servers.items():
+            startup = statistics.median(startups[kind])
+            pss = pss_mb[kind]
+            port = int(server.url.rsplit(":", 1)[1])
+            for route, script in server_command(kind, model, model_dir, port, inputs, rows)[2]:
+                results.append((Measured(kind, model, route, startup, pss), server, script))
+            print(f"  {kind:<8} start-up {', '.join(f'{s:.2f}' for s in startups[kind])} s "
+                  f"(median {startup:.2f}), idle PSS {pss:.0f} MB", flush=True)
+        for result, server, script in results:
+            wrk(server.url + result.route, script, args.warmup)
+        for turn in range(args.runs):
+            print(f"  round {turn + 1}:", flush=True)
+            for result, server, script in results:
+                wrk_into(result, server, script, args.seconds)
+    finally:
+        for server in servers.values():
+            server.stop()
+    return [result for result, _, _ in results]
 
 
 def run(args: argparse.Namespace, root: Path) -> list[Measured]:
@@ -342,29 +397,7 @@ def run(args: argparse.Namespace, root: Path) -> list[Measured]:
     results = []
     for model in args.models:
         print(f"{model}:", flush=True)
-        for kind in args.servers:
-            port = free_port()
-            log = root / f"{kind}-{model}.log"
-            if kind == "mlflow":
-                cmd = [str(BIN / "mlflow"), "models", "serve", "-m", str(dirs[model]),
-                       "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
-                ready, routes = "/ping", [("/invocations", inputs)]
-            elif kind == "tiffin":
-                cmd = [str(BIN / "tiffin"), "serve-model", f"{model}:latest",
-                       "--host", "127.0.0.1", "--port", str(port)]
-                ready, routes = "/readyz", [("/invocations", inputs), ("/predict", rows)]
-            elif kind in ("bare", "noop"):
-                cmd = [sys.executable, str(HERE / "_bare_server.py"), str(dirs[model]), str(port)]
-                ready = "/ping"
-                routes = [("/invocations", inputs)] if kind == "bare" else [("/noop", inputs)]
-            else:
-                raise SystemExit(f"unknown server {kind!r}")
-            server = Server(cmd, port, ready, env, log)
-            try:
-                for route, script in routes:
-                    results.append(measure(kind, model, route, server, script, args))
-            finally:
-                server.stop()
+        results += measure_model(model, dirs[model], args, root, env, inputs, rows)
     return results
 
 
@@ -411,6 +444,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=5, help="per wrk run (5)")
     parser.add_argument("--runs", type=int, default=3, help="wrk runs per server (3)")
+    parser.add_argument("--starts", type=int, default=3,
+                        help="start-up measurements per server (3; at least 2)")
     parser.add_argument("--warmup", type=int, default=2, help="seconds of warm-up load (2)")
     parser.add_argument("--models", nargs="+", default=["hgb", "lr"], choices=["hgb", "lr"])
     parser.add_argument("--servers", nargs="+", default=["mlflow", "bare", "tiffin", "noop"],
