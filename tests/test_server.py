@@ -239,3 +239,17 @@ def test_json_log_lines() -> None:
     line = json.loads(JSONFormatter().format(record))
     assert line["message"] == "boom id"
     assert "ValueError: oops" in line["exc_info"]
+
+
+def test_log_times_formatted_once_a_second_read_as_loggings_own() -> None:
+    from tiffin.serve import _Formatter
+
+    ours = _Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stdlib = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for created in (1764150000.123, 1764150000.987, 1764150001.5, 1764150001.5, 1764150061.0):
+        record = logging.LogRecord("x", logging.INFO, __file__, 1, "hello", None, None)
+        record.created = created
+        record.msecs = (created - int(created)) * 1000 // 1
+        assert ours.format(record) == stdlib.format(record)
+        for datefmt in ("%H:%M:%S", "%Y-%m-%dT%H:%M:%S"):
+            assert ours.formatTime(record, datefmt) == stdlib.formatTime(record, datefmt)

@@ -80,7 +80,24 @@ def resolve_service(target: str, cwd: str | os.PathLike[str] | None = None) -> S
     return service
 
 
-class JSONFormatter(logging.Formatter):
+class _Formatter(logging.Formatter):
+    """logging's Formatter, formatting each second's date and time once, not once a line (a
+    loaded server writes thousands of access lines a second)."""
+
+    _second: tuple[int, str | None, str] = (-1, None, "")  # second, datefmt, its text
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        second = int(record.created)
+        cached = self._second
+        if cached[0] != second or cached[1] != datefmt:
+            text = time.strftime(datefmt or self.default_time_format, self.converter(second))
+            self._second = cached = (second, datefmt, text)
+        if datefmt:
+            return cached[2]
+        return (self.default_msec_format or "%s,%03d") % (cached[2], record.msecs)
+
+
+class JSONFormatter(_Formatter):
     """One JSON object per line: time, level, logger, message (an access line's own fields
     are merged in), and the traceback when there is one."""
 
@@ -149,9 +166,7 @@ def configure_logging(level: str, log_format: str = "text") -> None:
     if log_format == "json":
         handler.setFormatter(JSONFormatter())
     else:
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-        )
+        handler.setFormatter(_Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
@@ -135,15 +135,25 @@ async def read_body(request: Request, limit: int) -> bytes:
             )
     chunks = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(
-                f"request body is over the {limit}-byte limit (max_body_size, --max-body-size)"
-            )
-        chunks.append(chunk)
+    receive = request.receive  # the ASGI messages themselves: no async generator per request
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(
+                    f"request body is over the {limit}-byte limit (max_body_size, "
+                    "--max-body-size)"
+                )
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
     body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    request._body = body  # later request.body()/form() calls reuse these bytes
+    request._body = body  # later request.body()/form()/stream() calls reuse these bytes
+    request._stream_consumed = True
     return body
 
 
