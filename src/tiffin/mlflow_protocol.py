@@ -29,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from tiffin.deadlines import deadline as request_deadline
 from tiffin.exceptions import Overloaded, TiffinError
 
 if TYPE_CHECKING:
@@ -253,7 +254,7 @@ def mlflow_routes(
                 data, params = parse(body, checked)
             kwargs = {"params": params} if params else {}
             try:
-                async with asyncio.timeout(timeout) as deadline:
+                async with request_deadline(timeout) as deadline:
                     raw = await method.async_run(data, **kwargs)
             except TimeoutError:
                 if not deadline.expired():

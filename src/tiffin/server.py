@@ -29,6 +29,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from tiffin.config import ServeSettings
+from tiffin.deadlines import deadline as request_deadline
 from tiffin.exceptions import InvalidArgument, Overloaded, PayloadTooLarge, TiffinError
 from tiffin.metrics import ServerMetrics
 from tiffin.service import API, MLFLOW_ROUTES, Service
@@ -206,7 +207,7 @@ def api_endpoint(api: API, state: AppState) -> Callable[[Request], Awaitable[Res
             await read_body(request, limit)
             value = await decode(request)
             try:
-                async with asyncio.timeout(timeout) as deadline:
+                async with request_deadline(timeout) as deadline:
                     result = await call(value)
             except TimeoutError as exc:
                 if deadline.expired():
