@@ -3,6 +3,8 @@ batching figures (batch size, queue wait, run time), read from each dispatcher's
 
 from __future__ import annotations
 
+import asyncio
+import bisect
 import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -92,19 +94,71 @@ class ServerMetrics:
         self.registry.register(self.runner_collector)
 
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        # requests observed since the last flush: (route, method, status, seconds)
+        self._pending: list[tuple[str, str, int, float]] = []
+        self._bounds = [float(b) for b in LATENCY_BUCKETS]
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one request. Requests are added up in batches (:meth:`flush`): at once past
+        1024, half a second after the first of a batch, and before /metrics is rendered."""
+        pending = self._pending
+        if not pending:
+            try:
+                asyncio.get_running_loop().call_later(0.5, self.flush)
+            except RuntimeError:  # no event loop here: count it now
+                pending.append((route, method, status, seconds))
+                self.flush()
+                return
+        pending.append((route, method, status, seconds))
+        if len(pending) >= 1024:
+            self.flush()
+
+    def flush(self) -> None:
+        """Add the pending requests to the Prometheus series: one increment per series and
+        bucket instead of a locked increment per request and a scan of the buckets."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        counts: dict[tuple[str, str, int], int] = {}
+        latencies: dict[str, tuple[list[int], list[float]]] = {}
+        bounds = self._bounds
+        for route, method, status, seconds in pending:
+            key = (route, method, status)
+            counts[key] = counts.get(key, 0) + 1
+            by_route = latencies.get(route)
+            if by_route is None:
+                by_route = latencies[route] = ([0] * (len(bounds) + 1), [0.0])
+            by_route[0][bisect.bisect_left(bounds, seconds)] += 1
+            by_route[1][0] += seconds
+        for key, count in counts.items():
+            self._child(key)[0].inc(count)
+        for route, (buckets, total) in latencies.items():
+            histogram = self.latency.labels(route)
+            # prometheus-client keeps cumulative buckets itself: add each observation once,
+            # to the first bucket whose bound holds it (as observe() does)
+            cells = getattr(histogram, "_buckets", None)
+            if cells is None or len(cells) != len(buckets) or not hasattr(histogram, "_sum"):
+                for r, _m, _s, seconds in pending:  # a prometheus-client without them
+                    if r == route:
+                        histogram.observe(seconds)
+                continue
+            histogram._sum.inc(total[0])
+            for cell, count in zip(cells, buckets, strict=True):
+                if count:
+                    cell.inc(count)
+
+    def _child(self, key: tuple[str, str, int]) -> tuple[Any, Any]:
         # labels() builds and looks up its key under a lock each time: keep the children
-        key = (route, method, status)
         children = self._children.get(key)
         if children is None:
+            route, method, status = key
             children = (self.requests.labels(route, method, str(status)),
                         self.latency.labels(route))
             self._children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        return children
 
     def render(self) -> tuple[bytes, str]:
+        self.flush()
         if not os.environ.get(MULTIPROC_ENV):
             return generate_latest(self.registry), CONTENT_TYPE
         from prometheus_client import multiprocess

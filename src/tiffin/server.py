@@ -373,6 +373,7 @@ def build_app(service: Service, settings: ServeSettings | None = None) -> Starle
             await _close_dispatchers(service)
             for runner in service.runners:
                 runner.destroy()
+            state.metrics.flush()  # the last half second's requests (files, --workers N)
             logger.info("service %r stopped", service.name)
             from tiffin.serve import flush_logs
 
