@@ -101,19 +101,25 @@ def test_unpicklable_errors_become_runner_errors():
     assert transport.picklable_error(plain) is plain
 
 
+async def _attach(runner: tiffin.Runner, socket_path: str) -> RemoteRunner:
+    """``runner`` attached to the runner process at ``socket_path``, once connected."""
+    remote = RemoteRunner(runner.name, [socket_path])
+    runner.attach_remote(remote)
+    await remote.start()
+    for _ in range(100):
+        if remote.connected:
+            break
+        await asyncio.sleep(0.05)
+    return remote
+
+
 @pytest.mark.slow
 def test_remote_runner_batches_across_callers_and_survives_errors(runner_process):
     _, socket_path = runner_process
     runner = tiffin.Runner(Slow, name="slow")
 
     async def main():
-        remote = RemoteRunner("slow", [socket_path])
-        runner.attach_remote(remote)
-        await remote.start()
-        for _ in range(100):
-            if remote.connected:
-                break
-            await asyncio.sleep(0.05)
+        remote = await _attach(runner, socket_path)
         assert runner.is_ready
         results = await asyncio.gather(
             *(runner.double.async_run(np.array([i, i])) for i in range(30))
@@ -142,13 +148,7 @@ def test_an_api_worker_sends_the_calls_of_one_loop_turn_as_one_message(runner_pr
     runner = tiffin.Runner(Slow, name="slow")
 
     async def main():
-        remote = RemoteRunner("slow", [socket_path])
-        runner.attach_remote(remote)
-        await remote.start()
-        for _ in range(100):
-            if remote.connected:
-                break
-            await asyncio.sleep(0.05)
+        remote = await _attach(runner, socket_path)
         good = await asyncio.gather(
             *(runner.double.async_run(np.full((1 + i % 3, 2), i)) for i in range(40))
         )

@@ -189,7 +189,7 @@ class RunnerMethod:
     def _dispatcher(self, loop: asyncio.AbstractEventLoop) -> Dispatcher:
         dispatcher = self._dispatchers.get(loop)
         if dispatcher is None:
-            from tiffin.batching import BatchStats, Dispatcher
+            from tiffin.batching import BatchStats
 
             # a dispatcher holds its loop strongly: drop those of loops that have closed
             for old in [old for old in self._dispatchers if old.is_closed()]:
@@ -201,16 +201,21 @@ class RunnerMethod:
             async def infer(*args: Any, **kwargs: Any) -> Any:
                 return await self._call_in_worker(loop, args, kwargs)
 
-            dispatcher = Dispatcher(
-                infer,
-                name=f"{self.runner.name}.{self.name}",
-                batch_dim=self.config.batch_dim,
-                max_batch_size=self.config.max_batch_size,
-                max_latency_ms=self.config.max_latency_ms,
-                stats=self._stats,
-            )
+            dispatcher = self._new_dispatcher(infer, stats=self._stats)
             self._dispatchers[loop] = dispatcher
         return dispatcher
+
+    def _new_dispatcher(self, infer: Callable[..., Any], **options: Any) -> Dispatcher:
+        from tiffin.batching import Dispatcher
+
+        return Dispatcher(
+            infer,
+            name=f"{self.runner.name}.{self.name}",
+            batch_dim=self.config.batch_dim,
+            max_batch_size=self.config.max_batch_size,
+            max_latency_ms=self.config.max_latency_ms,
+            **options,
+        )
 
     def _coalescer(self, loop: asyncio.AbstractEventLoop, remote: RemoteRunner) -> Dispatcher:
         """For a runner in its own process: the calls of one event-loop turn, one message.
@@ -227,7 +232,7 @@ class RunnerMethod:
         """
         coalescer = self._coalescers.get(loop)
         if coalescer is None:
-            from tiffin.batching import Dispatcher, current_batch_calls
+            from tiffin.batching import current_batch_calls
             from tiffin.exceptions import Overloaded, RunnerUnavailable
 
             for old in [old for old in self._coalescers if old.is_closed()]:
@@ -237,12 +242,8 @@ class RunnerMethod:
             async def send(*args: Any, **kwargs: Any) -> Any:
                 return await remote.call(name, args, kwargs, calls=current_batch_calls())
 
-            coalescer = Dispatcher(
+            coalescer = self._new_dispatcher(
                 send,
-                name=f"{self.runner.name}.{self.name}",
-                batch_dim=self.config.batch_dim,
-                max_batch_size=self.config.max_batch_size,
-                max_latency_ms=self.config.max_latency_ms,
                 max_concurrency=1 << 30,
                 hold=False,
                 isolate=lambda exc: not isinstance(exc, (Overloaded, RunnerUnavailable)),
