@@ -387,7 +387,7 @@ def test_closed_loop_callers_are_waited_for_so_their_groups_merge() -> None:
         await asyncio.gather(*(caller(k, 10, 0.0) for k in range(1, 16)))
         per_batch = (time.perf_counter() - started) / len(model.batches)
         assert max(len(batch) for batch in model.batches) == 15
-        assert dispatcher.population() == 15  # learned afresh when the 16th did not come back
+        assert dispatcher.population() == 15  # the cycles without the 16th lowered it
         assert per_batch < 3 * 0.005, per_batch
 
         # after a quiet spell a lone call runs at once again
