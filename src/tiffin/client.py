@@ -66,9 +66,31 @@ def _headers(api_key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
+def _apis_from(response: httpx.Response) -> dict[str, APISpec]:
+    """The APIs a server's ``GET /docs.json`` answer describes, or its error."""
+    if not response.is_success:
+        raise RemoteError.from_response(response.status_code, response.content, "GET /docs.json")
+    return parse_spec(response.json())
+
+
 class _Base:
-    url: str
-    apis: dict[str, APISpec]
+    """What both clients hold: the server's URL, its APIs, an httpx client of ``_http_class``."""
+
+    _http_class: type[httpx.Client] | type[httpx.AsyncClient]
+
+    def __init__(
+        self,
+        url: str,
+        apis: dict[str, APISpec],
+        *,
+        api_key: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.apis = apis
+        self._http: Any = self._http_class(
+            base_url=self.url, timeout=timeout, headers=_headers(api_key)
+        )
 
     def _api(self, name: str) -> APISpec:
         try:
@@ -82,17 +104,7 @@ class _Base:
 class Client(_Base):
     """A blocking client; each API is a method: ``client.classify(array)``."""
 
-    def __init__(
-        self,
-        url: str,
-        apis: dict[str, APISpec],
-        *,
-        api_key: str | None = None,
-        timeout: float = DEFAULT_TIMEOUT,
-    ) -> None:
-        self.url = url.rstrip("/")
-        self.apis = apis
-        self._http = httpx.Client(base_url=self.url, timeout=timeout, headers=_headers(api_key))
+    _http_class = httpx.Client
 
     @classmethod
     def from_url(
@@ -100,11 +112,7 @@ class Client(_Base):
     ) -> Client:
         with httpx.Client(timeout=timeout, headers=_headers(api_key)) as http:
             response = http.get(url.rstrip("/") + "/docs.json")
-        if not response.is_success:
-            raise RemoteError.from_response(
-                response.status_code, response.content, "GET /docs.json"
-            )
-        return cls(url, parse_spec(response.json()), api_key=api_key, timeout=timeout)
+        return cls(url, _apis_from(response), api_key=api_key, timeout=timeout)
 
     def call(self, api_name: str, *args: Any, **kwargs: Any) -> Any:
         api = self._api(api_name)
@@ -137,19 +145,7 @@ class Client(_Base):
 class AsyncClient(_Base):
     """An asyncio client; each API is a coroutine method: ``await client.classify(array)``."""
 
-    def __init__(
-        self,
-        url: str,
-        apis: dict[str, APISpec],
-        *,
-        api_key: str | None = None,
-        timeout: float = DEFAULT_TIMEOUT,
-    ) -> None:
-        self.url = url.rstrip("/")
-        self.apis = apis
-        self._http = httpx.AsyncClient(
-            base_url=self.url, timeout=timeout, headers=_headers(api_key)
-        )
+    _http_class = httpx.AsyncClient
 
     @classmethod
     async def from_url(
@@ -157,11 +153,7 @@ class AsyncClient(_Base):
     ) -> AsyncClient:
         async with httpx.AsyncClient(timeout=timeout, headers=_headers(api_key)) as http:
             response = await http.get(url.rstrip("/") + "/docs.json")
-        if not response.is_success:
-            raise RemoteError.from_response(
-                response.status_code, response.content, "GET /docs.json"
-            )
-        return cls(url, parse_spec(response.json()), api_key=api_key, timeout=timeout)
+        return cls(url, _apis_from(response), api_key=api_key, timeout=timeout)
 
     async def call(self, api_name: str, *args: Any, **kwargs: Any) -> Any:
         api = self._api(api_name)
