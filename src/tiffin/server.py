@@ -28,6 +28,7 @@ from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from tiffin.access_log import ERROR_ID_KEY, AccessLogMiddleware, record_access
 from tiffin.config import ServeSettings
 from tiffin.deadlines import deadline as request_deadline
 from tiffin.exceptions import InvalidArgument, Overloaded, PayloadTooLarge, TiffinError
@@ -35,13 +36,9 @@ from tiffin.metrics import ServerMetrics
 from tiffin.service import API, MLFLOW_ROUTES, Service
 
 if TYPE_CHECKING:
-    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+    from starlette.types import Receive, Scope, Send
 
 logger = logging.getLogger("tiffin.server")
-access_logger = logging.getLogger("tiffin.access")
-
-#: where an error id travels from the endpoint to the access log
-ERROR_ID_KEY = "tiffin.error_id"
 _HEALTH_ROUTES = ("/livez", "/readyz", "/healthz", "/metrics")
 _DOCS_ROUTES = ("/docs.json", "/", "/docs")
 
@@ -481,7 +478,7 @@ class _App(Starlette):
             status = response.status_code
             await response(scope, receive, send)
         finally:
-            _record_access(
+            record_access(
                 self.hot_state, self.hot_known, scope, status, time.perf_counter() - started
             )
 
@@ -555,84 +552,3 @@ def _http_error_response(request: Request, exc: HTTPException, state: AppState) 
         mlflow_code = "ENDPOINT_NOT_FOUND" if exc.status_code == 404 else "BAD_REQUEST"
         return mlflow_error(exc.status_code, mlflow_code, detail, dict(exc.headers or {}))
     return JSONResponse({"error": code, "detail": detail}, exc.status_code, headers=exc.headers)
-
-
-_RECORD_TEMPLATE = logging.LogRecord(
-    "tiffin.access", logging.INFO, __file__, 0, "%s", None, None, "access_log"
-).__dict__
-_LOGGING_STARTED = getattr(logging, "_startTime", time.time())
-
-
-def _access_record(fields: dict[str, Any]) -> logging.LogRecord:
-    """The access log's LogRecord for ``fields``: what ``logger.info`` would make, from a
-    template instead of LogRecord.__init__ and findCaller (half the cost of a line)."""
-    record = logging.LogRecord.__new__(logging.LogRecord)
-    values = record.__dict__
-    values.update(_RECORD_TEMPLATE)
-    now = time.time()
-    values["created"] = now
-    values["msecs"] = (now - int(now)) * 1000 // 1
-    values["relativeCreated"] = (now - _LOGGING_STARTED) * 1000
-    values["args"] = (_AccessLine(fields),)
-    values["access"] = fields
-    return record
-
-
-class _AccessLine:
-    """The text form of an access log line, made only if a formatter asks for it."""
-
-    __slots__ = ("fields",)
-
-    def __init__(self, fields: dict[str, Any]) -> None:
-        self.fields = fields
-
-    def __str__(self) -> str:
-        return orjson.dumps(self.fields).decode()
-
-
-class AccessLogMiddleware:
-    """Pure ASGI: one structured log line and one metrics observation per HTTP request."""
-
-    def __init__(self, app: ASGIApp, state: AppState, routes: frozenset[str]) -> None:
-        self.app = app
-        self.state = state
-        self.known = routes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            _record_access(self.state, self.known, scope, status, time.perf_counter() - started)
-
-
-def _record_access(
-    state: AppState, known: frozenset[str], scope: Scope, status: int, elapsed: float
-) -> None:
-    """One request's metrics and access log line."""
-    path = scope["path"]
-    route = path if path in known else "<other>"
-    state.metrics.observe_request(route, scope["method"], status, elapsed)
-    if state.settings.access_log and access_logger.isEnabledFor(logging.INFO):
-        fields: dict[str, Any] = {
-            "method": scope["method"],
-            "path": path,
-            "status": status,
-            "duration_ms": round(elapsed * 1000, 3),
-            "client": (scope.get("client") or ("", 0))[0],
-        }
-        error_id = scope.get(ERROR_ID_KEY)
-        if error_id is not None:
-            fields["error_id"] = error_id
-        access_logger.handle(_access_record(fields))
