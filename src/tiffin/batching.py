@@ -83,7 +83,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tiffin import containers
-from tiffin.batch_stats import BatchStats, Histogram
+from tiffin.batch_stats import BatchStats, CostModel, Histogram
 from tiffin.exceptions import InvalidArgument, Overloaded, RunnerError
 
 __all__ = ["BatchStats", "CostModel", "Dispatcher", "Histogram", "current_batch_calls"]
@@ -103,34 +103,6 @@ def current_batch_calls() -> int:
 POPULATION_CYCLES = 8
 
 # Bucket upper bounds, Prometheus style (a +Inf bucket is implied).
-class CostModel:
-    """Least-squares fit of batch duration ``a·n + b`` over the most recent batches."""
-
-    def __init__(self, window: int = 50) -> None:
-        self._samples: deque[tuple[int, float]] = deque(maxlen=window)
-        self.a = 0.0  # seconds per row
-        self.b = 0.0  # fixed seconds per batch
-
-    def add(self, rows: int, seconds: float) -> None:
-        samples = self._samples
-        samples.append((rows, seconds))
-        k = len(samples)
-        mean_n = sum(n for n, _ in samples) / k
-        mean_d = sum(d for _, d in samples) / k
-        var_n = sum((n - mean_n) ** 2 for n, _ in samples)
-        # when every batch had the same size, keep the slope learned so far
-        a = sum((n - mean_n) * (d - mean_d) for n, d in samples) / var_n if var_n else self.a
-        a = max(a, 0.0)
-        b = mean_d - a * mean_n
-        if b < 0:  # the fit went through below the origin: take a line through it
-            b = 0.0
-            a = sum(n * d for n, d in samples) / max(sum(n * n for n, _ in samples), 1)
-        self.a, self.b = a, b
-
-    def predict(self, rows: int) -> float:
-        return self.a * rows + self.b
-
-
 @dataclass(eq=False, slots=True)
 class _Entry:
     """One queued call (or one chunk of an oversize call)."""
