@@ -4,10 +4,14 @@ SIGTERM under load, bearer-token auth. Real processes, real sockets."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
 import signal
+import socket
 import textwrap
 import time
+from collections import Counter
 
 import httpx
 import pytest
@@ -216,3 +220,32 @@ def test_a_killed_api_worker_is_replaced_and_the_other_keeps_serving(tmp_path):
             seen.add(httpx.post(server.url + "/whoami", json={}, timeout=5).json()["api"])
         assert len(seen) == 2 and victim not in seen, seen
         assert asyncio.run(_load(server.url, 100, 8)) == [200] * 100
+
+
+def _whoami_over(conn: socket.socket) -> int:
+    """The API worker's pid, asked over an open connection (raw HTTP/1.1, keep-alive)."""
+    conn.sendall(b"POST /whoami HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 2\r\n\r\n{}")
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += conn.recv(65536)
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))
+    while len(body) < length:
+        body += conn.recv(65536)
+    return json.loads(body)["api"]
+
+
+def test_a_burst_of_connections_is_spread_over_the_api_workers(tmp_path):
+    with running(_start(tmp_path)) as server:
+        port = int(server.url.rsplit(":", 1)[1])
+        # connected all at once, before any request, as a load generator does: with one
+        # shared socket, the first worker to wake accepted most of them
+        conns = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(32)]
+        try:
+            pids = [_whoami_over(conn) for conn in conns]
+        finally:
+            for conn in conns:
+                conn.close()
+        counts = sorted(Counter(pids).values())
+        assert len(counts) == 2 and counts[0] >= 4, f"connections per API worker: {counts}"

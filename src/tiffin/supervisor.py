@@ -1,8 +1,8 @@
 """``--workers N``: a process tree that shares runners across API workers and survives faults.
 
-The parent (this module's :class:`Supervisor`) binds the listening socket, starts one process
-per runner (or ``runners.<name>.workers`` of them) and N API worker processes, and watches
-them all:
+The parent (this module's :class:`Supervisor`) holds the address (each API worker listens on
+a socket of its own, see :mod:`tiffin.listeners`), starts one process per runner (or
+``runners.<name>.workers`` of them) and N API worker processes, and watches them all:
 
 * API workers run the service's HTTP app; each runner call goes over a Unix socket to the
   runner's process (see :mod:`tiffin.remote`), where one dispatcher batches calls from every
@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tiffin.config import ServeSettings
-from tiffin.exceptions import TiffinError
+from tiffin.listeners import Listeners
 from tiffin.service import Service
 
 if TYPE_CHECKING:
@@ -137,8 +137,8 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 def api_worker_main(
     source: ServiceSource,
     settings_json: str,
-    listener: socket.socket,
     runner_sockets: dict[str, list[str]],
+    listener: socket.socket,
 ) -> None:
     """An API worker: the service's HTTP app with every runner attached to its processes."""
     import asyncio
@@ -189,13 +189,21 @@ class Child:
     target: Any
     args: tuple[Any, ...]
     ready: Any = None  # a runner's Event, set once it listens
+    #: an API worker's listening socket, made fresh for each start (tiffin.listeners)
+    listen: Callable[[], socket.socket] | None = None
     process: BaseProcess | None = None
     restarts: int = 0
     started_at: float = 0.0
 
     def start(self) -> None:
-        self.process = _CTX.Process(target=self.target, args=self.args, name=self.name)
-        self.process.start()
+        listener = self.listen() if self.listen is not None else None
+        args = self.args if listener is None else (*self.args, listener)
+        try:
+            self.process = _CTX.Process(target=self.target, args=args, name=self.name)
+            self.process.start()
+        finally:
+            if listener is not None:
+                listener.close()  # the worker has its own copy now
         self.started_at = time.monotonic()
 
     @property
@@ -215,22 +223,7 @@ class Supervisor:
         self.children: list[Child] = []
         self._restart_counter: Any = None
 
-    def _listen(self) -> socket.socket:
-        family = socket.AF_INET6 if ":" in self.settings.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((self.settings.host, self.settings.port))
-        except OSError as exc:
-            sock.close()
-            raise TiffinError(
-                f"cannot listen on {self.settings.host}:{self.settings.port}: {exc.strerror}"
-            ) from exc
-        sock.listen(2048)
-        sock.set_inheritable(True)
-        return sock
-
-    def _plan(self, service: Service, listener: socket.socket) -> None:
+    def _plan(self, service: Service, listeners: Listeners) -> None:
         settings_json = self.settings.model_dump_json()
         runner_sockets: dict[str, list[str]] = {}
         for runner in service.runners:
@@ -247,7 +240,7 @@ class Supervisor:
         for index in range(self.workers):
             self.children.append(
                 Child("api", f"tiffin-api-{index}", api_worker_main,
-                      (self.source, settings_json, listener, runner_sockets))
+                      (self.source, settings_json, runner_sockets), listen=listeners.for_worker)
             )
 
     def _count_restart(self, child: Child) -> None:
@@ -274,16 +267,16 @@ class Supervisor:
         previous_env = os.environ.get(MULTIPROC_ENV)
         os.environ[MULTIPROC_ENV] = str(metrics_dir)
         previous: dict[int, Any] = {}
-        listener: socket.socket | None = None
+        listeners: Listeners | None = None
         try:
             service = self.source.load()  # names and counts only: nothing is loaded here
             from tiffin.server import _configure_runners
 
             _configure_runners(service, self.settings)
-            listener = self._listen()
+            listeners = Listeners(self.settings.host, self.settings.port)
             previous = {sig: signal.signal(sig, self._handle_signal)
                         for sig in (signal.SIGTERM, signal.SIGINT)}
-            self._plan(service, listener)
+            self._plan(service, listeners)
             runners = [c for c in self.children if c.role == "runner"]
             for child in runners:
                 child.start()
@@ -302,8 +295,8 @@ class Supervisor:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            if listener is not None:
-                listener.close()
+            if listeners is not None:
+                listeners.close()
             shutil.rmtree(self.workdir, ignore_errors=True)
             if previous_env is None:
                 os.environ.pop(MULTIPROC_ENV, None)
@@ -360,7 +353,10 @@ class Supervisor:
         if not self.stopping:
             if child.ready is not None:
                 child.ready.clear()
-            child.start()
+            try:
+                child.start()
+            except OSError as exc:  # e.g. its listening socket: the next round tries again
+                logger.error("could not restart %s: %s", child.name, exc)
 
     def _shutdown(self, code: int = 0) -> int:
         api = [c for c in self.children if c.role == "api" and c.alive]

@@ -1,0 +1,77 @@
+"""Where ``--workers N`` API workers accept connections.
+
+On Linux each API worker gets a listening socket of its own, all bound to the same address
+with ``SO_REUSEPORT``: the kernel spreads new connections over the workers' sockets by a
+hash of their addresses. With one shared socket, whichever worker wakes first accepts a
+whole burst of connections (58 of a load generator's 64 keep-alive connections, measured),
+and that worker then serves their requests alone while the other idles. A worker's socket
+closes with it (it died, or it is draining after SIGTERM), and the kernel stops sending it
+new connections at once; connections still waiting in that socket's queue are reset.
+
+Elsewhere (``SO_REUSEPORT`` does not spread connections on macOS or the BSDs) the workers
+share one socket, as before.
+
+The supervisor holds the address from the start: first a plain bind, which fails, with a
+clear message, when anything else has the address (another tiffin server included), then a
+``SO_REUSEPORT`` socket that stays bound but never listens, so that nothing but this
+server's workers can take the port while they start or restart.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+
+from tiffin.exceptions import TiffinError
+
+SPREADS_CONNECTIONS = sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
+BACKLOG = 2048
+
+
+class Listeners:
+    """The address of one server and a listening socket for each API worker start."""
+
+    def __init__(self, host: str, port: int, *, spread: bool = SPREADS_CONNECTIONS) -> None:
+        self.family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.spread = spread
+        probe = self._socket(reuse_port=False)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            probe.close()
+            raise TiffinError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+        if not spread:
+            probe.listen(BACKLOG)
+            self.held = probe  # the one socket every worker accepts from
+        else:
+            self.address = probe.getsockname()  # the port the system chose, for port 0
+            probe.close()
+            self.held = self._socket(reuse_port=True)
+            self.held.bind(self.address)  # never listens: it only keeps the port
+        self.port: int = self.held.getsockname()[1]
+
+    def _socket(self, *, reuse_port: bool) -> socket.socket:
+        sock = socket.socket(self.family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        return sock
+
+    def for_worker(self) -> socket.socket:
+        """A listening socket for one API worker process; the caller closes its copy once the
+        process has started, so that the socket lives exactly as long as the worker."""
+        if not self.spread:
+            sock = self.held.dup()
+        else:
+            sock = self._socket(reuse_port=True)
+            try:
+                sock.bind(self.address)
+                sock.listen(BACKLOG)
+            except OSError:
+                sock.close()
+                raise
+        sock.set_inheritable(True)
+        return sock
+
+    def close(self) -> None:
+        self.held.close()
