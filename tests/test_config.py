@@ -160,3 +160,29 @@ def test_serve_model_reads_tiffin_config_too(
     result = CliRunner().invoke(main, ["serve-model", "iris:latest"])
     assert result.exit_code == 2, result.output
     assert "port" in result.output
+
+
+def test_a_runner_is_embedded_or_has_processes_not_both(tmp_path: Path) -> None:
+    settings = load_settings(environ={"TIFFIN_RUNNERS__IRIS__EMBEDDED": "true"})
+    assert settings.runners["iris"].embedded is True
+    config = tmp_path / "c.yaml"
+    config.write_text("runners:\n  iris:\n    embedded: true\n    workers: 2\n")
+    with pytest.raises(InvalidArgument, match="set workers or embedded, not both"):
+        load_settings(config, environ={})
+
+
+def test_embedded_comes_from_to_runner_and_the_settings_override_it() -> None:
+    import tiffin
+    from tiffin.server import _configure_runners
+
+    class Echo(tiffin.Runnable):
+        @tiffin.Runnable.method
+        def echo(self, x):
+            return x
+
+    default, embedded = tiffin.Runner(Echo, name="a"), tiffin.Runner(Echo, name="b", embedded=True)
+    assert (default.embedded, embedded.embedded) == (False, True)
+    service = tiffin.Service("s", runners=[default, embedded])
+    _configure_runners(service, load_settings(environ={"TIFFIN_RUNNERS__A__EMBEDDED": "1",
+                                                       "TIFFIN_RUNNERS__B__EMBEDDED": "0"}))
+    assert (default.embedded, embedded.embedded) == (True, False)

@@ -67,3 +67,43 @@ def test_pending_requests_are_added_within_half_a_second_without_a_scrape() -> N
         return metrics.requests.labels("/predict", "POST", "200")._value.get()
 
     assert asyncio.run(main()) == 1.0
+
+
+class _Doubler(tiffin.Runnable):
+    @tiffin.Runnable.method(batchable=True)
+    def double(self, x):
+        return x * 2
+
+
+def test_embedded_runner_figures_add_up_over_the_workers_files(tmp_path) -> None:
+    import json
+    import os
+
+    import numpy as np
+
+    from tiffin.metrics import STATS_FILE, RunnerCollector, SharedRunnerStats
+
+    runner = tiffin.Runner(_Doubler, name="doubler", embedded=True)
+    service = tiffin.Service("m", runners=[runner])
+    runner.init_local()
+    try:
+        async def calls() -> None:
+            await asyncio.gather(*(runner.double.async_run(np.ones((1, 2))) for _ in range(5)))
+
+        asyncio.run(calls())
+        shared = SharedRunnerStats(service, str(tmp_path))
+        shared.write(force=True)
+        mine = json.loads((tmp_path / STATS_FILE.format(pid=os.getpid())).read_text())
+        assert mine["doubler"]["double"]["calls"] == 5
+        # another worker's figures (as it wrote them), and a file being replaced (skipped)
+        (tmp_path / STATS_FILE.format(pid=1)).write_text(json.dumps(mine))
+        (tmp_path / STATS_FILE.format(pid=2)).write_text('{"doubler": {"dou')
+        registry = CollectorRegistry()
+        registry.register(RunnerCollector(service, shared))
+        text = generate_latest(registry).decode()
+        assert 'tiffin_runner_calls_total{method="double",runner="doubler"} 10.0' in text
+        size_count = 'tiffin_runner_batch_size_count{method="double",runner="doubler"}'
+        batches = mine["doubler"]["double"]["batches"]
+        assert f"{size_count} {2.0 * batches}" in text
+    finally:
+        runner.destroy()

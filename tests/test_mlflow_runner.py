@@ -204,3 +204,17 @@ def test_page_runner_and_service_snippets_with_a_pytorch_model():
         np.testing.assert_allclose(np.asarray(ok.json()), expected, rtol=1e-4, atol=1e-4)
         bad = client.post("/predict", json=[[1.0, 2.0]])
         assert bad.status_code == 400 and "shape" in bad.json()["detail"]
+
+
+def test_to_runner_embedded_marks_the_runner_for_every_api_worker(frame_model):
+    path, frame, clf = frame_model
+    tiffin.mlflow.import_model("clf", str(path))
+    assert tiffin.mlflow.get("clf").to_runner().embedded is False
+    runner = tiffin.mlflow.get("clf").to_runner(embedded=True)
+    assert runner.embedded is True
+    runner.init_local()  # in one process it runs as any other runner
+    try:
+        got = runner.predict.run(frame.iloc[:3])
+        np.testing.assert_array_equal(got, clf.predict(frame.iloc[:3]))
+    finally:
+        runner.destroy()

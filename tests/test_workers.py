@@ -249,3 +249,31 @@ def test_a_burst_of_connections_is_spread_over_the_api_workers(tmp_path):
                 conn.close()
         counts = sorted(Counter(pids).values())
         assert len(counts) == 2 and counts[0] >= 4, f"connections per API worker: {counts}"
+
+
+def test_an_embedded_runner_loads_in_every_api_worker_and_its_figures_add_up(tmp_path):
+    env = {"TIFFIN_RUNNERS__SLOW__EMBEDDED": "true"}
+    with running(_start(tmp_path, env_extra=env)) as server:
+        seen: set[tuple[int, int]] = set()
+        deadline = time.monotonic() + 30
+        while len({api for api, _ in seen}) < 2 and time.monotonic() < deadline:
+            # a fresh connection each time: the kernel spreads them over the workers
+            seen.add(tuple(httpx.post(server.url + "/whoami", json={}).json().values()))
+        assert len(seen) == 2, seen
+        assert all(api == runner for api, runner in seen), f"no runner process: {seen}"
+        logs = server.logs()
+        assert "runner processes []" in logs, logs
+        outcomes = asyncio.run(_load(server.url, 400, 32))
+        assert outcomes == [200] * 400
+        # each worker batches its own calls; /metrics on either adds up both workers' figures
+        deadline = time.monotonic() + 5
+        while True:
+            metrics = httpx.get(server.url + "/metrics").text
+            calls = _metric(metrics, 'tiffin_runner_calls_total{method="double"')
+            if calls >= 400 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert calls == 400
+        batches = _metric(metrics, 'tiffin_runner_batches_total{method="double"')
+        assert batches < calls / 2, f"{calls} calls ran in {batches} batches: no batching"
+        assert _metric(metrics, 'tiffin_runner_batch_size_count{method="double"') == batches

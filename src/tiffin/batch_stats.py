@@ -83,6 +83,30 @@ class BatchStats:
         }
 
 
+def add_snapshots(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Sum two :meth:`BatchStats.snapshot` results (counters, and histograms with the same
+    buckets): one method's figures over several processes."""
+    out: dict[str, Any] = {}
+    for key, value in a.items():
+        other = b.get(key)
+        if isinstance(value, dict) and isinstance(other, dict):
+            out[key] = {
+                "buckets": [
+                    (bound, count + other_count)
+                    for (bound, count), (_, other_count) in zip(
+                        value["buckets"], other["buckets"], strict=True
+                    )
+                ],
+                "count": value["count"] + other["count"],
+                "sum": value["sum"] + other["sum"],
+            }
+        elif isinstance(value, int | float) and isinstance(other, int | float):
+            out[key] = value + other
+        else:
+            out[key] = value
+    return out
+
+
 class CostModel:
     """Least-squares fit of batch duration ``a·n + b`` over the most recent batches."""
 

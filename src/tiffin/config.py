@@ -16,10 +16,13 @@ The YAML file (``--config FILE`` or ``TIFFIN_CONFIG``) looks like::
       iris_clf:                  # runner name
         max_batch_size: 512      # rows
         max_latency_ms: 2000
+        workers: 2               # --workers N: runner processes the API workers share
+        # embedded: true         # --workers N: load it in every API worker instead
 
 Environment variables: ``TIFFIN_HOST``, ``TIFFIN_PORT``, ``TIFFIN_API_TIMEOUT_S``,
 ``TIFFIN_MAX_BODY_SIZE``, ``TIFFIN_LOG_LEVEL``, ``TIFFIN_LOG_FORMAT``, ``TIFFIN_ACCESS_LOG``, per
-runner ``TIFFIN_RUNNERS__<RUNNER>__MAX_BATCH_SIZE`` / ``..._MAX_LATENCY_MS``, and per API
+runner ``TIFFIN_RUNNERS__<RUNNER>__MAX_BATCH_SIZE`` / ``..._MAX_LATENCY_MS`` / ``..._WORKERS`` /
+``..._EMBEDDED``, and per API
 ``TIFFIN_APIS__<API>__TIMEOUT_S``. Unknown keys, in the file or after ``TIFFIN_``, are errors
 that name the key.
 """
@@ -31,7 +34,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tiffin.exceptions import InvalidArgument
 
@@ -57,6 +60,17 @@ class RunnerSettings(BaseModel):
     max_latency_ms: float | None = Field(default=None, gt=0)
     #: runner processes for this runner when serving with --workers > 1
     workers: int | None = Field(default=None, ge=1, le=64)
+    #: with --workers > 1: load this runner in every API worker instead (no runner process)
+    embedded: bool | None = None
+
+    @model_validator(mode="after")
+    def _processes_or_embedded(self) -> RunnerSettings:
+        if self.embedded and self.workers is not None:
+            raise ValueError(
+                "an embedded runner has no processes of its own: set workers or embedded, "
+                "not both"
+            )
+        return self
 
 
 class ApiSettings(BaseModel):

@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
+import json
 import os
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from tiffin.batch_stats import add_snapshots
 
 if TYPE_CHECKING:
     from tiffin.service import Service
@@ -23,11 +29,76 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
+#: the file where an API worker leaves its embedded runners' figures for the others
+STATS_FILE = "runner-stats-{pid}.json"
+_STATS_EVERY_S = 0.25
+
+
+class SharedRunnerStats:
+    """``--workers N`` with embedded runners (loaded in every API worker): the batching
+    figures of all the workers, shared through files in the multiprocess directory.
+
+    Each worker writes its own figures to ``runner-stats-<pid>.json`` (at most four times a
+    second as requests are counted, and whenever it renders /metrics or stops); /metrics adds
+    every other worker's file to the worker's own live figures. A dead worker's file stays,
+    so its counts stay in the totals (as prometheus-client keeps a dead process's counters).
+    """
+
+    def __init__(self, service: Service, directory: str) -> None:
+        self.service = service
+        self.directory = Path(directory)
+        self._written_at = 0.0
+
+    def own(self) -> dict[str, dict[str, Any]]:
+        """``{runner: {method: snapshot}}`` of the runners loaded in this process."""
+        return {
+            runner.name: {
+                name: method.stats.snapshot()
+                for name, method in runner.methods.items()
+                if method.stats is not None
+            }
+            for runner in self.service.runners
+            if runner.embedded and not runner.is_remote
+        }
+
+    def write(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._written_at < _STATS_EVERY_S:
+            return
+        self._written_at = now
+        own = self.own()
+        if not any(own.values()):
+            return
+        path = self.directory / STATS_FILE.format(pid=os.getpid())
+        temporary = path.with_suffix(".tmp")
+        with contextlib.suppress(OSError):  # a full disk costs the figures, not the request
+            temporary.write_text(json.dumps(own))
+            os.replace(temporary, path)
+
+    def others(self) -> dict[str, dict[str, Any]]:
+        """The other workers' figures (written by them), added up."""
+        mine = STATS_FILE.format(pid=os.getpid())
+        total: dict[str, dict[str, Any]] = {}
+        for path in self.directory.glob(STATS_FILE.format(pid="*")):
+            if path.name == mine:
+                continue
+            try:
+                theirs = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue  # gone or being replaced: the next scrape has it
+            for runner, methods in theirs.items():
+                into = total.setdefault(runner, {})
+                for method, snap in methods.items():
+                    into[method] = add_snapshots(into[method], snap) if method in into else snap
+        return total
+
+
 class RunnerCollector(Collector):
     """Translates every batchable runner method's BatchStats into Prometheus families."""
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Service, shared: SharedRunnerStats | None = None) -> None:
         self.service = service
+        self.shared = shared
 
     def collect(self) -> Iterator[Metric]:
         families: dict[str, Any] = {
@@ -56,12 +127,20 @@ class RunnerCollector(Collector):
                 ("cancelled", "Calls whose caller went away before their batch started"),
             )
         }
+        others = self.shared.others() if self.shared is not None else {}
         for runner in self.service.runners:
             for method in runner.methods.values():
                 stats = method.stats
+                theirs = others.get(runner.name, {}).get(method.name)
+                snap: dict[str, Any]
                 if stats is None:
-                    continue
-                snap = stats.snapshot()
+                    if theirs is None:
+                        continue
+                    snap = theirs
+                else:
+                    snap = stats.snapshot()
+                    if theirs is not None:
+                        snap = add_snapshots(snap, theirs)
                 labels = [runner.name, method.name]
                 for key, family in families.items():
                     hist = snap[key]
@@ -90,7 +169,10 @@ class ServerMetrics:
             "tiffin_http_request_duration_seconds", "HTTP request latency by route",
             ["route"], buckets=LATENCY_BUCKETS, registry=self.registry,
         )
-        self.runner_collector = RunnerCollector(service)
+        directory = os.environ.get(MULTIPROC_ENV)
+        embedded = any(runner.embedded for runner in service.runners)
+        self.shared = SharedRunnerStats(service, directory) if directory and embedded else None
+        self.runner_collector = RunnerCollector(service, self.shared)
         self.registry.register(self.runner_collector)
 
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
@@ -113,9 +195,13 @@ class ServerMetrics:
         if len(pending) >= 1024:
             self.flush()
 
-    def flush(self) -> None:
+    def flush(self, *, final: bool = False) -> None:
         """Add the pending requests to the Prometheus series: one increment per series and
-        bucket instead of a locked increment per request and a scan of the buckets."""
+        bucket instead of a locked increment per request and a scan of the buckets.
+        ``final``: the process is about to render /metrics or stop (embedded runners' figures
+        are written out now, not within a quarter of a second)."""
+        if self.shared is not None:
+            self.shared.write(force=final)
         pending, self._pending = self._pending, []
         if not pending:
             return
@@ -158,7 +244,7 @@ class ServerMetrics:
         return children
 
     def render(self) -> tuple[bytes, str]:
-        self.flush()
+        self.flush(final=True)
         if not os.environ.get(MULTIPROC_ENV):
             return generate_latest(self.registry), CONTENT_TYPE
         from prometheus_client import multiprocess

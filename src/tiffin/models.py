@@ -311,8 +311,13 @@ class Model:
         max_batch_size: int | None = None,
         max_latency_ms: float | None = None,
         method_configs: Mapping[str, Mapping[str, Any]] | None = None,
+        embedded: bool = False,
     ) -> Runner:
-        """A :class:`tiffin.Runner` for this model; its methods are the model's signatures."""
+        """A :class:`tiffin.Runner` for this model; its methods are the model's signatures.
+
+        ``embedded=True``: under ``--workers N`` the runner loads in every API worker instead
+        of in runner processes the workers share (see :class:`tiffin.Runner`).
+        """
         from tiffin.runner import Runner
 
         runnable = frameworks.load(self.info.module).get_runnable(self)
@@ -323,6 +328,7 @@ class Model:
             max_batch_size=max_batch_size,
             max_latency_ms=max_latency_ms,
             method_configs=method_configs,
+            embedded=embedded,
         )
 
     def __eq__(self, other: object) -> bool:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tiffin import transport
+from tiffin.batch_stats import add_snapshots
 from tiffin.exceptions import RunnerError, RunnerUnavailable
 
 if TYPE_CHECKING:
@@ -263,28 +264,5 @@ class RemoteRunner:
             except (RunnerUnavailable, TimeoutError):
                 continue
             for method, snap in snapshot.items():
-                merged[method] = _add(merged[method], snap) if method in merged else snap
+                merged[method] = add_snapshots(merged[method], snap) if method in merged else snap
         return merged
-
-
-def _add(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    """Sum two BatchStats snapshots (counters and histograms with the same buckets)."""
-    out: dict[str, Any] = {}
-    for key, value in a.items():
-        other = b.get(key)
-        if isinstance(value, dict) and isinstance(other, dict):
-            out[key] = {
-                "buckets": [
-                    (bound, count + other_count)
-                    for (bound, count), (_, other_count) in zip(
-                        value["buckets"], other["buckets"], strict=True
-                    )
-                ],
-                "count": value["count"] + other["count"],
-                "sum": value["sum"] + other["sum"],
-            }
-        elif isinstance(value, int | float) and isinstance(other, int | float):
-            out[key] = value + other
-        else:
-            out[key] = value
-    return out

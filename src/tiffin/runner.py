@@ -318,6 +318,7 @@ class Runner:
         max_latency_ms: float | None = None,
         method_configs: Mapping[str, Mapping[str, Any]] | None = None,
         runnable_init_params: Mapping[str, Any] | None = None,
+        embedded: bool = False,
     ) -> None:
         if not (isinstance(runnable_class, type) and issubclass(runnable_class, Runnable)):
             raise InvalidArgument("Runner needs a subclass of tiffin.Runnable")
@@ -329,6 +330,9 @@ class Runner:
         self.name = validate_part(name or runnable_class.__name__.lower(), "runner name")
         self.models = list(models or [])
         self.runnable_init_params = dict(runnable_init_params or {})
+        #: with ``--workers N``: loaded in every API worker (batches form per worker, no hop)
+        #: instead of in runner processes shared by the workers
+        self.embedded = bool(embedded)
         method_configs = dict(method_configs or {})
         unknown = set(method_configs) - set(runnable_class.methods)
         if unknown:
@@ -366,6 +370,11 @@ class Runner:
     def is_initialized(self) -> bool:
         """Loaded here (``init_local``) or attached to its own process (``attach_remote``)."""
         return self._instance is not None or self._remote is not None
+
+    @property
+    def is_remote(self) -> bool:
+        """Calls go to runner processes (``attach_remote``), not to this process."""
+        return self._remote is not None
 
     @property
     def is_ready(self) -> bool:

@@ -283,7 +283,11 @@ def _configure_runners(service: Service, settings: ServeSettings) -> None:
                 f"the settings configure runner {name!r}, but service {service.name!r} has "
                 f"runners {[r.name for r in service.runners]}"
             )
-        runner.configure(**overrides.model_dump(exclude_none=True, exclude={"workers"}))
+        runner.configure(
+            **overrides.model_dump(exclude_none=True, exclude={"workers", "embedded"})
+        )
+        if overrides.embedded is not None:
+            runner.embedded = overrides.embedded
     by_lower = {name.lower(): name for name in service.apis}
     unknown = sorted(
         name for name in settings.apis if name not in service.apis and name not in by_lower
@@ -370,7 +374,7 @@ def build_app(service: Service, settings: ServeSettings | None = None) -> Starle
             await _close_dispatchers(service)
             for runner in service.runners:
                 runner.destroy()
-            state.metrics.flush()  # the last half second's requests (files, --workers N)
+            state.metrics.flush(final=True)  # the last half second's (files, --workers N)
             logger.info("service %r stopped", service.name)
             from tiffin.serve import flush_logs
 

@@ -155,6 +155,8 @@ def api_worker_main(
     service = source.load()
     remotes = []
     for runner in service.runners:
+        if runner.name not in runner_sockets:
+            continue  # embedded: this worker loads it when the app starts
         remote = RemoteRunner(runner.name, runner_sockets[runner.name])
         runner.attach_remote(remote)
         remotes.append(remote)
@@ -227,6 +229,8 @@ class Supervisor:
         settings_json = self.settings.model_dump_json()
         runner_sockets: dict[str, list[str]] = {}
         for runner in service.runners:
+            if runner.embedded:
+                continue  # loaded by each API worker itself
             overrides = self.settings.runners.get(runner.name)
             count = overrides.workers if overrides is not None and overrides.workers else 1
             for index in range(count):
