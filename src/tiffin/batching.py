@@ -35,8 +35,10 @@ How a batch is formed
     test -- the callers answered by the last batch come back with their next calls while their
     answers go out; dispatching the rest without them would split the callers into groups that
     alternate on the model for good, each paying the fixed cost ``b``. So the batch waits for
-    the missing ``P - queued`` rows, for at most ``2·b`` after the model became free; when
-    callers leave, the next cycle's smaller peak lowers P at once. On a
+    the missing ``P - queued`` rows, for at most ``2·b`` after the model became free: the
+    first of them is waited for however long their answers and next requests take within
+    that, and once they are coming back, until none arrives for the gap (at least ``b/4``).
+    When callers leave, the next cycle's smaller peak lowers P at once. On a
     process where the HTTP side and the model share one core (``--workers 1``) this is free:
     the core is busy answering and reading the callers meanwhile. Measured on a 1.4 ms model
     with 64 closed-loop callers: 32-row batches became 64-row ones, +27% requests/s.
@@ -451,9 +453,9 @@ class Dispatcher:
             started = self._hold_started
             if started is None:
                 started = self._hold_started = now
-            back_by = min(
-                started + min(2 * fixed, self._limit / 4), max(self._last_arrival, started) + gap
-            )
+            back_by = started + min(2 * fixed, self._limit / 4)
+            if self._last_arrival > started:  # they are coming back: wait while they do
+                back_by = min(back_by, self._last_arrival + max(gap, fixed / 4))
             until = max(until, back_by)
         return max(until - now, 0.0)
 
