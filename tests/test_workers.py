@@ -96,6 +96,18 @@ def _metric(text: str, name: str) -> float:
     )
 
 
+def _metrics_once(url: str, name: str, expected: float) -> tuple[float, str]:
+    """``name``'s value once it reaches ``expected`` (each worker adds its own figures within
+    half a second), or after 5 s; and the /metrics text it was read from."""
+    deadline = time.monotonic() + 5
+    while True:
+        text = httpx.get(url + "/metrics").text
+        value = _metric(text, name)
+        if value >= expected or time.monotonic() > deadline:
+            return value, text
+        time.sleep(0.1)
+
+
 def test_workers_share_one_runner_process_and_batch_across_workers(tmp_path):
     with running(_start(tmp_path)) as server:
         pids = {tuple(httpx.post(server.url + "/whoami", json={}).json().values())
@@ -111,15 +123,9 @@ def test_workers_share_one_runner_process_and_batch_across_workers(tmp_path):
         batches = _metric(metrics, 'tiffin_runner_batches_total{method="double"')
         assert calls == 400
         assert batches < calls / 2, f"{calls} calls ran in {batches} batches: no batching"
-        # request counts add up over both API workers (each adds its own within half a second)
-        deadline = time.monotonic() + 5
-        while True:
-            metrics = httpx.get(server.url + "/metrics").text
-            counted = _metric(metrics, 'tiffin_http_requests_total{method="POST",route="/double"')
-            if counted >= 400 or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
-        assert counted == 400
+        # request counts add up over both API workers
+        requests = 'tiffin_http_requests_total{method="POST",route="/double"'
+        assert _metrics_once(server.url, requests, 400)[0] == 400
 
 
 def test_a_killed_runner_process_is_restarted_and_callers_never_hang(tmp_path):
@@ -266,14 +272,44 @@ def test_an_embedded_runner_loads_in_every_api_worker_and_its_figures_add_up(tmp
         outcomes = asyncio.run(_load(server.url, 400, 32))
         assert outcomes == [200] * 400
         # each worker batches its own calls; /metrics on either adds up both workers' figures
-        deadline = time.monotonic() + 5
-        while True:
-            metrics = httpx.get(server.url + "/metrics").text
-            calls = _metric(metrics, 'tiffin_runner_calls_total{method="double"')
-            if calls >= 400 or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
+        calls, metrics = _metrics_once(
+            server.url, 'tiffin_runner_calls_total{method="double"', 400
+        )
         assert calls == 400
         batches = _metric(metrics, 'tiffin_runner_batches_total{method="double"')
         assert batches < calls / 2, f"{calls} calls ran in {batches} batches: no batching"
         assert _metric(metrics, 'tiffin_runner_batch_size_count{method="double"') == batches
+
+
+def _api_pids(url: str) -> set[int]:
+    """Both API workers' pids (fresh connections until each has answered)."""
+    pids: set[int] = set()
+    deadline = time.monotonic() + 30
+    while len(pids) < 2 and time.monotonic() < deadline:
+        pids.add(httpx.post(url + "/whoami", json={}).json()["api"])
+    assert len(pids) == 2, pids
+    return pids
+
+
+@pytest.mark.parametrize("pin", ["true", "false"])
+def test_api_workers_pinned_to_cpus_of_their_own_or_left_alone(tmp_path, pin):
+    allowed = os.sched_getaffinity(0)
+    with running(_start(tmp_path, env_extra={"TIFFIN_PIN_WORKERS": pin})) as server:
+        cpus = [os.sched_getaffinity(pid) for pid in _api_pids(server.url)]
+        if pin == "false":
+            assert cpus == [allowed, allowed]
+        else:
+            assert all(len(c) == 1 and c <= allowed for c in cpus), cpus
+            if len(allowed) >= 2:
+                assert cpus[0] != cpus[1], cpus
+            assert "API workers pinned to CPUs" in server.logs()
+
+
+def test_worker_cpus_pins_by_default_only_one_worker_per_cpu(monkeypatch):
+    from tiffin.supervisor import worker_cpus
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {2, 5})
+    assert worker_cpus(None, 2) == [2, 5]  # one worker per allowed CPU
+    assert worker_cpus(None, 1) is None and worker_cpus(None, 3) is None
+    assert worker_cpus(True, 3) == [2, 5, 2]  # asked for: round robin
+    assert worker_cpus(False, 2) is None

@@ -9,6 +9,9 @@ The YAML file (``--config FILE`` or ``TIFFIN_CONFIG``) looks like::
     log_level: info
     log_format: text             # or json: one JSON object per log line
     access_log: true
+    workers: 1                   # API worker processes (--workers)
+    # pin_workers: true          # --workers N: each API worker on a CPU of its own; unset:
+                                 # only when N equals the CPUs this server may use
     apis:
       predict:                   # API name
         timeout_s: 5             # this API's own timeout
@@ -20,7 +23,8 @@ The YAML file (``--config FILE`` or ``TIFFIN_CONFIG``) looks like::
         # embedded: true         # --workers N: load it in every API worker instead
 
 Environment variables: ``TIFFIN_HOST``, ``TIFFIN_PORT``, ``TIFFIN_API_TIMEOUT_S``,
-``TIFFIN_MAX_BODY_SIZE``, ``TIFFIN_LOG_LEVEL``, ``TIFFIN_LOG_FORMAT``, ``TIFFIN_ACCESS_LOG``, per
+``TIFFIN_MAX_BODY_SIZE``, ``TIFFIN_LOG_LEVEL``, ``TIFFIN_LOG_FORMAT``, ``TIFFIN_ACCESS_LOG``,
+``TIFFIN_PIN_WORKERS``, per
 runner ``TIFFIN_RUNNERS__<RUNNER>__MAX_BATCH_SIZE`` / ``..._MAX_LATENCY_MS`` / ``..._WORKERS`` /
 ``..._EMBEDDED``, and per API
 ``TIFFIN_APIS__<API>__TIMEOUT_S``. Unknown keys, in the file or after ``TIFFIN_``, are errors
@@ -90,6 +94,9 @@ class ServeSettings(BaseModel):
     log_format: Literal["text", "json"] = "text"
     access_log: bool = True
     workers: int = Field(default=1, ge=1, le=64)
+    #: --workers N: pin each API worker to a CPU of its own; None (the default): only when N
+    #: equals the number of CPUs this server may use (tiffin.supervisor.worker_cpus)
+    pin_workers: bool | None = None
     #: bearer token API routes require (``Authorization: Bearer <key>``); None: no auth
     api_key: str | None = Field(default=None, min_length=1)
     #: whether /metrics and /docs.json need the key too (health checks never do)

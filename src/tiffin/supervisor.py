@@ -134,10 +134,30 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
+def worker_cpus(pin: bool | None, workers: int) -> list[int] | None:
+    """The CPU each API worker is pinned to, by index; None to leave them to the scheduler.
+
+    ``pin`` None (the default) pins only when there is one worker per CPU this process may
+    use (its affinity: a container's cpuset, ``taskset``, or the whole machine): the workers
+    then have those CPUs to themselves, and pinned they stop trading places and caches. On two
+    cores shared with the load generator, ``--workers 2`` with embedded runners served 9% more
+    requests pinned (16,200-17,500 -> 18,100-18,500 req/s) with a lower p99 (7-8 -> 5-7 ms).
+    With fewer workers than CPUs, or a CPU quota instead of a cpuset, the scheduler knows
+    better. ``True`` pins worker i to the i-th allowed CPU (round robin); ``False`` never.
+    """
+    if pin is False or not hasattr(os, "sched_getaffinity"):
+        return None
+    allowed = sorted(os.sched_getaffinity(0))
+    if pin is None and len(allowed) != workers:
+        return None
+    return [allowed[index % len(allowed)] for index in range(workers)]
+
+
 def api_worker_main(
     source: ServiceSource,
     settings_json: str,
     runner_sockets: dict[str, list[str]],
+    cpu: int | None,
     listener: socket.socket,
 ) -> None:
     """An API worker: the service's HTTP app with every runner attached to its processes."""
@@ -150,6 +170,9 @@ def api_worker_main(
     from tiffin.server import build_app
 
     _exit_with_parent(signal.SIGTERM)
+    if cpu is not None:  # before any thread starts: they all inherit it
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, {cpu})
     settings = ServeSettings.model_validate_json(settings_json)
     _child_logging(settings)
     service = source.load()
@@ -241,10 +264,15 @@ class Supervisor:
                     Child("runner", f"tiffin-runner-{runner.name}-{index}", runner_main,
                           (self.source, runner.name, path, settings_json, ready), ready)
                 )
+        cpus = worker_cpus(self.settings.pin_workers, self.workers)
+        if cpus is not None:
+            logger.info("API workers pinned to CPUs %s", cpus)
         for index in range(self.workers):
+            cpu = cpus[index] if cpus is not None else None
             self.children.append(
                 Child("api", f"tiffin-api-{index}", api_worker_main,
-                      (self.source, settings_json, runner_sockets), listen=listeners.for_worker)
+                      (self.source, settings_json, runner_sockets, cpu),
+                      listen=listeners.for_worker)
             )
 
     def _count_restart(self, child: Child) -> None:
