@@ -11,6 +11,8 @@ whole process tree (``/proc/<pid>/smaps_rollup``), and it notes the load average
 With ``--workers 1`` (the default) the server is pinned to CPU 0 and wrk to CPU 1, as in
 bench/serve.py; with ``--workers N`` > 1 the process tree and wrk share CPUs 0 and 1
 (``--server-cpus`` and ``--wrk-cpus`` override either; ``none`` leaves it unpinned).
+``--embedded`` loads the runner in every API worker instead of a runner process
+(``TIFFIN_RUNNERS__HGB__EMBEDDED=true``).
 
 Targets: no 5xx answers (there is no deliberate overload here: 64 connections never queue a
 call past ``max_latency_ms``), and RSS at the end no more than 10% above RSS after the first
@@ -173,6 +175,8 @@ def main() -> int:
     parser.add_argument("--sample-seconds", type=float, default=5.0,
                         help="between memory samples (5)")
     parser.add_argument("--workers", type=int, default=1, help="serve-model --workers (1)")
+    parser.add_argument("--embedded", action="store_true",
+                        help="with --workers N: the runner in every API worker, no runner process")
     parser.add_argument("--server-cpus", help="taskset CPU list for the server, or none")
     parser.add_argument("--wrk-cpus", help="taskset CPU list for wrk, or none")
     parser.add_argument("--keep", action="store_true", help="keep the work directory and logs")
@@ -191,13 +195,16 @@ def main() -> int:
         model = make_models(root / "models")["hgb"]
         env = env_for(root / "home")
         import_models({"hgb": model}, env)
+        if args.embedded:
+            env["TIFFIN_RUNNERS__HGB__EMBEDDED"] = "true"
         script = lua_script(root / "soak.lua", '{"inputs": [' + str(one_row()) + ']}',
                             "application/json", STATUS_HOOKS)
         port = free_port()
         cmd = [str(BIN / "tiffin"), "serve-model", "hgb:latest", "--host", "127.0.0.1",
                "--port", str(port), "--workers", str(args.workers)]  # fmt: skip
         server = Server(cmd, port, "/readyz", env, root / "server.log", cpus=server_cpus)
-        print(f"serve-model --workers {args.workers}: ready in {server.startup_s:.2f} s, "
+        layout = f"--workers {args.workers}" + (", embedded runner" if args.embedded else "")
+        print(f"serve-model {layout}: ready in {server.startup_s:.2f} s, "
               f"server CPUs {server_cpus or 'any'}, wrk CPUs {wrk_cpus or 'any'}, "
               f"load average {load_average():.2f}", flush=True)
         sampler = Sampler(server, args.sample_seconds)

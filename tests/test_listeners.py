@@ -16,6 +16,12 @@ spreading = pytest.mark.skipif(
 )
 
 
+def _serving(sock: socket.socket) -> socket.socket:
+    """What a worker's server does once it is ready (asyncio and uvloop alike)."""
+    sock.listen(128)
+    return sock
+
+
 def _accepted(sockets: list[socket.socket], expected: int) -> list[int]:
     """How many of ``expected`` queued connections each listening socket accepts."""
     counts = [0] * len(sockets)
@@ -34,7 +40,7 @@ def _accepted(sockets: list[socket.socket], expected: int) -> list[int]:
 @spreading
 def test_each_worker_socket_gets_a_share_of_a_burst_of_connections():
     listeners = Listeners("127.0.0.1", 0)
-    workers = [listeners.for_worker(), listeners.for_worker()]
+    workers = [_serving(listeners.for_worker()), _serving(listeners.for_worker())]
     clients = []
     try:
         assert {w.getsockname()[1] for w in workers} == {listeners.port}
@@ -53,7 +59,7 @@ def test_each_worker_socket_gets_a_share_of_a_burst_of_connections():
 @spreading
 def test_a_closed_worker_socket_gets_no_new_connections():
     listeners = Listeners("127.0.0.1", 0)
-    stays, goes = listeners.for_worker(), listeners.for_worker()
+    stays, goes = _serving(listeners.for_worker()), _serving(listeners.for_worker())
     goes.close()  # its worker died or is draining
     clients = []
     try:
@@ -62,6 +68,25 @@ def test_a_closed_worker_socket_gets_no_new_connections():
         assert _accepted([stays], 16) == [16]
     finally:
         for sock in [*clients, stays]:
+            sock.close()
+        listeners.close()
+
+
+@spreading
+def test_a_worker_still_loading_gets_no_connections_until_it_listens():
+    listeners = Listeners("127.0.0.1", 0)
+    ready, loading = _serving(listeners.for_worker()), listeners.for_worker()
+    clients = []
+    try:
+        for _ in range(16):
+            clients.append(socket.create_connection(("127.0.0.1", listeners.port)))
+        assert _accepted([ready], 16) == [16]
+        _serving(loading)  # loaded: from now on it takes its share
+        for _ in range(64):
+            clients.append(socket.create_connection(("127.0.0.1", listeners.port)))
+        assert min(_accepted([ready, loading], 64)) >= 8
+    finally:
+        for sock in [*clients, ready, loading]:
             sock.close()
         listeners.close()
 
@@ -97,7 +122,7 @@ def test_an_address_in_use_is_one_clear_error(spread):
 @spreading
 def test_a_second_server_on_the_same_port_is_refused_not_merged():
     first = Listeners("127.0.0.1", 0)
-    worker = first.for_worker()
+    worker = _serving(first.for_worker())
     try:
         # SO_REUSEPORT alone would let a second server of the same user share the port
         with pytest.raises(TiffinError, match="cannot listen on"):

@@ -29,6 +29,15 @@ SERVICE = textwrap.dedent(
     import tiffin
 
     class Slow(tiffin.Runnable):
+        def __init__(self):
+            # SLOW_SECOND_LOAD=<path>: the first process to load is quick, the next one slow
+            marker = os.environ.get("SLOW_SECOND_LOAD")
+            if marker:
+                try:
+                    os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
+                except FileExistsError:
+                    time.sleep(4)
+
         @tiffin.Runnable.method(batchable=True)
         def double(self, x):
             time.sleep(0.01)
@@ -106,6 +115,16 @@ def _metrics_once(url: str, name: str, expected: float) -> tuple[float, str]:
         if value >= expected or time.monotonic() > deadline:
             return value, text
         time.sleep(0.1)
+
+
+def _api_pids(url: str) -> set[int]:
+    """Both API workers' pids (fresh connections until each has answered)."""
+    pids: set[int] = set()
+    deadline = time.monotonic() + 30
+    while len(pids) < 2 and time.monotonic() < deadline:
+        pids.add(httpx.post(url + "/whoami", json={}).json()["api"])
+    assert len(pids) == 2, pids
+    return pids
 
 
 def test_workers_share_one_runner_process_and_batch_across_workers(tmp_path):
@@ -213,6 +232,7 @@ def test_runner_process_count_comes_from_the_config_file(tmp_path):
 
 def test_a_killed_api_worker_is_replaced_and_the_other_keeps_serving(tmp_path):
     with running(_start(tmp_path)) as server:
+        _api_pids(server.url)  # both serve (each listens once it is ready)
         victim = httpx.post(server.url + "/whoami", json={}).json()["api"]
         os.kill(victim, signal.SIGKILL)
         # the surviving worker answers meanwhile; the replacement joins it
@@ -245,6 +265,7 @@ def _whoami_over(conn: socket.socket) -> int:
 def test_a_burst_of_connections_is_spread_over_the_api_workers(tmp_path):
     with running(_start(tmp_path)) as server:
         port = int(server.url.rsplit(":", 1)[1])
+        _api_pids(server.url)  # both workers serve (each listens once it is ready)
         # connected all at once, before any request, as a load generator does: with one
         # shared socket, the first worker to wake accepted most of them
         conns = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(32)]
@@ -281,16 +302,6 @@ def test_an_embedded_runner_loads_in_every_api_worker_and_its_figures_add_up(tmp
         assert _metric(metrics, 'tiffin_runner_batch_size_count{method="double"') == batches
 
 
-def _api_pids(url: str) -> set[int]:
-    """Both API workers' pids (fresh connections until each has answered)."""
-    pids: set[int] = set()
-    deadline = time.monotonic() + 30
-    while len(pids) < 2 and time.monotonic() < deadline:
-        pids.add(httpx.post(url + "/whoami", json={}).json()["api"])
-    assert len(pids) == 2, pids
-    return pids
-
-
 @pytest.mark.parametrize("pin", ["true", "false"])
 def test_api_workers_pinned_to_cpus_of_their_own_or_left_alone(tmp_path, pin):
     allowed = os.sched_getaffinity(0)
@@ -313,3 +324,15 @@ def test_worker_cpus_pins_by_default_only_one_worker_per_cpu(monkeypatch):
     assert worker_cpus(None, 1) is None and worker_cpus(None, 3) is None
     assert worker_cpus(True, 3) == [2, 5, 2]  # asked for: round robin
     assert worker_cpus(False, 2) is None
+
+
+def test_an_api_worker_still_loading_its_embedded_runner_gets_no_requests(tmp_path):
+    env = {"TIFFIN_RUNNERS__SLOW__EMBEDDED": "true",
+           "SLOW_SECOND_LOAD": str(tmp_path / "first-loaded")}
+    with running(_start(tmp_path, env_extra=env)) as server:  # returns once /readyz is 200
+        started = time.monotonic()
+        # fresh connections while the second worker loads: the ready one takes them all
+        answers = [httpx.post(server.url + "/double", json=[[1.0]]) for _ in range(60)]
+        assert time.monotonic() - started < 4, "the slow worker may have finished loading"
+        assert [a.status_code for a in answers] == [200] * 60, {a.text for a in answers}
+        assert len(_api_pids(server.url)) == 2  # and once loaded, the second one serves too

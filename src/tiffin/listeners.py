@@ -58,15 +58,19 @@ class Listeners:
         return sock
 
     def for_worker(self) -> socket.socket:
-        """A listening socket for one API worker process; the caller closes its copy once the
-        process has started, so that the socket lives exactly as long as the worker."""
+        """A socket for one API worker process; the caller closes its copy once the process
+        has started, so that the socket lives exactly as long as the worker.
+
+        Spreading, the socket is bound but not listening: the worker's server listens once
+        the worker is ready (asyncio and uvloop both call ``listen`` when they start serving
+        a socket), and until then the kernel gives new connections to the other workers.
+        """
         if not self.spread:
             sock = self.held.dup()
         else:
             sock = self._socket(reuse_port=True)
             try:
                 sock.bind(self.address)
-                sock.listen(BACKLOG)
             except OSError:
                 sock.close()
                 raise

@@ -299,8 +299,15 @@ def _configure_runners(service: Service, settings: ServeSettings) -> None:
         )
 
 
-def build_app(service: Service, settings: ServeSettings | None = None) -> Starlette:
-    """The ASGI app for ``service``; its runners load when it starts (lifespan)."""
+def build_app(
+    service: Service, settings: ServeSettings | None = None, *, load_before_serving: bool = False
+) -> Starlette:
+    """The ASGI app for ``service``; its runners load when it starts (lifespan).
+
+    By default the app takes connections while they load (health routes answer, the rest 503
+    until ready). ``load_before_serving``: start-up ends only once they have loaded, so the
+    server takes no connection before then (an API worker beside others that already serve).
+    """
     settings = settings or ServeSettings()
     _configure_runners(service, settings)
     state = AppState(service, settings)
@@ -355,9 +362,10 @@ def build_app(service: Service, settings: ServeSettings | None = None) -> Starle
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         loading = asyncio.get_running_loop().create_task(load(), name="tiffin-load-runners")
-        if all(runner.is_initialized for runner in service.runners):
+        if load_before_serving or all(runner.is_initialized for runner in service.runners):
             # nothing slow to load here (runners live in their own processes, or were loaded
-            # before): finish starting before taking connections, so no request meets a 503
+            # before), or other workers serve meanwhile: finish starting before taking
+            # connections, so no request meets a 503
             await asyncio.shield(loading)
         try:
             yield

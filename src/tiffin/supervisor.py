@@ -197,7 +197,9 @@ def api_worker_main(
 
     service.startup_hooks.insert(0, start_remotes)
     service.shutdown_hooks.append(stop_remotes)
-    app = build_app(service, settings)
+    # embedded runners load here; meanwhile this worker's socket does not listen, so the
+    # kernel gives its connections to the workers that serve (tiffin.listeners)
+    app = build_app(service, settings, load_before_serving=True)
     options = _uvicorn_options(settings)
     options.pop("host"), options.pop("port")
     server = uvicorn.Server(uvicorn.Config(app, **options))
