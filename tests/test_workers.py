@@ -31,6 +31,8 @@ SERVICE = textwrap.dedent(
     class Slow(tiffin.Runnable):
         def __init__(self):
             # SLOW_SECOND_LOAD=<path>: the first process to load is quick, the next one slow
+            if os.environ.get("FAIL_LOAD"):
+                raise RuntimeError("no model here")
             marker = os.environ.get("SLOW_SECOND_LOAD")
             if marker:
                 try:
@@ -336,3 +338,15 @@ def test_an_api_worker_still_loading_its_embedded_runner_gets_no_requests(tmp_pa
         assert time.monotonic() - started < 4, "the slow worker may have finished loading"
         assert [a.status_code for a in answers] == [200] * 60, {a.text for a in answers}
         assert len(_api_pids(server.url)) == 2  # and once loaded, the second one serves too
+
+
+def test_an_api_worker_whose_embedded_runner_fails_to_load_exits_and_is_restarted(tmp_path):
+    (tmp_path / "svc.py").write_text(SERVICE)
+    env = server_env(tmp_path / "home", TIFFIN_RUNNERS__SLOW__EMBEDDED="true", FAIL_LOAD="1")
+    server = start_tiffin(["serve", "svc.py:svc", "--workers", "2"], cwd=tmp_path, env=env,
+                          log=tmp_path / "log.txt", ready=None)
+    with running(server):
+        logs = server.wait_for_log("died with exit code 3", timeout=30)
+        assert "no model here" in logs
+        with pytest.raises(httpx.ConnectError):  # no worker listens: none is ready
+            httpx.get(server.url + "/readyz")

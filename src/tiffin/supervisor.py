@@ -27,6 +27,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -203,8 +204,16 @@ def api_worker_main(
     options = _uvicorn_options(settings)
     options.pop("host"), options.pop("port")
     server = uvicorn.Server(uvicorn.Config(app, **options))
+    state = app.state.tiffin
+
+    def stop(exc: BaseException) -> None:  # loading failed: exit, the supervisor restarts us
+        server.should_exit = True
+
+    state.on_fatal = stop
     with exit_zero_after_graceful_stop():
         server.run(sockets=[listener])
+    if state.load_error is not None:
+        sys.exit(3)
 
 
 @dataclass
