@@ -350,3 +350,27 @@ def test_an_api_worker_whose_embedded_runner_fails_to_load_exits_and_is_restarte
         assert "no model here" in logs
         with pytest.raises(httpx.ConnectError):  # no worker listens: none is ready
             httpx.get(server.url + "/readyz")
+
+
+def test_a_port_in_use_is_one_readable_line_and_exit_1(tmp_path):
+    import subprocess
+
+    from tests.conftest import tiffin_exe
+
+    (tmp_path / "svc.py").write_text(SERVICE)
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        done = subprocess.run(
+            [tiffin_exe(), "serve", "svc.py:svc", "--workers", "2", "--port", str(port)],
+            cwd=tmp_path, env=server_env(tmp_path / "home"), capture_output=True, text=True,
+            timeout=60,
+        )
+    finally:
+        taken.close()
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"tiffin: error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    ], done.stderr

@@ -330,7 +330,7 @@ class Supervisor:
                     child.start()
             logger.info(
                 "serving %r on http://%s:%d with %d API worker(s) and runner processes %s",
-                service.name, self.settings.host, self.settings.port, self.workers,
+                service.name, self.settings.host, listeners.port, self.workers,
                 [c.name for c in self.children if c.role == "runner"],
             )
             self._watch()
