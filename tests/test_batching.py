@@ -401,10 +401,11 @@ def test_closed_loop_callers_are_waited_for_so_their_groups_merge() -> None:
 
 def test_callers_slow_to_come_back_are_waited_for_not_left_to_a_straggler() -> None:
     """The batch's callers take longer to come back (their answers written, their next
-    requests read) than the gap between calls arriving: the first of them is waited for, not
-    just the gap after the model became free. Otherwise the one late caller queued meanwhile
-    runs alone, paying the fixed cost, and the others form a batch without it, for good
-    (measured in serve --workers 2 with embedded runners: 8% one-row batches)."""
+    requests read) than the gap between calls arriving: when the model frees with only a late
+    caller queued, the first of the others is waited for, not just the gap. Otherwise the late
+    caller runs alone, paying the fixed cost, and the others form a batch without it, for good
+    (measured in serve --workers 2 with embedded runners: 8% one-row batches). But most
+    callers queued are not held back for one slow one: it joins the next batch instead."""
     model = Model(b=0.01)
 
     async def main() -> None:
@@ -418,10 +419,12 @@ def test_callers_slow_to_come_back_are_waited_for_not_left_to_a_straggler() -> N
                 # far more than twice the mean time between calls (about 2 ms)
                 await asyncio.sleep(0.016 if k == 0 else 0.006)
 
-        await asyncio.gather(*(caller(k, 24) for k in range(16)))
+        # the slow caller makes half as many calls: all end about together
+        await asyncio.gather(*(caller(k, 12 if k == 0 else 24) for k in range(16)))
         sizes = [len(batch) for batch in model.batches]
-        settled = sizes[12:-2]
-        assert settled and all(size == 16 for size in settled), sizes
+        settled = sizes[8:-2]
+        assert settled and min(settled) >= 8, sizes  # the old rule: 15, 1, 15, 1, ...
+        assert settled.count(15) >= len(settled) // 3, sizes  # not all held for the slow one
 
     run(main)
 

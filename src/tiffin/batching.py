@@ -35,10 +35,13 @@ How a batch is formed
     test -- the callers answered by the last batch come back with their next calls while their
     answers go out; dispatching the rest without them would split the callers into groups that
     alternate on the model for good, each paying the fixed cost ``b``. So the batch waits for
-    the missing ``P - queued`` rows, for at most ``2·b`` after the model became free: the
-    first of them is waited for however long their answers and next requests take within
-    that, and once they are coming back, until none arrives for the gap (at least ``b/4``).
-    When callers leave, the next cycle's smaller peak lowers P at once. On a
+    the missing ``P - queued`` rows, for at most ``2·b`` after the model became free. While
+    fewer than half of P are queued (a few late callers, the rest answered by the batch that
+    just ended), the first of the others is waited for however long their answers and next
+    requests take within that; once they are coming back, or when most are queued already
+    (one caller late), until none arrives for the gap (at least ``b/4``): a batch is not held
+    back for one slow caller. When callers leave, the next cycle's smaller peak lowers P at
+    once. On a
     process where the HTTP side and the model share one core (``--workers 1``) this is free:
     the core is busy answering and reading the callers meanwhile. Measured on a 1.4 ms model
     with 64 closed-loop callers: 32-row batches became 64-row ones, +27% requests/s.
@@ -449,13 +452,15 @@ class Dispatcher:
         until = -math.inf
         if rate * fixed >= queued + 1:  # arrivals are fast
             until = min(head.enqueued + bound, self._last_arrival + gap)
-        if queued < min(self.population(), self.max_batch_size):  # callers on their way back
+        population = min(self.population(), self.max_batch_size)
+        if queued < population:  # callers on their way back
             started = self._hold_started
             if started is None:
                 started = self._hold_started = now
             back_by = started + min(2 * fixed, self._limit / 4)
-            if self._last_arrival > started:  # they are coming back: wait while they do
-                back_by = min(back_by, self._last_arrival + max(gap, fixed / 4))
+            if self._last_arrival > started or 2 * queued >= population:
+                # they are coming back, or most are here: wait only while they keep coming
+                back_by = min(back_by, max(self._last_arrival, started) + max(gap, fixed / 4))
             until = max(until, back_by)
         return max(until - now, 0.0)
 
