@@ -186,3 +186,7 @@ def test_embedded_comes_from_to_runner_and_the_settings_override_it() -> None:
     _configure_runners(service, load_settings(environ={"TIFFIN_RUNNERS__A__EMBEDDED": "1",
                                                        "TIFFIN_RUNNERS__B__EMBEDDED": "0"}))
     assert (default.embedded, embedded.embedded) == (True, False)
+    # embedded in code, processes asked for in the settings: a clear error, not ignored
+    service = tiffin.Service("s2", runners=[tiffin.Runner(Echo, name="c", embedded=True)])
+    with pytest.raises(InvalidArgument, match="runner 'c' is embedded"):
+        _configure_runners(service, load_settings(environ={"TIFFIN_RUNNERS__C__WORKERS": "2"}))

@@ -92,7 +92,7 @@ def test_embedded_runner_figures_add_up_over_the_workers_files(tmp_path) -> None
 
         asyncio.run(calls())
         shared = SharedRunnerStats(service, str(tmp_path))
-        shared.write(force=True)
+        shared.write()
         mine = json.loads((tmp_path / STATS_FILE.format(pid=os.getpid())).read_text())
         assert mine["doubler"]["double"]["calls"] == 5
         # another worker's figures (as it wrote them), and a file being replaced (skipped)

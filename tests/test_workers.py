@@ -33,12 +33,19 @@ SERVICE = textwrap.dedent(
             # SLOW_SECOND_LOAD=<path>: the first process to load is quick, the next one slow
             if os.environ.get("FAIL_LOAD"):
                 raise RuntimeError("no model here")
-            marker = os.environ.get("SLOW_SECOND_LOAD")
-            if marker:
+            time.sleep(float(os.environ.get("LOAD_SLEEP", "0")))
+            # HOLD_SECOND_LOAD=<dir>: the first process loads at once, the next one only
+            # once the test creates <dir>/release
+            hold = os.environ.get("HOLD_SECOND_LOAD")
+            if hold:
                 try:
-                    os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
+                    os.close(os.open(os.path.join(hold, "first"), os.O_CREAT | os.O_EXCL))
                 except FileExistsError:
-                    time.sleep(4)
+                    deadline = time.monotonic() + 60
+                    while not os.path.exists(os.path.join(hold, "release")):
+                        if time.monotonic() > deadline:
+                            raise RuntimeError("never released")
+                        time.sleep(0.02)
 
         @tiffin.Runnable.method(batchable=True)
         def double(self, x):
@@ -326,17 +333,18 @@ def test_worker_cpus_pins_by_default_only_one_worker_per_cpu(monkeypatch):
     assert worker_cpus(None, 1) is None and worker_cpus(None, 3) is None
     assert worker_cpus(True, 3) == [2, 5, 2]  # asked for: round robin
     assert worker_cpus(False, 2) is None
+    assert worker_cpus(None, 2, runner_processes=1) is None  # a runner process needs room
+    assert worker_cpus(True, 2, runner_processes=1) == [2, 5]
 
 
 def test_an_api_worker_still_loading_its_embedded_runner_gets_no_requests(tmp_path):
-    env = {"TIFFIN_RUNNERS__SLOW__EMBEDDED": "true",
-           "SLOW_SECOND_LOAD": str(tmp_path / "first-loaded")}
+    env = {"TIFFIN_RUNNERS__SLOW__EMBEDDED": "true", "HOLD_SECOND_LOAD": str(tmp_path)}
     with running(_start(tmp_path, env_extra=env)) as server:  # returns once /readyz is 200
-        started = time.monotonic()
         # fresh connections while the second worker loads: the ready one takes them all
         answers = [httpx.post(server.url + "/double", json=[[1.0]]) for _ in range(60)]
-        assert time.monotonic() - started < 4, "the slow worker may have finished loading"
         assert [a.status_code for a in answers] == [200] * 60, {a.text for a in answers}
+        assert not (tmp_path / "release").exists()  # the second one was loading throughout
+        (tmp_path / "release").touch()
         assert len(_api_pids(server.url)) == 2  # and once loaded, the second one serves too
 
 
@@ -346,10 +354,15 @@ def test_an_api_worker_whose_embedded_runner_fails_to_load_exits_and_is_restarte
     server = start_tiffin(["serve", "svc.py:svc", "--workers", "2"], cwd=tmp_path, env=env,
                           log=tmp_path / "log.txt", ready=None)
     with running(server):
-        logs = server.wait_for_log("died with exit code 3", timeout=30)
-        assert "no model here" in logs
+        server.wait_for_log("died with exit code 3", timeout=30)
         with pytest.raises(httpx.ConnectError):  # no worker listens: none is ready
             httpx.get(server.url + "/readyz")
+        deadline = time.monotonic() + 30  # and each is started again, with back-off
+        while server.logs().count("died with exit code 3") < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        logs = server.logs()
+        assert logs.count("died with exit code 3") >= 3, logs
+        assert "no model here" in logs
 
 
 def test_a_port_in_use_is_one_readable_line_and_exit_1(tmp_path):
@@ -374,3 +387,34 @@ def test_a_port_in_use_is_one_readable_line_and_exit_1(tmp_path):
     assert done.stderr.strip().splitlines() == [
         f"tiffin: error: cannot listen on 127.0.0.1:{port}: Address already in use"
     ], done.stderr
+
+
+def test_a_port_taken_while_runners_load_stops_the_server_with_exit_1(tmp_path):
+    # the runner process takes 3 s to load; meanwhile another server binds and listens on
+    # the port (SO_REUSEADDR, as most servers do): the API workers cannot bind, and the
+    # supervisor says so and stops everything instead of leaving its children unwatched
+    (tmp_path / "svc.py").write_text(SERVICE)
+    server = start_tiffin(["serve", "svc.py:svc", "--workers", "2"], cwd=tmp_path,
+                          env=server_env(tmp_path / "home", LOAD_SLEEP="3"),
+                          log=tmp_path / "log.txt", ready=None)
+    port = int(server.url.rsplit(":", 1)[1])
+    intruder = socket.socket()
+    intruder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    with running(server):
+        deadline = time.monotonic() + 20
+        while True:  # until the supervisor holds the port: a plain bind fails then
+            assert time.monotonic() < deadline, server.logs()
+            with socket.socket() as probe:
+                try:
+                    probe.bind(("127.0.0.1", port))
+                except OSError:
+                    break
+            time.sleep(0.05)
+        intruder.bind(("127.0.0.1", port))
+        intruder.listen()
+        try:
+            assert server.proc.wait(timeout=60) == 1
+        finally:
+            intruder.close()
+        logs = server.logs()
+        assert "could not start the API workers" in logs and "Traceback" not in logs, logs

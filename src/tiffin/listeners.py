@@ -11,10 +11,14 @@ new connections at once; connections still waiting in that socket's queue are re
 Elsewhere (``SO_REUSEPORT`` does not spread connections on macOS or the BSDs) the workers
 share one socket, as before.
 
-The supervisor holds the address from the start: first a plain bind, which fails, with a
-clear message, when anything else has the address (another tiffin server included), then a
-``SO_REUSEPORT`` socket that stays bound but never listens, so that nothing but this
-server's workers can take the port while they start or restart.
+The supervisor checks the address first with a plain bind, which fails with a clear message
+when anything else has it (another tiffin server included), then keeps it with a
+``SO_REUSEPORT`` socket that stays bound but never listens. That socket also has
+``SO_REUSEADDR`` (without it a restart fails for a minute while the last run's connections
+sit in TIME_WAIT), so until a worker listens another ``SO_REUSEADDR`` server can still bind
+the port: a server that then listens makes this one fail to start (its workers cannot bind),
+and two tiffin servers started at once on one port both pass the check. Once a worker
+listens, the port is taken for everyone else.
 """
 
 from __future__ import annotations
@@ -47,7 +51,11 @@ class Listeners:
             self.address = probe.getsockname()  # the port the system chose, for port 0
             probe.close()
             self.held = self._socket(reuse_port=True)
-            self.held.bind(self.address)  # never listens: it only keeps the port
+            try:
+                self.held.bind(self.address)  # never listens: it only keeps the port
+            except OSError as exc:  # taken in between
+                self.held.close()
+                raise TiffinError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
         self.port: int = self.held.getsockname()[1]
 
     def _socket(self, *, reuse_port: bool) -> socket.socket:

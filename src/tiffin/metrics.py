@@ -8,7 +8,6 @@ import bisect
 import contextlib
 import json
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,23 +30,23 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 
 #: the file where an API worker leaves its embedded runners' figures for the others
 STATS_FILE = "runner-stats-{pid}.json"
-_STATS_EVERY_S = 0.25
 
 
 class SharedRunnerStats:
     """``--workers N`` with embedded runners (loaded in every API worker): the batching
     figures of all the workers, shared through files in the multiprocess directory.
 
-    Each worker writes its own figures to ``runner-stats-<pid>.json`` (at most four times a
-    second as requests are counted, and whenever it renders /metrics or stops); /metrics adds
-    every other worker's file to the worker's own live figures. A dead worker's file stays,
-    so its counts stay in the totals (as prometheus-client keeps a dead process's counters).
+    Each worker writes its own figures to ``runner-stats-<pid>.json`` whenever it adds up its
+    request counts (half a second after a request at most, or every 1024 requests), renders
+    /metrics or stops; /metrics adds every other worker's file to the worker's own live
+    figures. A dead worker's file stays, so its counts stay in the totals (as
+    prometheus-client keeps a dead process's counters); a later process that happens to get
+    the same pid takes the file over.
     """
 
     def __init__(self, service: Service, directory: str) -> None:
         self.service = service
         self.directory = Path(directory)
-        self._written_at = 0.0
 
     def own(self) -> dict[str, dict[str, Any]]:
         """``{runner: {method: snapshot}}`` of the runners loaded in this process."""
@@ -61,11 +60,7 @@ class SharedRunnerStats:
             if runner.embedded and not runner.is_remote
         }
 
-    def write(self, *, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._written_at < _STATS_EVERY_S:
-            return
-        self._written_at = now
+    def write(self) -> None:
         own = self.own()
         if not any(own.values()):
             return
@@ -195,13 +190,12 @@ class ServerMetrics:
         if len(pending) >= 1024:
             self.flush()
 
-    def flush(self, *, final: bool = False) -> None:
+    def flush(self) -> None:
         """Add the pending requests to the Prometheus series: one increment per series and
-        bucket instead of a locked increment per request and a scan of the buckets.
-        ``final``: the process is about to render /metrics or stop (embedded runners' figures
-        are written out now, not within a quarter of a second)."""
+        bucket instead of a locked increment per request and a scan of the buckets (and write
+        this worker's embedded runners' figures out for the others)."""
         if self.shared is not None:
-            self.shared.write(force=final)
+            self.shared.write()
         pending, self._pending = self._pending, []
         if not pending:
             return
@@ -244,7 +238,7 @@ class ServerMetrics:
         return children
 
     def render(self) -> tuple[bytes, str]:
-        self.flush(final=True)
+        self.flush()
         if not os.environ.get(MULTIPROC_ENV):
             return generate_latest(self.registry), CONTENT_TYPE
         from prometheus_client import multiprocess

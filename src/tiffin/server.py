@@ -31,7 +31,13 @@ from starlette.staticfiles import StaticFiles
 from tiffin.access_log import ERROR_ID_KEY, AccessLogMiddleware, record_access
 from tiffin.config import ServeSettings
 from tiffin.deadlines import deadline as request_deadline
-from tiffin.exceptions import InvalidArgument, Overloaded, PayloadTooLarge, TiffinError
+from tiffin.exceptions import (
+    InvalidArgument,
+    Overloaded,
+    PayloadTooLarge,
+    RunnerError,
+    TiffinError,
+)
 from tiffin.metrics import ServerMetrics
 from tiffin.service import API, MLFLOW_ROUTES, Service
 
@@ -288,6 +294,11 @@ def _configure_runners(service: Service, settings: ServeSettings) -> None:
         )
         if overrides.embedded is not None:
             runner.embedded = overrides.embedded
+        if runner.embedded and overrides.workers is not None:
+            raise InvalidArgument(
+                f"runner {name!r} is embedded (loaded in every API worker), so it has no "
+                "processes for its workers setting to count: drop one of the two"
+            )
     by_lower = {name.lower(): name for name in service.apis}
     unknown = sorted(
         name for name in settings.apis if name not in service.apis and name not in by_lower
@@ -367,6 +378,9 @@ def build_app(
             # before), or other workers serve meanwhile: finish starting before taking
             # connections, so no request meets a 503
             await asyncio.shield(loading)
+            if load_before_serving and state.load_error is not None:
+                # start-up fails (uvicorn exits) before the socket ever listens
+                raise RunnerError(f"the service failed to start: {state.load_error}")
         try:
             yield
         finally:
@@ -382,7 +396,7 @@ def build_app(
             await _close_dispatchers(service)
             for runner in service.runners:
                 runner.destroy()
-            state.metrics.flush(final=True)  # the last half second's (files, --workers N)
+            state.metrics.flush()  # the last half second's requests (files, --workers N)
             logger.info("service %r stopped", service.name)
             from tiffin.serve import flush_logs
 

@@ -135,21 +135,24 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
-def worker_cpus(pin: bool | None, workers: int) -> list[int] | None:
+def worker_cpus(pin: bool | None, workers: int, runner_processes: int = 0) -> list[int] | None:
     """The CPU each API worker is pinned to, by index; None to leave them to the scheduler.
 
-    ``pin`` None (the default) pins only when there is one worker per CPU this process may
-    use (its affinity: a container's cpuset, ``taskset``, or the whole machine): the workers
-    then have those CPUs to themselves, and pinned they stop trading places and caches. On two
-    cores shared with the load generator, ``--workers 2`` with embedded runners served 9% more
-    requests pinned (16,200-17,500 -> 18,100-18,500 req/s) with a lower p99 (7-8 -> 5-7 ms).
-    With fewer workers than CPUs, or a CPU quota instead of a cpuset, the scheduler knows
-    better. ``True`` pins worker i to the i-th allowed CPU (round robin); ``False`` never.
+    ``pin`` None (the default) pins only when the API workers are the only busy processes
+    (every runner embedded) and there is one per CPU this process may use (its affinity: a
+    container's cpuset, ``taskset``, or the whole machine): the workers then have those CPUs
+    to themselves, and pinned they stop trading places and caches. On two cores shared with
+    the load generator, ``--workers 2`` with embedded runners served 9% more requests pinned
+    (16,200-17,600 -> 18,100-18,500 req/s) with a lower p99 (7-8 -> 5-6 ms); with a runner
+    process beside them it made no measurable difference, and pinned workers could not make
+    room for it. With fewer workers than CPUs, or a CPU quota instead of a cpuset, the
+    scheduler knows better. ``True`` pins worker i to the i-th allowed CPU (round robin);
+    ``False`` never.
     """
     if pin is False or not hasattr(os, "sched_getaffinity"):
         return None
     allowed = sorted(os.sched_getaffinity(0))
-    if pin is None and len(allowed) != workers:
+    if pin is None and (runner_processes or len(allowed) != workers):
         return None
     return [allowed[index % len(allowed)] for index in range(workers)]
 
@@ -275,7 +278,8 @@ class Supervisor:
                     Child("runner", f"tiffin-runner-{runner.name}-{index}", runner_main,
                           (self.source, runner.name, path, settings_json, ready), ready)
                 )
-        cpus = worker_cpus(self.settings.pin_workers, self.workers)
+        processes = sum(len(paths) for paths in runner_sockets.values())
+        cpus = worker_cpus(self.settings.pin_workers, self.workers, processes)
         if cpus is not None:
             logger.info("API workers pinned to CPUs %s", cpus)
         for index in range(self.workers):
@@ -325,9 +329,13 @@ class Supervisor:
                 child.start()
             if not self._wait_for_runners(runners):
                 return self._shutdown(code=1)
-            for child in self.children:
-                if child.role == "api":
-                    child.start()
+            try:
+                for child in self.children:
+                    if child.role == "api":
+                        child.start()
+            except OSError as exc:
+                logger.error("could not start the API workers: %s", exc)
+                return self._shutdown(code=1)
             logger.info(
                 "serving %r on http://%s:%d with %d API worker(s) and runner processes %s",
                 service.name, self.settings.host, listeners.port, self.workers,
@@ -399,6 +407,7 @@ class Supervisor:
             try:
                 child.start()
             except OSError as exc:  # e.g. its listening socket: the next round tries again
+                child.started_at = time.monotonic()  # so the back-off grows
                 logger.error("could not restart %s: %s", child.name, exc)
 
     def _shutdown(self, code: int = 0) -> int:
