@@ -107,7 +107,7 @@ def current_batch_calls() -> int:
 # batch cycles over which the population must hold steady before it is waited for
 POPULATION_CYCLES = 8
 
-# Bucket upper bounds, Prometheus style (a +Inf bucket is implied).
+
 @dataclass(eq=False, slots=True)
 class _Entry:
     """One queued call (or one chunk of an oversize call)."""

@@ -251,6 +251,15 @@ class RunnerMethod:
             self._coalescers[loop] = coalescer
         return coalescer
 
+    async def aclose_dispatchers(self) -> None:
+        """Stop the batching loops the running event loop has for this method."""
+        loop = asyncio.get_running_loop()
+        for table in (self._dispatchers, self._coalescers):
+            dispatcher = table.get(loop)
+            if dispatcher is not None:
+                with contextlib.suppress(Exception):
+                    await dispatcher.aclose()
+
     def close_dispatchers(self) -> None:
         """Stop this method's batching loops (queued callers get an error)."""
         try:

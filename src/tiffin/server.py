@@ -542,15 +542,9 @@ def _route_paths(routes: list[BaseRoute]) -> frozenset[str]:
 
 async def _close_dispatchers(service: Service) -> None:
     """Stop the batching loops this event loop runs, so none is left pending at exit."""
-    loop = asyncio.get_running_loop()
     for runner in service.runners:
         for method in runner.methods.values():
-            for kind in ("_dispatchers", "_coalescers"):
-                dispatchers = getattr(method, kind, None)
-                dispatcher = dispatchers.get(loop) if dispatchers is not None else None
-                if dispatcher is not None:
-                    with contextlib.suppress(Exception):
-                        await dispatcher.aclose()
+            await method.aclose_dispatchers()
 
 
 def _http_error_response(request: Request, exc: HTTPException, state: AppState) -> Response:
