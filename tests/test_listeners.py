@@ -1,5 +1,6 @@
 """tiffin.listeners: each API worker's own listening socket (SO_REUSEPORT on Linux), the port
-held meanwhile, and a clear error when the address is taken. Real sockets on loopback."""
+held meanwhile, and a clear error when the address is taken. Real sockets on loopback; the
+spreading ones test Linux's SO_REUSEPORT (what tiffin uses there, and what CI runs)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,7 @@ import socket
 import pytest
 
 from tiffin.exceptions import TiffinError
-from tiffin.listeners import SPREADS_CONNECTIONS, Listeners
-
-spreading = pytest.mark.skipif(
-    not SPREADS_CONNECTIONS, reason="SO_REUSEPORT spreads connections on Linux only"
-)
+from tiffin.listeners import Listeners
 
 
 def _serving(sock: socket.socket) -> socket.socket:
@@ -37,9 +34,8 @@ def _accepted(sockets: list[socket.socket], expected: int) -> list[int]:
     return counts
 
 
-@spreading
 def test_each_worker_socket_gets_a_share_of_a_burst_of_connections():
-    listeners = Listeners("127.0.0.1", 0)
+    listeners = Listeners("127.0.0.1", 0, spread=True)
     workers = [_serving(listeners.for_worker()), _serving(listeners.for_worker())]
     clients = []
     try:
@@ -56,9 +52,8 @@ def test_each_worker_socket_gets_a_share_of_a_burst_of_connections():
         listeners.close()
 
 
-@spreading
 def test_a_closed_worker_socket_gets_no_new_connections():
-    listeners = Listeners("127.0.0.1", 0)
+    listeners = Listeners("127.0.0.1", 0, spread=True)
     stays, goes = _serving(listeners.for_worker()), _serving(listeners.for_worker())
     goes.close()  # its worker died or is draining
     clients = []
@@ -72,9 +67,8 @@ def test_a_closed_worker_socket_gets_no_new_connections():
         listeners.close()
 
 
-@spreading
 def test_a_worker_still_loading_gets_no_connections_until_it_listens():
-    listeners = Listeners("127.0.0.1", 0)
+    listeners = Listeners("127.0.0.1", 0, spread=True)
     ready, loading = _serving(listeners.for_worker()), listeners.for_worker()
     clients = []
     try:
@@ -91,9 +85,8 @@ def test_a_worker_still_loading_gets_no_connections_until_it_listens():
         listeners.close()
 
 
-@spreading
 def test_the_held_port_takes_no_connections_and_no_one_else_can_bind_it():
-    listeners = Listeners("127.0.0.1", 0)
+    listeners = Listeners("127.0.0.1", 0, spread=True)
     try:
         # nothing listens yet (no worker has started): connections are refused, not queued
         with pytest.raises(ConnectionRefusedError):
@@ -106,7 +99,7 @@ def test_the_held_port_takes_no_connections_and_no_one_else_can_bind_it():
         listeners.close()
 
 
-@pytest.mark.parametrize("spread", [True, False] if SPREADS_CONNECTIONS else [False])
+@pytest.mark.parametrize("spread", [True, False])
 def test_an_address_in_use_is_one_clear_error(spread):
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
@@ -119,14 +112,13 @@ def test_an_address_in_use_is_one_clear_error(spread):
         taken.close()
 
 
-@spreading
 def test_a_second_server_on_the_same_port_is_refused_not_merged():
-    first = Listeners("127.0.0.1", 0)
+    first = Listeners("127.0.0.1", 0, spread=True)
     worker = _serving(first.for_worker())
     try:
         # SO_REUSEPORT alone would let a second server of the same user share the port
         with pytest.raises(TiffinError, match="cannot listen on"):
-            Listeners("127.0.0.1", first.port)
+            Listeners("127.0.0.1", first.port, spread=True)
     finally:
         worker.close()
         first.close()
