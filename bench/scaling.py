@@ -76,7 +76,7 @@ ONE_API_WORKER = """
 import sys
 from tiffin import models
 from tiffin.config import ServeSettings
-from tiffin.supervisor import ServiceSource, serve_workers
+from tiffin.process.supervisor import ServiceSource, serve_workers
 settings = ServeSettings(host="127.0.0.1", port=int(sys.argv[1]))
 sys.exit(serve_workers(ServiceSource(model_tag=str(models.get("hgb:latest").tag)), settings, 1))
 """

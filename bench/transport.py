@@ -2,7 +2,7 @@
 
 Run with ``python bench/transport.py``. One runner process serves an identity method (it
 returns its input, not batchable, so only the transport is measured); this process calls it
-through :class:`tiffin.remote.RemoteRunner`, serially and with 64 concurrent callers, for
+through :class:`tiffin.runner.remote.RemoteRunner`, serially and with 64 concurrent callers, for
 arrays from one row of 32 floats to 64 MiB, and compares with the same runner loaded
 in-process (``init_local``: a hop to its worker thread, no copy). Medians of ``--repeat``
 calls; MiB/s counts the array once each way.
@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 import tiffin
-from tiffin.remote import RemoteRunner, serve_runner
+from tiffin.runner.remote import RemoteRunner
+from tiffin.runner.runner_server import serve_runner
 
 SIZES = {
     "1 row x 32 f32": (1, 32),

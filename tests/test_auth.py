@@ -7,7 +7,7 @@ import pytest
 import tiffin
 from tests.test_serving_support import asgi_client
 from tiffin.config import load_settings
-from tiffin.server import build_app
+from tiffin.serving.app import build_app
 
 pytestmark = pytest.mark.anyio
 

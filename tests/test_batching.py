@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tiffin.batching import BatchStats, CostModel, Dispatcher, Histogram
 from tiffin.exceptions import InvalidArgument, Overloaded, RunnerError
+from tiffin.runner.batching import Dispatcher
+from tiffin.runner.stats import BatchStats, Buckets, CostModel
 
 
 class Model:
@@ -478,7 +479,7 @@ def test_stats_count_what_happened() -> None:
     assert model.batches == [[0], [1, 1, 2, 2], [3, 3]]
     assert (snap["calls"], snap["rows"], snap["batches"]) == (4, 7, 3)
     assert (snap["failed_batches"], snap["overloaded"], snap["cancelled"]) == (0, 0, 0)
-    size = snap["batch_size"]
+    size = snap["batch_rows"]
     assert size["count"] == 3 and size["sum"] == 7
     assert dict(size["buckets"])[1.0] == 1 and dict(size["buckets"])[2.0] == 2
     assert dict(size["buckets"])[4.0] == 3
@@ -492,7 +493,7 @@ def test_stats_count_what_happened() -> None:
 
 
 def test_histogram_uses_le_buckets() -> None:
-    histogram = Histogram([1.0, 2.0, 4.0])
+    histogram = Buckets([1.0, 2.0, 4.0])
     for value in (0.5, 1.0, 1.5, 4.0, 9.0):
         histogram.observe(value)
     snap = histogram.snapshot()

@@ -173,7 +173,6 @@ def test_a_runner_is_embedded_or_has_processes_not_both(tmp_path: Path) -> None:
 
 def test_embedded_comes_from_to_runner_and_the_settings_override_it() -> None:
     import tiffin
-    from tiffin.server import _configure_runners
 
     class Echo(tiffin.Runnable):
         @tiffin.Runnable.method
@@ -183,10 +182,10 @@ def test_embedded_comes_from_to_runner_and_the_settings_override_it() -> None:
     default, embedded = tiffin.Runner(Echo, name="a"), tiffin.Runner(Echo, name="b", embedded=True)
     assert (default.embedded, embedded.embedded) == (False, True)
     service = tiffin.Service("s", runners=[default, embedded])
-    _configure_runners(service, load_settings(environ={"TIFFIN_RUNNERS__A__EMBEDDED": "1",
+    service.apply_settings(load_settings(environ={"TIFFIN_RUNNERS__A__EMBEDDED": "1",
                                                        "TIFFIN_RUNNERS__B__EMBEDDED": "0"}))
     assert (default.embedded, embedded.embedded) == (True, False)
     # embedded in code, processes asked for in the settings: a clear error, not ignored
     service = tiffin.Service("s2", runners=[tiffin.Runner(Echo, name="c", embedded=True)])
     with pytest.raises(InvalidArgument, match="runner 'c' is embedded"):
-        _configure_runners(service, load_settings(environ={"TIFFIN_RUNNERS__C__WORKERS": "2"}))
+        service.apply_settings(load_settings(environ={"TIFFIN_RUNNERS__C__WORKERS": "2"}))

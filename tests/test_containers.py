@@ -11,13 +11,13 @@ import pandas as pd
 import pytest
 import torch
 
-from tiffin import containers
-from tiffin.containers import batch_size, concat, signature, split
 from tiffin.exceptions import InvalidArgument
+from tiffin.runner import containers
+from tiffin.runner.containers import batch_key, concat, count_rows, split
 
 
 def roundtrip(payloads: list, dim: int) -> list:
-    sizes = [batch_size(p, dim) for p in payloads]
+    sizes = [count_rows(p, dim) for p in payloads]
     return split(concat(payloads, dim), sizes, dim)
 
 
@@ -34,8 +34,8 @@ def test_ndarray_roundtrip_any_dim(dim: int, shapes: list[tuple[int, ...]]) -> N
     rng = np.random.default_rng(0)
     arrays = [rng.normal(size=shape) for shape in shapes]
     merged = concat(arrays, dim)
-    assert batch_size(merged, dim) == sum(batch_size(a, dim) for a in arrays) == 7
-    pieces = split(merged, [batch_size(a, dim) for a in arrays], dim)
+    assert count_rows(merged, dim) == sum(count_rows(a, dim) for a in arrays) == 7
+    pieces = split(merged, [count_rows(a, dim) for a in arrays], dim)
     for piece, original in zip(pieces, arrays, strict=True):
         np.testing.assert_array_equal(piece, original)
         assert np.shares_memory(piece, merged)  # split returns views, no copies
@@ -48,16 +48,16 @@ def test_single_payload_is_not_copied() -> None:
     tensor = torch.zeros(2, 3)
     for payload in (array, frame, rows, tensor):
         assert concat([payload], 0) is payload
-        assert split(payload, [batch_size(payload, 0)], 0)[0] is payload
+        assert split(payload, [count_rows(payload, 0)], 0)[0] is payload
 
 
 def test_ndarray_mismatches_are_clear_errors() -> None:
     with pytest.raises(InvalidArgument, match="cannot merge"):
         concat([np.zeros((2, 3)), np.zeros((2, 4))], 0)
     with pytest.raises(InvalidArgument, match="out of range"):
-        batch_size(np.zeros((2, 3)), 2)
+        count_rows(np.zeros((2, 3)), 2)
     with pytest.raises(InvalidArgument, match="out of range"):
-        batch_size(np.array(1.0), 0)
+        count_rows(np.array(1.0), 0)
     with pytest.raises(InvalidArgument, match="different types"):
         concat([np.zeros((2, 3)), [[0, 0, 0]]], 0)
 
@@ -87,7 +87,7 @@ def test_dataframe_mismatches_and_dims() -> None:
     with pytest.raises(InvalidArgument, match="cannot merge"):
         concat([pd.DataFrame({"a": [1]}), pd.DataFrame({"b": [1]})], 0)
     with pytest.raises(InvalidArgument, match="dimension 0 only"):
-        batch_size(pd.DataFrame({"a": [1]}), 1)
+        count_rows(pd.DataFrame({"a": [1]}), 1)
     with pytest.raises(InvalidArgument, match="dimension 0 only"):
         concat([pd.Series([1]), pd.Series([2])], 1)
 
@@ -96,7 +96,7 @@ def test_list_roundtrip() -> None:
     pieces = roundtrip([[1, 2], [3], [], [4, 5, 6]], 0)
     assert pieces == [[1, 2], [3], [], [4, 5, 6]]
     with pytest.raises(InvalidArgument, match="dimension 0 only"):
-        batch_size([1, 2], 1)
+        count_rows([1, 2], 1)
 
 
 def test_dict_of_arrays_and_lists() -> None:
@@ -108,11 +108,11 @@ def test_dict_of_arrays_and_lists() -> None:
     np.testing.assert_array_equal(back[1]["x"], second["x"])
     assert back[0]["ids"] == [1, 2] and back[1]["ids"] == [3]
     with pytest.raises(InvalidArgument, match="different row counts"):
-        batch_size({"x": np.zeros((2, 3)), "ids": [1]}, 0)
+        count_rows({"x": np.zeros((2, 3)), "ids": [1]}, 0)
     with pytest.raises(InvalidArgument, match="cannot merge"):
         concat([first, {"y": np.zeros((1, 3)), "ids": [3]}], 0)
     with pytest.raises(InvalidArgument, match="empty dict"):
-        batch_size({}, 0)
+        count_rows({}, 0)
 
 
 def test_tuple_outputs_split_per_element() -> None:
@@ -137,7 +137,7 @@ def test_tuple_outputs_split_per_element() -> None:
 def test_torch_tensor_roundtrip(dim: int, shapes: list[tuple[int, ...]]) -> None:
     tensors = [torch.randn(*shape) for shape in shapes]
     merged = concat(tensors, dim)
-    pieces = split(merged, [batch_size(t, dim) for t in tensors], dim)
+    pieces = split(merged, [count_rows(t, dim) for t in tensors], dim)
     for piece, original in zip(pieces, tensors, strict=True):
         assert torch.equal(piece, original)
         assert piece.untyped_storage().data_ptr() == merged.untyped_storage().data_ptr()
@@ -148,9 +148,9 @@ def test_torch_tensor_roundtrip(dim: int, shapes: list[tuple[int, ...]]) -> None
 @pytest.mark.parametrize("payload", ["text", 3, 2.5, {1, 2}, None, b"bytes"])
 def test_unsupported_payloads(payload: object) -> None:
     with pytest.raises(InvalidArgument, match="cannot batch a payload of type"):
-        batch_size(payload, 0)
+        count_rows(payload, 0)
     with pytest.raises(InvalidArgument, match="cannot batch a payload of type"):
-        signature(payload, 0)
+        batch_key(payload, 0)
 
 
 def test_split_checks_row_counts() -> None:
@@ -163,35 +163,34 @@ def test_split_checks_row_counts() -> None:
 
 
 def test_signature_ignores_rows_only() -> None:
-    assert signature(np.zeros((2, 3)), 0) == signature(np.zeros((5, 3)), 0)
-    assert signature(np.zeros((2, 3)), 0) != signature(np.zeros((2, 4)), 0)
-    assert signature(np.zeros((2, 3)), 0) != signature(np.zeros((2, 3), dtype=np.float32), 0)
-    assert signature(np.zeros((3, 2)), 1) == signature(np.zeros((3, 7)), -1)
-    assert signature(pd.DataFrame({"a": [1]}), 0) != signature(pd.DataFrame({"b": [1]}), 0)
-    assert signature(torch.zeros(2, 3), 0) == signature(torch.zeros(9, 3), 0)
-    assert signature([1], 0) == signature([1, 2, 3], 0)
-    assert signature({"x": np.zeros((1, 2))}, 0) != signature({"x": np.zeros((1, 3))}, 0)
+    assert batch_key(np.zeros((2, 3)), 0) == batch_key(np.zeros((5, 3)), 0)
+    assert batch_key(np.zeros((2, 3)), 0) != batch_key(np.zeros((2, 4)), 0)
+    assert batch_key(np.zeros((2, 3)), 0) != batch_key(np.zeros((2, 3), dtype=np.float32), 0)
+    assert batch_key(np.zeros((3, 2)), 1) == batch_key(np.zeros((3, 7)), -1)
+    assert batch_key(pd.DataFrame({"a": [1]}), 0) != batch_key(pd.DataFrame({"b": [1]}), 0)
+    assert batch_key(torch.zeros(2, 3), 0) == batch_key(torch.zeros(9, 3), 0)
+    assert batch_key([1], 0) == batch_key([1, 2, 3], 0)
+    assert batch_key({"x": np.zeros((1, 2))}, 0) != batch_key({"x": np.zeros((1, 3))}, 0)
 
 
 def test_importing_needs_no_ml_library() -> None:
     code = (
-        "import sys, tiffin.batching, tiffin.containers\n"
+        "import sys, tiffin.runner.batching, tiffin.runner.containers\n"
         "heavy = {'numpy', 'pandas', 'torch'} & set(sys.modules)\n"
         "assert not heavy, heavy\n"
-        "print(tiffin.containers.batch_size([1, 2], 0))"
+        "print(tiffin.runner.containers.count_rows([1, 2], 0))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "2"
-    assert containers.__name__ == "tiffin.containers"
+    assert containers.__name__ == "tiffin.runner.containers"
 
 
 def test_dataframes_with_different_dtypes_never_share_a_batch():
     import pandas as pd
 
-    from tiffin.containers import signature
 
     numbers = pd.DataFrame({"a": [1.0, 2.0]})
     strings = pd.DataFrame({"a": ["x", "y"]})
-    assert signature(numbers, 0) != signature(strings, 0)
-    assert signature(numbers, 0) == signature(pd.DataFrame({"a": [3.0]}), 0)
-    assert signature(pd.Series([1.0]), 0) != signature(pd.Series(["x"]), 0)
+    assert batch_key(numbers, 0) != batch_key(strings, 0)
+    assert batch_key(numbers, 0) == batch_key(pd.DataFrame({"a": [3.0]}), 0)
+    assert batch_key(pd.Series([1.0]), 0) != batch_key(pd.Series(["x"]), 0)

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from tiffin import deadlines
-from tiffin.deadlines import deadline
+from tiffin.serving import deadlines
+from tiffin.serving.deadlines import deadline
 
 
 def run(main):  # type: ignore[no-untyped-def]

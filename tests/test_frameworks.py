@@ -13,8 +13,9 @@ import pytest
 import yaml
 
 import tiffin
-from tiffin import frameworks, models
+from tiffin import frameworks
 from tiffin.exceptions import CorruptEntry, InvalidArgument, NotFound, TiffinError
+from tiffin.store import models
 
 
 class Threshold:

@@ -7,7 +7,7 @@ import socket
 
 import httpx
 
-from tiffin._http import BatchedWritesProtocol, _BatchedWrites
+from tiffin.process.uvicorn_glue import BatchedWritesProtocol, _BatchedWrites
 
 
 class Recording:

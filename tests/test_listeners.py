@@ -10,7 +10,7 @@ import socket
 import pytest
 
 from tiffin.exceptions import TiffinError
-from tiffin.listeners import Listeners
+from tiffin.process.listeners import Listeners
 
 
 def _serving(sock: socket.socket) -> socket.socket:

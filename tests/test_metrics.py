@@ -9,7 +9,7 @@ import random
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 import tiffin
-from tiffin.metrics import LATENCY_BUCKETS, ServerMetrics
+from tiffin.serving.metrics import LATENCY_BUCKETS, ServerMetrics
 
 
 def reference(requests: list[tuple[str, str, int, float]]) -> bytes:
@@ -81,7 +81,7 @@ def test_embedded_runner_figures_add_up_over_the_workers_files(tmp_path) -> None
 
     import numpy as np
 
-    from tiffin.metrics import STATS_FILE, RunnerCollector, SharedRunnerStats
+    from tiffin.serving.metrics import STATS_FILE, RunnerCollector, SharedRunnerStats
 
     runner = tiffin.Runner(_Doubler, name="doubler", embedded=True)
     service = tiffin.Service("m", runners=[runner])

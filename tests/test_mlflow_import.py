@@ -21,10 +21,10 @@ from click.testing import CliRunner
 
 import tiffin
 from tests.fixtures_mlflow import fitted_classifier, iris_like, save_sklearn, store_is_empty
-from tiffin import uris
 from tiffin.cli import main
 from tiffin.exceptions import ImportFailed, InvalidArgument, MissingDependency, NotFound
 from tiffin.frameworks import mlflow as tiffin_mlflow
+from tiffin.store import uris
 
 pytestmark = pytest.mark.usefixtures("mlflow_env")
 
@@ -482,7 +482,7 @@ def _python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 def test_import_tiffin_does_not_import_mlflow(subprocess_env: dict[str, str]) -> None:
     code = (
-        "import sys, tiffin, tiffin.uris; tiffin.mlflow.MLFLOW_MODEL_FOLDER\n"
+        "import sys, tiffin, tiffin.store.uris; tiffin.mlflow.MLFLOW_MODEL_FOLDER\n"
         "assert 'mlflow' not in sys.modules, 'mlflow imported'\n"
         "assert 'mlflow' in tiffin.__all__ and tiffin.__all__ == sorted(tiffin.__all__)\n"
         "print('ok')"

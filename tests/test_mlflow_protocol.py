@@ -33,8 +33,8 @@ from tests.test_serving_support import (
 from tiffin.config import load_settings
 from tiffin.exceptions import InvalidArgument
 from tiffin.io import JSON
-from tiffin.model_service import build_service
-from tiffin.server import build_app
+from tiffin.serving.app import build_app
+from tiffin.serving.model_service import build_service
 
 pytestmark = [
     pytest.mark.anyio,

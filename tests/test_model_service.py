@@ -24,8 +24,8 @@ from tests.test_serving_support import (
     store_at,
 )
 from tiffin.exceptions import InvalidArgument, NotFound
-from tiffin.model_service import _name_from_uri, build_service, resolve_model
-from tiffin.server import build_app
+from tiffin.serving.app import build_app
+from tiffin.serving.model_service import _name_from_uri, build_service, resolve_model
 
 pytestmark = [
     pytest.mark.anyio,
@@ -133,7 +133,7 @@ async def test_schemas_come_from_the_signature_and_the_input_example(models: Mod
 
 async def test_predict_is_batched_by_default_and_not_with_no_batching(models: Models) -> None:
     service = build_service(models.pyfunc)
-    assert service.runners[0].predict.config.batchable
+    assert service.runners[0].predict.settings.batchable
     async with asgi_client(build_app(service)) as client:
         rows = models.X[:40].tolist()
         responses = await asyncio.gather(*(client.post("/predict", json=[row]) for row in rows))
@@ -141,7 +141,7 @@ async def test_predict_is_batched_by_default_and_not_with_no_batching(models: Mo
         metrics = (await client.get("/metrics")).text
     assert _sample(metrics, "tiffin_runner_calls_total") == 40
     assert _sample(metrics, "tiffin_runner_batches_total") < 40
-    assert not build_service(models.pyfunc, batching=False).runners[0].predict.config.batchable
+    assert not build_service(models.pyfunc, batching=False).runners[0].predict.settings.batchable
 
 
 async def test_bad_rows_are_400s_that_never_fail_their_neighbours(models: Models) -> None:

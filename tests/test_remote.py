@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 
 import tiffin
-from tiffin import transport
 from tiffin.exceptions import RunnerError, RunnerUnavailable
-from tiffin.remote import RemoteRunner, serve_runner
+from tiffin.runner import wire
+from tiffin.runner.remote import RemoteRunner
+from tiffin.runner.runner_server import serve_runner
 
 
 class Slow(tiffin.Runnable):
@@ -73,7 +74,7 @@ def runner_process(tmp_path: Path):
 
 def test_frames_round_trip_arrays_out_of_band_and_writable():
     big = np.arange(100_000, dtype=np.float32).reshape(1000, 100)
-    chunks = transport.encode((7, "ok", {"a": big, "b": [1, "x"]}))
+    chunks = wire.encode((7, "ok", {"a": big, "b": [1, "x"]}))
     assert len(chunks) == 3  # prefix, pickle header, the array's own memory
     assert sum(len(c) for c in chunks[:2]) < 1000  # the array is not inside the pickle
 
@@ -82,7 +83,7 @@ def test_frames_round_trip_arrays_out_of_band_and_writable():
         for chunk in chunks:
             reader.feed_data(bytes(chunk))
         reader.feed_eof()
-        return await transport.receive(reader)
+        return await wire.receive(reader)
 
     call_id, status, value = asyncio.run(round_trip())
     assert (call_id, status, value["b"]) == (7, "ok", [1, "x"])
@@ -95,10 +96,10 @@ def test_unpicklable_errors_become_runner_errors():
         def __reduce__(self):
             raise TypeError("no pickling")
 
-    err = transport.picklable_error(Odd("boom"))
+    err = wire.picklable_error(Odd("boom"))
     assert isinstance(err, RunnerError) and "Odd: boom" in str(err)
     plain = ValueError("fine")
-    assert transport.picklable_error(plain) is plain
+    assert wire.picklable_error(plain) is plain
 
 
 async def _attach(runner: tiffin.Runner, socket_path: str) -> RemoteRunner:

@@ -94,7 +94,7 @@ def test_run_and_async_run_from_several_event_loops_and_threads():
             results = list(pool.map(lambda i: runner.double.run(np.array([i])), range(32)))
         assert [r.tolist() for r in results] == [[2 * i] for i in range(32)]
         # every call ran on the runner's one worker thread
-        assert len(runner._instance.threads) == 1  # type: ignore[union-attr]
+        assert len(runner.backend.instance.threads) == 1  # type: ignore[union-attr]
     finally:
         runner.destroy()
 
@@ -111,7 +111,7 @@ def test_concurrent_async_calls_are_batched_and_each_gets_its_own_rows():
     try:
         results = asyncio.run(main())
         assert [r.tolist() for r in results] == [[[2 * i, 2 * i]] for i in range(40)]
-        batches = runner._instance.batches  # type: ignore[union-attr]
+        batches = runner.backend.instance.batches  # type: ignore[union-attr]
         assert sum(batches) == 40
         assert max(batches) > 1, "concurrent calls were never batched"
         snap = runner.double.stats.snapshot()  # type: ignore[union-attr]
@@ -127,13 +127,13 @@ def test_max_batch_size_and_latency_come_from_runner_and_method_configs():
         max_latency_ms=100,
         method_configs={"double": {"max_batch_size": 4}},
     )
-    assert runner.double.config.max_batch_size == 4
-    assert runner.double.config.max_latency_ms == 100
+    assert runner.double.settings.max_batch_size == 4
+    assert runner.double.settings.max_latency_ms == 100
     runner.init_local()
     try:
         out = runner.double.run(np.arange(10))
         assert out.tolist() == list(range(0, 20, 2))
-        assert max(runner._instance.batches) <= 4  # type: ignore[union-attr]
+        assert max(runner.backend.instance.batches) <= 4  # type: ignore[union-attr]
     finally:
         runner.destroy()
     with pytest.raises(InvalidArgument, match="unknown method"):
@@ -257,8 +257,8 @@ def test_model_exception_reaches_every_caller_and_runner_keeps_working():
 def test_configure_changes_every_method():
     runner = tiffin.Runner(Recorder)
     runner.configure(max_batch_size=16, max_latency_ms=250)
-    assert runner.double.config.max_batch_size == 16
-    assert runner.echo.config.max_latency_ms == 250
+    assert runner.double.settings.max_batch_size == 16
+    assert runner.echo.settings.max_latency_ms == 250
     with pytest.raises(InvalidArgument):
         runner.configure(max_latency_ms=-1)
 

@@ -60,7 +60,7 @@ svc = tiffin.Service("e2e", runners=[doubler, sleeper])
 
 @svc.on_startup
 def started():
-    log.warning("startup hook ran; doubler initialised: %s", doubler.is_initialized)
+    log.warning("startup hook ran; doubler initialised: %s", doubler.backend is not None)
 
 
 @svc.on_shutdown

@@ -15,10 +15,10 @@ from tests.test_serving_support import asgi_client
 from tiffin.config import load_settings
 from tiffin.exceptions import InvalidArgument
 from tiffin.io import JSON, File, Multipart, NumpyNdarray, PandasDataFrame, Text
-from tiffin.openapi import openapi_spec
-from tiffin.serve import JSONFormatter
-from tiffin.server import build_app
-from tiffin.service import Service
+from tiffin.process.logs import JSONFormatter
+from tiffin.serving.app import build_app
+from tiffin.serving.openapi import openapi_spec
+from tiffin.serving.service import Service
 
 pytestmark = pytest.mark.anyio
 
@@ -162,7 +162,7 @@ async def test_settings_reach_the_runners_and_apis() -> None:
         environ={},
     )  # fmt: skip
     app = build_app(svc, settings)
-    config = svc.runners[0].predict.config
+    config = svc.runners[0].predict.settings
     assert (config.max_batch_size, config.max_latency_ms) == (7, 123)
     assert app.state.tiffin.api_timeout("predict") == 3
     assert app.state.tiffin.api_timeout("not_an_array") == 60
@@ -242,7 +242,7 @@ def test_json_log_lines() -> None:
 
 
 def test_log_times_formatted_once_a_second_read_as_loggings_own() -> None:
-    from tiffin.serve import _Formatter
+    from tiffin.process.logs import TextFormatter as _Formatter
 
     ours = _Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     stdlib = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -15,8 +15,8 @@ import tiffin
 from tests.test_serving_support import asgi_client
 from tiffin.exceptions import InvalidArgument
 from tiffin.io import JSON, NumpyNdarray, Text
-from tiffin.server import build_app
-from tiffin.service import MLFLOW_ROUTES, RESERVED_ROUTES, Service
+from tiffin.serving.app import build_app
+from tiffin.serving.service import MLFLOW_ROUTES, RESERVED_ROUTES, Service
 
 
 class Doubler(tiffin.Runnable):
@@ -153,7 +153,7 @@ async def test_runners_initialise_when_the_server_starts_then_hooks_run_in_order
 
     @svc.on_startup
     def first() -> None:
-        events.append(f"sync startup, runner initialised={runner.is_initialized}")
+        events.append(f"sync startup, runner initialised={(runner.backend is not None)}")
 
     @svc.on_startup
     async def second() -> None:
@@ -161,7 +161,7 @@ async def test_runners_initialise_when_the_server_starts_then_hooks_run_in_order
 
     @svc.on_shutdown
     async def bye() -> None:
-        events.append(f"shutdown, runner initialised={runner.is_initialized}")
+        events.append(f"shutdown, runner initialised={(runner.backend is not None)}")
 
     @svc.api(input=NumpyNdarray(dtype="float64"), output=NumpyNdarray())
     def predict(arr: np.ndarray) -> np.ndarray:
@@ -169,13 +169,13 @@ async def test_runners_initialise_when_the_server_starts_then_hooks_run_in_order
 
     app = build_app(svc)
     loaded = Doubler.loaded
-    assert not runner.is_initialized  # building the app loads nothing
+    assert not (runner.backend is not None)  # building the app loads nothing
     async with asgi_client(app) as client:
         assert Doubler.loaded == loaded + 1
         assert (await client.post("/predict", json=[1, 2])).json() == [2.0, 4.0]
         assert events == ["sync startup, runner initialised=True", "async startup"]
     assert events[-1] == "shutdown, runner initialised=True"  # hooks before the release
-    assert not runner.is_initialized
+    assert not (runner.backend is not None)
 
 
 @pytest.mark.anyio

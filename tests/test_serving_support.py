@@ -195,6 +195,6 @@ async def asgi_client(app: Any, *, ready: bool = True) -> AsyncIterator[httpx.As
 def store_at(home: Path) -> Any:
     """The model store under ``home`` (for module-scoped fixtures; tests get their own)."""
     from tiffin.models import MODEL_FILE
-    from tiffin.store import Store
+    from tiffin.store.versioned import Store
 
     return Store(home / "models", "model", MODEL_FILE)

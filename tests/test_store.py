@@ -14,7 +14,7 @@ import pytest
 import tiffin
 from tiffin import models
 from tiffin.exceptions import AlreadyExists, InvalidArgument, NotFound, StoreError
-from tiffin.store import Store
+from tiffin.store.versioned import Store
 from tiffin.tag import Tag
 
 

@@ -328,7 +328,7 @@ def test_api_workers_pinned_to_cpus_of_their_own_or_left_alone(tmp_path, pin):
 
 
 def test_worker_cpus_pins_by_default_only_one_worker_per_cpu(monkeypatch):
-    from tiffin.supervisor import worker_cpus
+    from tiffin.process.workers import worker_cpus
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {2, 5})
     assert worker_cpus(None, 2) == [2, 5]  # one worker per allowed CPU

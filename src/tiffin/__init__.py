@@ -16,16 +16,17 @@ if TYPE_CHECKING:
     from tiffin import exceptions, io, models
     from tiffin.client import AsyncClient, Client
     from tiffin.frameworks import mlflow, picklable_model, sklearn
-    from tiffin.runner import Runnable, Runner
-    from tiffin.service import Service
+    from tiffin.runner.runnable import Runnable
+    from tiffin.runner.runner import Runner
+    from tiffin.serving.service import Service
 
 # attribute -> module that provides it (a module itself when the names match)
 _LAZY: dict[str, str] = {
     "AsyncClient": "tiffin.client",
     "Client": "tiffin.client",
-    "Runnable": "tiffin.runner",
-    "Runner": "tiffin.runner",
-    "Service": "tiffin.service",
+    "Runnable": "tiffin.runner.runnable",
+    "Runner": "tiffin.runner.runner",
+    "Service": "tiffin.serving.service",
     "exceptions": "tiffin.exceptions",
     "io": "tiffin.io",
     "mlflow": "tiffin.frameworks.mlflow",

@@ -76,7 +76,7 @@ _OUTPUT_LIST = click.Choice(["table", "json", "yaml"])
 @click.option("-o", "--output", type=_OUTPUT_LIST, default="table", show_default=True)
 def models_list(name: str | None, output: str) -> None:
     """List models, newest first (optionally only NAME's versions)."""
-    from tiffin import models as store_models
+    from tiffin.store import models as store_models
 
     found, broken = store_models.scan(name)
     if output == "table":
@@ -115,7 +115,7 @@ def models_list(name: str | None, output: str) -> None:
 )
 def models_get(tag: str, output: str) -> None:
     """Show one model's model.yaml, or its directory with -o path."""
-    from tiffin import models as store_models
+    from tiffin.store import models as store_models
 
     model = store_models.get(tag)
     if output == "path":
@@ -129,7 +129,7 @@ def models_get(tag: str, output: str) -> None:
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 def models_delete(tag: str, yes: bool) -> None:
     """Delete one model version."""
-    from tiffin import models as store_models
+    from tiffin.store import models as store_models
 
     model = store_models.get(tag)
     if not yes and not click.confirm(f"Delete model '{model.tag}'?", err=True):
@@ -144,18 +144,18 @@ def models_delete(tag: str, yes: bool) -> None:
 @click.argument("path", type=click.Path())
 def models_export(tag: str, path: str) -> None:
     """Write a model to one .tiffinmodel archive (PATH is a file or a directory)."""
-    from tiffin import models as store_models
+    from tiffin.store.archive import export_model
 
-    click.echo(store_models.export_model(tag, path))
+    click.echo(export_model(tag, path))
 
 
 @models.command("import")
 @click.argument("path", type=click.Path())
 def models_import(path: str) -> None:
     """Add a model from a .tiffinmodel archive."""
-    from tiffin import models as store_models
+    from tiffin.store.archive import import_model
 
-    model = store_models.import_model(path)
+    model = import_model(path)
     click.echo(f"imported model '{model.tag}'")
 
 
@@ -218,9 +218,9 @@ def models_import_mlflow(
               show_default=True)
 def models_predict(tag: str, method: str, input_path: str, output: str) -> None:
     """Run a stored model once on a file's data, like `mlflow models predict`."""
-    from tiffin import inputs
-    from tiffin import models as store_models
-    from tiffin.exceptions import InvalidArgument
+    from tiffin.exceptions import InvalidArgument, PredictFailed
+    from tiffin.io import payloads as inputs
+    from tiffin.store import models as store_models
 
     model = store_models.get(tag)
     payload = inputs.read_file(input_path)
@@ -235,7 +235,7 @@ def models_predict(tag: str, method: str, input_path: str, output: str) -> None:
     except TiffinError:
         raise
     except Exception as exc:
-        raise TiffinError(
+        raise PredictFailed(
             f"model '{model.tag}' {method} failed on {input_path}: {type(exc).__name__}: {exc}"
         ) from exc
     finally:
@@ -282,15 +282,13 @@ def _settings(config_file: str | None, **overrides: Any) -> Any:
 @click.option("--reload", is_flag=True, help="Restart when source files change (development).")
 def serve(target: str, config_file: str | None, reload: bool, **overrides: Any) -> None:
     """Serve a tiffin.Service: TARGET is module:attr or path/to/file.py:attr."""
-    from tiffin.serve import serve as run_serve
-
     settings = _settings(config_file, **overrides)
     if settings.workers > 1:
-        from tiffin.supervisor import ServiceSource, serve_workers
-
         if reload:
             raise click.UsageError("--reload works with one worker only")
-        sys.exit(serve_workers(ServiceSource(target=target), settings, settings.workers))
+        sys.exit(_serve_workers(settings, target=target))
+    from tiffin.process.serve import serve as run_serve
+
     run_serve(target, settings, reload=reload)
 
 
@@ -300,19 +298,25 @@ def serve(target: str, config_file: str | None, reload: bool, **overrides: Any) 
 @click.option("--no-batching", is_flag=True, help="Call predict once per request.")
 def serve_model(target: str, config_file: str | None, no_batching: bool, **overrides: Any) -> None:
     """Serve one stored model (TAG), or an MLflow model URI imported first."""
-    from tiffin.model_service import build_service, resolve_model
-    from tiffin.serve import run_app
-    from tiffin.server import build_app
+    from tiffin.serving.model_service import build_service, resolve_model
 
     settings = _settings(config_file, **overrides)
     model = resolve_model(target)
     click.echo(f"serving model '{model.tag}' ({model.info.module})", err=True)
     if settings.workers > 1:
-        from tiffin.supervisor import ServiceSource, serve_workers
+        sys.exit(_serve_workers(settings, model_tag=str(model.tag), batching=not no_batching))
+    from tiffin.process.serve import run_app
+    from tiffin.serving.app import build_app
 
-        source = ServiceSource(model_tag=str(model.tag), batching=not no_batching)
-        sys.exit(serve_workers(source, settings, settings.workers))
     run_app(build_app(build_service(model, batching=not no_batching), settings), settings)
+
+
+def _serve_workers(settings: Any, **source: Any) -> int:
+    """``--workers N``. The HTTP app must not be imported before this: the supervisor sets
+    prometheus-client's multiprocess directory, which prometheus-client reads once, on import."""
+    from tiffin.process.supervisor import ServiceSource, serve_workers
+
+    return serve_workers(ServiceSource(**source), settings, settings.workers)
 
 
 if __name__ == "__main__":  # pragma: no cover

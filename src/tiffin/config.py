@@ -55,6 +55,10 @@ _NOT_SETTINGS = frozenset(
     }
 )
 _NESTED = ("runners", "apis")
+#: prometheus-client's multiprocess directory, which the supervisor sets for ``--workers N``
+#: (before prometheus-client is imported: it reads the variable once) so that /metrics on any
+#: API worker shows the counts of every worker
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class RunnerSettings(BaseModel):

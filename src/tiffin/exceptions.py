@@ -1,11 +1,67 @@
 """The tiffin error tree.
 
-Every error tiffin raises on purpose is a :class:`TiffinError`. Each class carries the HTTP
-status the server answers with and the exit code the CLI ends with; only those two boundaries
-turn an error into a response or an exit.
+Every error tiffin raises on purpose is a named subclass of :class:`TiffinError`. Each class
+carries the HTTP status the server answers with (``http_status``), the code in the JSON body
+(``error_code``) and the exit code the CLI ends with (``exit_code``); only those two
+boundaries turn an error into a response or an exit. Third-party errors are wrapped where
+they enter, with ``raise ... from exc``.
+
+::
+
+    TiffinError                       500  exit 1
+    ├── NotFound                      404  exit 1  a model, tiffin, run or file
+    ├── InvalidArgument               400  exit 2  bad input, option or setting
+    │   ├── InvalidTag                              a name or version breaks the rule
+    │   ├── InvalidArchive                          a truncated, corrupt or unsafe archive
+    │   ├── UnsupportedMediaType      415
+    │   └── PayloadTooLarge           413
+    ├── AlreadyExists                 409  exit 1  saving would overwrite
+    ├── StoreError                                  the store cannot be read or written
+    │   ├── CorruptEntry                            a metadata file is unreadable
+    │   ├── UnknownFramework                        model.yaml names no framework tiffin knows
+    │   └── ExportFailed                            an archive could not be written
+    ├── MissingDependency                           an optional extra is not installed
+    ├── ImportFailed                                importing from outside (an MLflow URI)
+    ├── LoadFailed                                  a stored model could not be loaded
+    ├── RunnerError                                 a runner used wrongly, or its model raised
+    │   └── PredictFailed                           ``tiffin models predict``: the model raised
+    ├── InvalidOutput                 500           an API returned what its descriptor
+    │                                               cannot encode (a server-side bug)
+    ├── RunnerUnavailable             503           a runner process is down
+    ├── Overloaded                    503           queued past max_latency_ms
+    ├── ServerError                                 a server could not start
+    │   └── AddressInUse                            its address is taken
+    └── RemoteError                   (the answer)  a tiffin server answered with an error
 """
 
 from __future__ import annotations
+
+__all__ = [
+    "AddressInUse",
+    "AlreadyExists",
+    "CorruptEntry",
+    "ExportFailed",
+    "ImportFailed",
+    "InvalidArchive",
+    "InvalidArgument",
+    "InvalidOutput",
+    "InvalidTag",
+    "LoadFailed",
+    "MissingDependency",
+    "NotFound",
+    "Overloaded",
+    "PayloadTooLarge",
+    "PredictFailed",
+    "RemoteError",
+    "RunnerError",
+    "RunnerUnavailable",
+    "ServerError",
+    "StoreError",
+    "TiffinError",
+    "UnknownFramework",
+    "UnsupportedMediaType",
+    "missing_dependency",
+]
 
 
 class TiffinError(Exception):
@@ -74,6 +130,14 @@ class CorruptEntry(StoreError):
     """A store entry's metadata file is unreadable or breaks its schema."""
 
 
+class UnknownFramework(StoreError):
+    """A model names a framework module tiffin does not know (``model.yaml``'s ``module``)."""
+
+
+class ExportFailed(StoreError):
+    """An archive of a store entry could not be written."""
+
+
 class MissingDependency(TiffinError):
     """An optional dependency (a framework) is not installed."""
 
@@ -82,8 +146,24 @@ class ImportFailed(TiffinError):
     """Importing a model from outside (an MLflow URI, a file) failed."""
 
 
+class LoadFailed(TiffinError):
+    """A stored model could not be loaded (its framework raised)."""
+
+
 class RunnerError(TiffinError):
     """A runner was used wrongly, or its model raised."""
+
+
+class PredictFailed(RunnerError):
+    """``tiffin models predict``: the model raised on the given input."""
+
+
+class ServerError(TiffinError):
+    """A server could not start."""
+
+
+class AddressInUse(ServerError):
+    """The address a server was to listen on is taken."""
 
 
 class InvalidOutput(TiffinError):

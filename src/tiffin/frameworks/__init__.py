@@ -1,96 +1,63 @@
-"""tiffin's registry of framework modules, and what they share.
+"""The framework layer: one module per framework on one contract, and their registry.
 
-``model.yaml`` records ``module: tiffin.<framework>``; it is resolved through the fixed table
-below, never imported as an arbitrary string, so a hand-edited store cannot make tiffin import
-code of its choosing.
+Each framework module (``tiffin.frameworks.sklearn``, ``.picklable_model``, ``.mlflow``)
+offers ``save_model`` (``import_model`` for MLflow), ``load_model``, ``get`` and
+``get_runnable``: how to write a model into the store, read it back, and call it through a
+runner. ``model.yaml`` records ``module: tiffin.<framework>``; it is resolved through the
+fixed table below, never imported as an arbitrary string, so a hand-edited store cannot make
+tiffin import code of its choosing.
+
+May import: the runner layer, the store layer, ``tag``, ``config``, ``batch_settings``,
+``exceptions``; ML libraries only inside functions (they are optional extras).
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from tiffin.exceptions import InvalidArgument, TiffinError
+from tiffin.runner.runner import Runner
+from tiffin.store.models import FRAMEWORKS, check_module
 
 if TYPE_CHECKING:
-    from tiffin.models import Model
-    from tiffin.runner import Runnable
-    from tiffin.store import Store
-    from tiffin.tag import Tag
+    from tiffin.runner.runnable import Runnable
+    from tiffin.store.models import Model
 
-REGISTRY: dict[str, str] = {
-    "mlflow": "tiffin.frameworks.mlflow",
-    "sklearn": "tiffin.frameworks.sklearn",
-    "picklable_model": "tiffin.frameworks.picklable_model",
-}
+__all__ = ["REGISTRY", "load", "runnable_for", "runner_for"]
+
+#: framework name (model.yaml records ``module: tiffin.<name>``) -> the module that implements it
+REGISTRY: dict[str, str] = {name: f"tiffin.frameworks.{name}" for name in FRAMEWORKS}
 
 
 def load(module: str) -> ModuleType:
     """The framework module for ``tiffin.<framework>`` (or a bare framework name)."""
-    name = module.removeprefix("tiffin.")
-    try:
-        target = REGISTRY[name]
-    except KeyError:
-        raise TiffinError(
-            f"unknown framework module {module!r}; tiffin knows "
-            + ", ".join(f"tiffin.{n}" for n in sorted(REGISTRY))
-        ) from None
-    return importlib.import_module(target)
+    return importlib.import_module(REGISTRY[check_module(module)])
 
 
-def get_model(tag_or_model: Tag | str | Model, module: str, store: Store | None = None) -> Model:
-    """Resolve to a stored Model and check it was saved by ``module``."""
-    from tiffin import models
-
-    model = tag_or_model if isinstance(tag_or_model, models.Model) else models.get(
-        tag_or_model, store=store
-    )
-    if model.info.module != module:
-        raise InvalidArgument(
-            f"model '{model.tag}' was saved with {model.info.module}, not {module}; "
-            f"load it with {model.info.module}.load_model"
-        )
-    return model
-
-
-def check_methods(obj: Any, signatures: Mapping[str, Any], what: str) -> None:
-    """Every declared signature must name a callable the object has."""
-    for method in signatures:
-        if not callable(getattr(obj, method, None)):
-            raise InvalidArgument(
-                f"signature names method {method!r}, but the {what} ({type(obj).__name__}) "
-                "has no such method"
-            )
-
-
-def model_runnable(model: Model, load: Callable[[Model], Any], framework: str) -> type[Runnable]:
-    """A Runnable class whose methods are the model's signatures, called on the loaded object."""
-    from tiffin.runner import Runnable
-
-    def __init__(self: Any) -> None:
-        self.model = load(model)
-        check_methods(self.model, model.info.signatures, f"loaded {framework} model")
-
-    runnable: type[Runnable] = type(
-        f"{framework.title().replace('_', '')}Runnable",
-        (Runnable,),
-        {"__init__": __init__, "SUPPORTS_CPU_MULTI_THREADING": True},
-    )
-    for method, signature in model.info.signatures.items():
-        runnable.add_method(
-            method,
-            _forward(method),
-            batchable=signature["batchable"],
-            batch_dim=signature["batch_dim"],
-        )
+def runnable_for(model: Model) -> type[Runnable]:
+    """The Runnable class that runs ``model``, from the framework that saved it."""
+    runnable: type[Runnable] = load(model.info.module).get_runnable(model)
     return runnable
 
 
-def _forward(method: str) -> Callable[..., Any]:
-    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
-        return getattr(self.model, method)(*args, **kwargs)
-
-    call.__name__ = method
-    return call
+def runner_for(
+    model: Model,
+    *,
+    name: str | None = None,
+    max_batch_size: int | None = None,
+    max_latency_ms: float | None = None,
+    method_configs: Mapping[str, Mapping[str, Any]] | None = None,
+    embedded: bool = False,
+) -> Runner:
+    """What ``model.to_runner()`` returns: a Runner whose methods are the model's signatures."""
+    return Runner(
+        runnable_for(model),
+        name=name or model.tag.name,
+        models=[model],
+        max_batch_size=max_batch_size,
+        max_latency_ms=max_latency_ms,
+        method_configs=method_configs,
+        embedded=embedded,
+    )

@@ -11,14 +11,17 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from tiffin.exceptions import InvalidArgument, missing_dependency
-from tiffin.frameworks import get_model, model_runnable
-from tiffin.frameworks._pickle import load_pickled, save_pickled
+from tiffin.frameworks.picklable_model import load_pickled, save_pickled
+from tiffin.runner.runnable import model_runnable
+from tiffin.store.models import get_saved_with
 
 if TYPE_CHECKING:
-    from tiffin.models import Model
-    from tiffin.runner import Runnable
-    from tiffin.store import Store
+    from tiffin.runner.runnable import Runnable
+    from tiffin.store.models import Model
+    from tiffin.store.versioned import Store
     from tiffin.tag import Tag
+
+__all__ = ["MODEL_FILE", "MODULE", "get", "get_runnable", "load_model", "save_model"]
 
 MODULE = "tiffin.sklearn"
 MODEL_FILE = "model.pkl"
@@ -64,13 +67,13 @@ def save_model(
 
 
 def get(tag: Tag | str, *, store: Store | None = None) -> Model:
-    return get_model(tag, MODULE, store)
+    return get_saved_with(tag, MODULE, store)
 
 
 def load_model(tag_or_model: Tag | str | Model, *, store: Store | None = None) -> Any:
     """The estimator itself."""
     _sklearn_version()
-    return load_pickled(get_model(tag_or_model, MODULE, store))
+    return load_pickled(get_saved_with(tag_or_model, MODULE, store))
 
 
 def get_runnable(model: Model) -> type[Runnable]:

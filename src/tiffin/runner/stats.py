@@ -13,6 +13,8 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
+__all__ = ["SECONDS_BUCKETS", "SIZE_BUCKETS", "BatchStats", "Buckets", "CostModel", "add_snapshots"]
+
 # Bucket upper bounds, Prometheus style (a +Inf bucket is implied).
 SIZE_BUCKETS: tuple[float, ...] = tuple(float(2**i) for i in range(14))  # 1 .. 8192 rows
 SECONDS_BUCKETS: tuple[float, ...] = (
@@ -20,8 +22,9 @@ SECONDS_BUCKETS: tuple[float, ...] = (
 )  # fmt: skip
 
 
-class Histogram:
-    """A cumulative histogram (Prometheus semantics: bucket ``le`` counts values ``<= le``)."""
+class Buckets:
+    """Counts of values by bucket, read as a cumulative histogram (Prometheus semantics: bucket
+    ``le`` counts values ``<= le``); plain Python, not a prometheus-client metric."""
 
     __slots__ = ("_counts", "bounds", "count", "sum")
 
@@ -52,7 +55,7 @@ class BatchStats:
     Counters: ``calls`` and ``rows`` submitted, ``batches`` run, ``failed_batches`` (infer
     raised), ``isolated_calls`` (re-run alone after their batch failed), ``overloaded`` calls
     (answered past max_latency_ms), ``cancelled`` calls.
-    Histograms: ``batch_size`` (rows per batch), ``queue_wait`` (seconds a call waited for its
+    Buckets: ``batch_rows`` (rows per batch), ``queue_wait`` (seconds a call waited for its
     batch to start) and ``run_time`` (seconds per batch in ``infer``).
     """
 
@@ -64,9 +67,9 @@ class BatchStats:
         self.isolated_calls = 0
         self.overloaded = 0
         self.cancelled = 0
-        self.batch_size = Histogram(SIZE_BUCKETS)
-        self.queue_wait = Histogram(SECONDS_BUCKETS)
-        self.run_time = Histogram(SECONDS_BUCKETS)
+        self.batch_rows = Buckets(SIZE_BUCKETS)
+        self.queue_wait = Buckets(SECONDS_BUCKETS)
+        self.run_time = Buckets(SECONDS_BUCKETS)
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -77,7 +80,7 @@ class BatchStats:
             "isolated_calls": self.isolated_calls,
             "overloaded": self.overloaded,
             "cancelled": self.cancelled,
-            "batch_size": self.batch_size.snapshot(),
+            "batch_rows": self.batch_rows.snapshot(),
             "queue_wait_seconds": self.queue_wait.snapshot(),
             "run_time_seconds": self.run_time.snapshot(),
         }

@@ -9,12 +9,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tiffin.exceptions import InvalidArgument
-from tiffin.runner import Runner
+from tiffin.runner.runner import Runner
 from tiffin.tag import validate_part
 
 if TYPE_CHECKING:
+    from tiffin.config import ServeSettings
     from tiffin.io import IODescriptor
-    from tiffin.models import Model
+    from tiffin.store.models import Model
 
 # routes the server itself answers; an API may not take them
 RESERVED_ROUTES = frozenset(
@@ -145,10 +146,31 @@ class Service:
         self.shutdown_hooks.append(func)
         return func
 
+    def apply_settings(self, settings: ServeSettings) -> None:
+        """Apply the server's per-runner and per-API settings; a name the service does not
+        have is an error naming the ones it has."""
+        for name, overrides in settings.runners.items():
+            runner = next((r for r in self.runners if r.name == name), None)
+            if runner is None:
+                raise InvalidArgument(
+                    f"the settings configure runner {name!r}, but service {self.name!r} has "
+                    f"runners {[r.name for r in self.runners]}"
+                )
+            runner.apply_settings(overrides)
+        by_lower = {name.lower(): name for name in self.apis}
+        unknown = sorted(
+            name for name in settings.apis if name not in self.apis and name not in by_lower
+        )
+        if unknown:
+            raise InvalidArgument(
+                f"the settings configure API(s) {unknown}, but service {self.name!r} has APIs "
+                f"{sorted(self.apis)}"
+            )
+
     @property
     def asgi_app(self) -> Any:
         """A Starlette application serving this service (default settings)."""
-        from tiffin.server import build_app
+        from tiffin.serving.app import build_app
 
         return build_app(self)
 

@@ -79,7 +79,6 @@ from another running loop is an error, except after the first loop has been clos
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import math
 import time
 from collections import deque
@@ -87,61 +86,34 @@ from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
-from tiffin import containers
-from tiffin.batch_stats import BatchStats, CostModel, Histogram
+from tiffin.batch_settings import (
+    BatchDim,
+    check_batch_dim,
+    check_max_batch_size,
+    check_max_latency_ms,
+    input_dim,
+    output_dim,
+)
 from tiffin.exceptions import InvalidArgument, Overloaded, RunnerError
+from tiffin.runner import containers
+from tiffin.runner.merging import Call, run_merged, same_options
+from tiffin.runner.stats import BatchStats, CostModel
 
-__all__ = ["BatchStats", "CostModel", "Dispatcher", "Histogram", "current_batch_calls"]
+__all__ = ["Dispatcher"]
 
 _QUEUED, _STARTED, _DROPPED = 0, 1, 2
-
-# how many callers' calls the batch that infer is running holds (see current_batch_calls)
-_batch_calls: contextvars.ContextVar[int] = contextvars.ContextVar("tiffin_batch_calls", default=1)
-
-
-def current_batch_calls() -> int:
-    """Inside ``infer``: how many calls the batch it runs merges (1 outside a batch)."""
-    return _batch_calls.get()
-
 
 # batch cycles over which the population must hold steady before it is waited for
 POPULATION_CYCLES = 8
 
 
 @dataclass(eq=False, slots=True)
-class _Entry:
+class _Entry(Call):
     """One queued call (or one chunk of an oversize call)."""
 
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    signature: Hashable
-    rows: int
-    future: asyncio.Future[Any]
-    enqueued: float
+    key: Hashable = None
+    enqueued: float = 0.0
     state: int = _QUEUED
-
-
-def _same_options(left: dict[str, Any], right: dict[str, Any]) -> bool:
-    if left is right:
-        return True
-    try:
-        return bool(left == right)
-    except Exception:  # e.g. arrays as option values: treat as different
-        return False
-
-
-def _dims(batch_dim: int | tuple[int, int] | list[int]) -> tuple[int, int]:
-    if isinstance(batch_dim, int) and not isinstance(batch_dim, bool):
-        return batch_dim, batch_dim
-    if (
-        isinstance(batch_dim, (tuple, list))
-        and len(batch_dim) == 2
-        and all(isinstance(d, int) and not isinstance(d, bool) for d in batch_dim)
-    ):
-        return int(batch_dim[0]), int(batch_dim[1])
-    raise InvalidArgument(
-        f"batch_dim must be an int or an (input_dim, output_dim) pair, not {batch_dim!r}"
-    )
 
 
 class Dispatcher:
@@ -162,7 +134,7 @@ class Dispatcher:
         infer: Callable[..., Awaitable[Any]],
         *,
         name: str = "predict",
-        batch_dim: int | tuple[int, int] | list[int] = 0,
+        batch_dim: BatchDim | list[int] = 0,
         max_batch_size: int = 1024,
         max_latency_ms: float = 5000.0,
         max_concurrency: int = 1,
@@ -170,18 +142,15 @@ class Dispatcher:
         hold: bool = True,
         isolate: Callable[[Exception], bool] | None = None,
     ) -> None:
-        if not isinstance(max_batch_size, int) or max_batch_size < 1:
-            raise InvalidArgument(f"max_batch_size must be a positive int, not {max_batch_size!r}")
-        if not max_latency_ms > 0:
-            raise InvalidArgument(f"max_latency_ms must be positive, not {max_latency_ms!r}")
         if not isinstance(max_concurrency, int) or max_concurrency < 1:
             raise InvalidArgument(
                 f"max_concurrency must be a positive int, not {max_concurrency!r}"
             )
         self.name = name
-        self.input_dim, self.output_dim = _dims(batch_dim)
-        self.max_batch_size = max_batch_size
-        self.max_latency_ms = float(max_latency_ms)
+        dims = check_batch_dim(batch_dim)
+        self.input_dim, self.output_dim = input_dim(dims), output_dim(dims)
+        self.max_batch_size = check_max_batch_size(max_batch_size)
+        self.max_latency_ms = check_max_latency_ms(max_latency_ms)
         self.max_concurrency = max_concurrency
         self.stats = stats if stats is not None else BatchStats()
         self.cost = CostModel()
@@ -247,29 +216,29 @@ class Dispatcher:
                 f"batchable runner method '{self.name}' needs at least one positional payload"
             )
         dim = self.input_dim
-        rows = containers.batch_size(args[0], dim)
+        rows = containers.count_rows(args[0], dim)
         for arg in args[1:]:
-            other = containers.batch_size(arg, dim)
+            other = containers.count_rows(arg, dim)
             if other != rows:
                 raise InvalidArgument(
                     f"the payloads of one call to '{self.name}' hold different row counts "
                     f"({rows} and {other}) along batch_dim={dim}"
                 )
-        sig = (len(args), *(containers.signature(arg, dim) for arg in args))
+        key = (len(args), *(containers.batch_key(arg, dim) for arg in args))
         now = loop.time()
         self.stats.calls += 1
         self.stats.rows += rows
         self._note_arrival(now, rows)
 
         if rows <= self.max_batch_size:
-            entries = [_Entry(args, kwargs, sig, rows, loop.create_future(), now)]
+            entries = [_Entry(args, kwargs, rows, loop.create_future(), key, now)]
         else:
             sizes = [self.max_batch_size] * (rows // self.max_batch_size)
             if rows % self.max_batch_size:
                 sizes.append(rows % self.max_batch_size)
             pieces = [containers.split(arg, sizes, dim) for arg in args]
             entries = [
-                _Entry(tuple(p[i] for p in pieces), kwargs, sig, size, loop.create_future(), now)
+                _Entry(tuple(p[i] for p in pieces), kwargs, size, loop.create_future(), key, now)
                 for i, size in enumerate(sizes)
             ]
         for entry in entries:
@@ -483,7 +452,7 @@ class Dispatcher:
             entry = queue[0]
             if entry.state != _QUEUED:
                 queue.popleft()
-            elif entry.signature == head.signature and _same_options(entry.kwargs, head.kwargs):
+            elif entry.key == head.key and same_options(entry.kwargs, head.kwargs):
                 if rows + entry.rows > self.max_batch_size:
                     break
                 queue.popleft()
@@ -504,77 +473,39 @@ class Dispatcher:
 
     async def _run_batch(self, batch: list[_Entry]) -> None:
         loop = asyncio.get_running_loop()
-        head = batch[0]
         rows = sum(entry.rows for entry in batch)
         stats = self.stats
         stats.batches += 1
-        stats.batch_size.observe(rows)
-        try:
-            if len(batch) == 1:
-                merged = head.args
-            else:
-                merged = tuple(
-                    containers.concat([entry.args[i] for entry in batch], self.input_dim)
-                    for i in range(len(head.args))
-                )
+        stats.batch_rows.observe(rows)
+        elapsed = 0.0
+
+        async def infer(payloads: tuple[Any, ...], kwargs: dict[str, Any], calls: int) -> Any:
+            nonlocal elapsed
             started = loop.time()
-            _batch_calls.set(len(batch))  # this task's own context: seen by infer alone
-            result = await self._infer(*merged, **head.kwargs)
+            result = await self._infer(*payloads, **kwargs)
             elapsed = loop.time() - started
-            try:
-                parts = containers.split(result, [entry.rows for entry in batch], self.output_dim)
-            except InvalidArgument as exc:
-                raise RunnerError(f"runner method '{self.name}': {exc}") from exc
-        except BaseException as exc:
-            stats.failed_batches += 1
-            if (
-                isinstance(exc, Exception)
-                and len(batch) > 1
-                and (self._isolate is None or self._isolate(exc))
-            ):
-                # one caller's bad input must not fail everyone it was batched with: run each
-                # call once more on its own, so an error reaches only the calls it belongs to
-                await self._run_alone(batch)
-                return
-            self._fail(batch, exc)
-        else:
-            stats.run_time.observe(elapsed)
-            self.cost.add(rows, elapsed)
-            for entry, part in zip(batch, parts, strict=True):
-                if not entry.future.done():
-                    entry.future.set_result(part)
+            return result
+
+        try:
+            outcome = await run_merged(
+                infer,
+                batch,
+                input_dim=self.input_dim,
+                output_dim=self.output_dim,
+                name=self.name,
+                isolate=self._isolate,
+            )
         finally:
             self._in_flight -= 1
             self._running_rows -= rows
             self._wake.set()
-
-    def _fail(self, batch: list[_Entry], exc: BaseException) -> None:
-        """Answer every call of ``batch`` with ``exc``; re-raise a cancellation after."""
-        error = exc
-        if not isinstance(exc, Exception):  # cancelled by loop shutdown: still answer
-            error = RunnerError(f"a batch of runner method '{self.name}' was interrupted")
-        for entry in batch:
-            if not entry.future.done():
-                entry.future.set_exception(error)
-        if error is not exc:
-            raise exc
-
-    async def _run_alone(self, batch: list[_Entry]) -> None:
-        """After a failed batch: each call alone, its own answer or its own error."""
-        self.stats.isolated_calls += len(batch)
-        _batch_calls.set(1)
-        for index, entry in enumerate(batch):
-            if entry.future.done():  # cancelled meanwhile
-                continue
-            try:
-                result = await self._infer(*entry.args, **entry.kwargs)
-            except Exception as exc:
-                entry.future.set_exception(exc)
-            except BaseException as exc:
-                self._fail(batch[index:], exc)
-            else:
-                if not entry.future.done():
-                    entry.future.set_result(result)
+        if outcome == "ok":
+            stats.run_time.observe(elapsed)
+            self.cost.add(rows, elapsed)
+            return
+        stats.failed_batches += 1
+        if outcome == "isolated":
+            stats.isolated_calls += len(batch)
 
     def _fail_queued(self, exc: BaseException) -> None:
         while self._queue:

@@ -20,8 +20,6 @@ import asyncio
 import io
 import logging
 import sys
-from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -29,19 +27,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from tiffin.deadlines import deadline as request_deadline
 from tiffin.exceptions import Overloaded, TiffinError
+from tiffin.frameworks.mlflow.loading import MLFLOW_MODEL_FOLDER, MODULE
+from tiffin.frameworks.mlflow.schema import frame_validator, serving_input_example
+from tiffin.serving.deadlines import deadline as request_deadline
 
 if TYPE_CHECKING:
-    from tiffin.models import Model
-    from tiffin.runner import Runner
-    from tiffin.server import AppState
-    from tiffin.service import Service
+    from tiffin.runner.runner import Runner
+    from tiffin.serving.app import AppState
+    from tiffin.serving.service import Service
+    from tiffin.store.models import Model
 
 logger = logging.getLogger("tiffin.server")
 
-MLFLOW_MODULE = "tiffin.mlflow"
-MLFLOW_MODEL_FOLDER = "mlflow_model"
 ACCEPTED = ("application/json", "text/csv", "application/vnd.apache.parquet")
 #: bodies at least this big are parsed in a worker thread, off the event loop
 OFFLOAD_BYTES = 1 << 20
@@ -53,7 +51,7 @@ def mlflow_runner(service: Service) -> tuple[Runner, Model] | None:
         (runner, model)
         for runner in service.runners
         for model in runner.models
-        if model.info.module == MLFLOW_MODULE and "predict" in runner.methods
+        if model.info.module == MODULE and "predict" in runner.methods
     ]
     return found[0] if len(found) == 1 else None
 
@@ -90,46 +88,6 @@ def _check_content_type(header: str) -> str | Response:
             f"Got {header!r}.",
         )
     return mime.lower()
-
-
-# -- shared with serve-model -------------------------------------------------------------------
-
-
-def signature_schema(model: Model) -> Any:
-    """The model's MLflow input schema (``mlflow.types.Schema``), or None."""
-    from mlflow.models import Model as MlflowModel
-
-    path = Path(model.path_of(MLFLOW_MODEL_FOLDER)) / "MLmodel"
-    return MlflowModel.load(str(path)).get_input_schema()
-
-
-def frame_validator(model: Model) -> Callable[[Any], Any] | None:
-    """A function that checks (and casts) one caller's DataFrame against the model's
-    column signature, as MLflow's ``predict`` would; None when the model has none.
-
-    DataFrames of the same columns batch together whatever their dtypes, so a frame the
-    signature rejects must be turned away before it joins a batch, not fail the batch.
-    """
-    if model.info.module != MLFLOW_MODULE:
-        return None
-    schema = signature_schema(model)
-    if schema is None or schema.is_tensor_spec() or not schema.has_input_names():
-        return None
-    import pandas as pd
-    from mlflow.exceptions import MlflowException
-    from mlflow.models.utils import _enforce_schema
-
-    def validate(data: Any) -> Any:
-        if not isinstance(data, pd.DataFrame):
-            return data
-        try:
-            return _enforce_schema(data, schema)
-        except Exception as exc:  # worded as PyFuncModel.predict words it (a 400)
-            raise MlflowException.invalid_parameter_value(
-                f"Failed to enforce schema of data '{data}' with schema '{schema}'. Error: {exc}"
-            ) from exc
-
-    return validate
 
 
 # -- the routes --------------------------------------------------------------------------------
@@ -232,7 +190,7 @@ def mlflow_routes(
         return data, params
 
     async def invocations(request: Request) -> Response:
-        from tiffin.server import log_server_error, read_body, retry_after
+        from tiffin.serving.app import log_server_error, read_body, retry_after
 
         if not state.ready:
             return mlflow_error(
@@ -374,12 +332,3 @@ def _openapi_paths(model: Model) -> dict[str, Any]:
         "/version": {"get": {"summary": "MLflow version", "tags": ["MLflow"],
                              "responses": {"200": text}}},
     }
-
-
-def serving_input_example(model: Model) -> Any:
-    """The request MLflow saved with the model (``serving_input_example.json``), if any."""
-    path = Path(model.path_of(MLFLOW_MODEL_FOLDER)) / "serving_input_example.json"
-    try:
-        return orjson.loads(path.read_bytes())
-    except (OSError, orjson.JSONDecodeError):
-        return None

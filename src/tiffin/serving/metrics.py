@@ -16,15 +16,13 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from tiffin.batch_stats import add_snapshots
+from tiffin.config import MULTIPROC_ENV
+from tiffin.runner.stats import add_snapshots
 
 if TYPE_CHECKING:
-    from tiffin.service import Service
+    from tiffin.serving.service import Service
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-#: set by the supervisor for ``--workers N``: prometheus-client's multiprocess mode, so
-#: /metrics on any API worker shows the counts of every worker
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
@@ -52,12 +50,12 @@ class SharedRunnerStats:
         """``{runner: {method: snapshot}}`` of the runners loaded in this process."""
         return {
             runner.name: {
-                name: method.stats.snapshot()
+                name: method.local_stats.snapshot()
                 for name, method in runner.methods.items()
-                if method.stats is not None
+                if method.local_stats is not None
             }
             for runner in self.service.runners
-            if runner.embedded and not runner.is_remote
+            if runner.embedded
         }
 
     def write(self) -> None:
@@ -97,7 +95,7 @@ class RunnerCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         families: dict[str, Any] = {
-            "batch_size": HistogramMetricFamily(
+            "batch_rows": HistogramMetricFamily(
                 "tiffin_runner_batch_size", "Rows per batch sent to the model",
                 labels=["runner", "method"],
             ),

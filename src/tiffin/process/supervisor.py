@@ -1,25 +1,25 @@
 """``--workers N``: a process tree that shares runners across API workers and survives faults.
 
 The parent (this module's :class:`Supervisor`) holds the address (each API worker listens on
-a socket of its own, see :mod:`tiffin.listeners`), starts one process per runner (or
-``runners.<name>.workers`` of them) and N API worker processes, and watches them all:
+a socket of its own, see :mod:`tiffin.process.listeners`), starts one process per runner (or
+``runners.<name>.workers`` of them) and N API worker processes
+(:mod:`tiffin.process.workers`), and watches them all:
 
 * API workers run the service's HTTP app; each runner call goes over a Unix socket to the
-  runner's process (see :mod:`tiffin.remote`), where one dispatcher batches calls from every
-  worker together.
+  runner's process (see :mod:`tiffin.runner.remote`), where one dispatcher batches calls from
+  every worker together.
 * A process that dies (killed, segfault, out of memory) is started again; callers in flight to
   a dead runner get a 503 at once, ``/readyz`` answers 503 until it is back, the event is
   logged and counted (``tiffin_process_restarts_total``).
 * SIGTERM or SIGINT: API workers stop accepting and drain in-flight requests (bounded by the
   grace period), then runner processes stop, and the parent exits 0.
 
-This is the one module besides :mod:`tiffin.serve` that starts processes.
+Only this layer (:mod:`tiffin.process`) starts processes.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -27,196 +27,32 @@ import os
 import shutil
 import signal
 import socket
-import sys
 import tempfile
-import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from tiffin.config import ServeSettings
-from tiffin.listeners import Listeners
-from tiffin.service import Service
+from tiffin.config import MULTIPROC_ENV, ServeSettings
+from tiffin.process.listeners import Listeners
+from tiffin.process.logs import configure_logging
+from tiffin.process.workers import (
+    RUNNER_STOP,
+    ServiceSource,
+    api_worker_main,
+    runner_main,
+    worker_cpus,
+)
+from tiffin.serving.service import Service
 
-if TYPE_CHECKING:
-    import asyncio
-    from collections.abc import Callable
+__all__ = ["GRACE_S", "Child", "ServiceSource", "Supervisor", "serve_workers"]
 
 logger = logging.getLogger("tiffin.supervisor")
 _CTX = multiprocessing.get_context("spawn")
 GRACE_S = 30.0
 _RESTART_BACKOFF_S = (0.1, 0.5, 1.0, 2.0, 5.0)
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # the same name tiffin.metrics reads
-RUNNER_STOP = signal.SIGUSR1  # how the supervisor stops a runner process
-
-
-@dataclass(frozen=True)
-class ServiceSource:
-    """How a child process rebuilds the service: a ``module:attr`` target or a model tag."""
-
-    target: str | None = None
-    model_tag: str | None = None
-    batching: bool = True
-    cwd: str = field(default_factory=os.getcwd)
-
-    def load(self) -> Service:
-        if self.model_tag is not None:
-            from tiffin import models
-            from tiffin.model_service import build_service
-
-            return build_service(models.get(self.model_tag), batching=self.batching)
-        from tiffin.serve import resolve_service
-
-        assert self.target is not None
-        return resolve_service(self.target, cwd=self.cwd)
-
-
-def _exit_with_parent(stop_signal: int) -> None:
-    """If the supervisor dies (even by SIGKILL), stop too instead of lingering as an orphan."""
-    parent = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1)
-        os.kill(os.getpid(), stop_signal)
-
-    threading.Thread(target=watch, name="tiffin-parent-watch", daemon=True).start()
-
-
-def _child_logging(settings: ServeSettings) -> None:
-    from tiffin.serve import configure_logging
-
-    configure_logging(settings.log_level, settings.log_format)
-
-
-def runner_main(
-    source: ServiceSource, runner_name: str, socket_path: str, settings_json: str, ready: Any
-) -> None:
-    """A runner process: load one runner, serve it on ``socket_path`` until SIGTERM."""
-    import asyncio
-
-    from tiffin.remote import serve_runner
-    from tiffin.server import _configure_runners
-
-    # the parent decides when runners stop (after the API workers have drained)
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
-    _exit_with_parent(RUNNER_STOP)
-    settings = ServeSettings.model_validate_json(settings_json)
-    _child_logging(settings)
-    service = source.load()
-    _configure_runners(service, settings)
-    runner = next(r for r in service.runners if r.name == runner_name)
-    started = time.perf_counter()
-    runner.init_local()
-    # as the API process does once loaded (tiffin.server): the ~10^5 objects of the frameworks
-    # and the model live as long as the process, and a full collection walking them stalled
-    # every call in this process for ~100 ms (the p99 of serve --workers under load)
-    gc.freeze()
-    logger.info(
-        "runner %r loaded in %.2fs (pid %d)", runner.name, time.perf_counter() - started,
-        os.getpid(),
-    )
-    try:
-        # the event loop uvicorn's "auto" picks for the API workers: uvloop when it is installed
-        with asyncio.Runner(loop_factory=_loop_factory()) as loop_runner:
-            loop_runner.run(serve_runner(runner, socket_path, ready.set, stop_signal=RUNNER_STOP))
-    finally:
-        runner.destroy()
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
-
-
-def worker_cpus(pin: bool | None, workers: int, runner_processes: int = 0) -> list[int] | None:
-    """The CPU each API worker is pinned to, by index; None to leave them to the scheduler.
-
-    ``pin`` None (the default) pins only when the API workers are the only busy processes
-    (every runner embedded) and there is one per CPU this process may use (its affinity: a
-    container's cpuset, ``taskset``, or the whole machine): the workers then have those CPUs
-    to themselves, and pinned they stop trading places and caches. On two cores shared with
-    the load generator, ``--workers 2`` with embedded runners served 9% more requests pinned
-    (16,200-17,600 -> 18,100-18,500 req/s) with a lower p99 (7-8 -> 5-6 ms); with a runner
-    process beside them it made no measurable difference, and pinned workers could not make
-    room for it. With fewer workers than CPUs, or a CPU quota instead of a cpuset, the
-    scheduler knows better. ``True`` pins worker i to the i-th allowed CPU (round robin);
-    ``False`` never.
-    """
-    if pin is False or not hasattr(os, "sched_getaffinity"):
-        return None
-    allowed = sorted(os.sched_getaffinity(0))
-    if pin is None and (runner_processes or len(allowed) != workers):
-        return None
-    return [allowed[index % len(allowed)] for index in range(workers)]
-
-
-def api_worker_main(
-    source: ServiceSource,
-    settings_json: str,
-    runner_sockets: dict[str, list[str]],
-    cpu: int | None,
-    listener: socket.socket,
-) -> None:
-    """An API worker: the service's HTTP app with every runner attached to its processes."""
-    import asyncio
-
-    import uvicorn
-
-    from tiffin.remote import RemoteRunner
-    from tiffin.serve import _uvicorn_options, exit_zero_after_graceful_stop
-    from tiffin.server import build_app
-
-    _exit_with_parent(signal.SIGTERM)
-    if cpu is not None:  # before any thread starts: they all inherit it
-        with contextlib.suppress(OSError):
-            os.sched_setaffinity(0, {cpu})
-    settings = ServeSettings.model_validate_json(settings_json)
-    _child_logging(settings)
-    service = source.load()
-    remotes = []
-    for runner in service.runners:
-        if runner.name not in runner_sockets:
-            continue  # embedded: this worker loads it when the app starts
-        remote = RemoteRunner(runner.name, runner_sockets[runner.name])
-        runner.attach_remote(remote)
-        remotes.append(remote)
-
-    async def start_remotes() -> None:
-        for remote in remotes:
-            await remote.start()
-        deadline = time.monotonic() + 30  # runner processes are up: connecting takes ms
-        while not all(r.connected for r in remotes) and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-
-    async def stop_remotes() -> None:
-        for remote in remotes:
-            await remote.aclose()
-
-    service.startup_hooks.insert(0, start_remotes)
-    service.shutdown_hooks.append(stop_remotes)
-    # embedded runners load here; meanwhile this worker's socket does not listen, so the
-    # kernel gives its connections to the workers that serve (tiffin.listeners)
-    app = build_app(service, settings, load_before_serving=True)
-    options = _uvicorn_options(settings)
-    options.pop("host"), options.pop("port")
-    server = uvicorn.Server(uvicorn.Config(app, **options))
-    state = app.state.tiffin
-
-    def stop(exc: BaseException) -> None:  # loading failed: exit, the supervisor restarts us
-        server.should_exit = True
-
-    state.on_fatal = stop
-    with exit_zero_after_graceful_stop():
-        server.run(sockets=[listener])
-    if state.load_error is not None:
-        sys.exit(3)
 
 
 @dataclass
@@ -317,9 +153,8 @@ class Supervisor:
         listeners: Listeners | None = None
         try:
             service = self.source.load()  # names and counts only: nothing is loaded here
-            from tiffin.server import _configure_runners
 
-            _configure_runners(service, self.settings)
+            service.apply_settings(self.settings)
             listeners = Listeners(self.settings.host, self.settings.port)
             previous = {sig: signal.signal(sig, self._handle_signal)
                         for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -441,7 +276,5 @@ class Supervisor:
 
 def serve_workers(source: ServiceSource, settings: ServeSettings, workers: int) -> int:
     """Serve with ``workers`` API processes sharing runner processes; the exit status."""
-    from tiffin.serve import configure_logging
-
     configure_logging(settings.log_level, settings.log_format)
     return Supervisor(source, settings, workers).run()

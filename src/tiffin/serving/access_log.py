@@ -17,7 +17,7 @@ import orjson
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-    from tiffin.server import AppState
+    from tiffin.serving.app import AppState
 
 access_logger = logging.getLogger("tiffin.access")
 

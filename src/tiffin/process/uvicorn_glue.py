@@ -11,9 +11,17 @@ loop's time was these sends.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol  # uvicorn[standard]
+
+from tiffin.config import ServeSettings
+
+__all__ = ["BatchedWritesProtocol", "exit_zero_after_graceful_stop", "uvicorn_options"]
 
 
 class _BatchedWrites:
@@ -62,3 +70,33 @@ class BatchedWritesProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(_BatchedWrites(transport, self.loop))  # type: ignore[arg-type]
+
+
+def uvicorn_options(settings: ServeSettings) -> dict[str, Any]:
+    return {
+        "http": BatchedWritesProtocol,
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        "access_log": False,  # tiffin's own middleware writes a structured access log
+        "lifespan": "on",
+        "timeout_graceful_shutdown": 30,
+        "log_config": None,
+    }
+
+
+@contextlib.contextmanager
+def exit_zero_after_graceful_stop() -> Iterator[None]:
+    """uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal to whatever
+    handler was there before it. Make that a no-op, so a clean stop exits with status 0."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, lambda *_: None)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

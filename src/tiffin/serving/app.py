@@ -28,9 +28,7 @@ from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from tiffin.access_log import ERROR_ID_KEY, AccessLogMiddleware, record_access
 from tiffin.config import ServeSettings
-from tiffin.deadlines import deadline as request_deadline
 from tiffin.exceptions import (
     InvalidArgument,
     Overloaded,
@@ -38,8 +36,10 @@ from tiffin.exceptions import (
     RunnerError,
     TiffinError,
 )
-from tiffin.metrics import ServerMetrics
-from tiffin.service import API, MLFLOW_ROUTES, Service
+from tiffin.serving.access_log import ERROR_ID_KEY, AccessLogMiddleware, record_access
+from tiffin.serving.deadlines import deadline as request_deadline
+from tiffin.serving.metrics import ServerMetrics
+from tiffin.serving.service import API, MLFLOW_ROUTES, Service
 
 if TYPE_CHECKING:
     from starlette.types import Receive, Scope, Send
@@ -253,7 +253,7 @@ def _health_routes(state: AppState) -> list[BaseRoute]:
 
 
 def _docs_routes(service: Service, extra_paths: dict[str, Any]) -> list[BaseRoute]:
-    from tiffin.openapi import openapi_spec, swagger_assets_dir, swagger_page
+    from tiffin.serving.openapi import openapi_spec, swagger_assets_dir, swagger_page
 
     spec = orjson.dumps(openapi_spec(service, extra_paths))  # built once, and checked at start
     page = swagger_page(service.name)
@@ -281,35 +281,6 @@ async def _call_hook(hook: Callable[[], Any]) -> None:
         await result
 
 
-def _configure_runners(service: Service, settings: ServeSettings) -> None:
-    for name, overrides in settings.runners.items():
-        runner = next((r for r in service.runners if r.name == name), None)
-        if runner is None:
-            raise InvalidArgument(
-                f"the settings configure runner {name!r}, but service {service.name!r} has "
-                f"runners {[r.name for r in service.runners]}"
-            )
-        runner.configure(
-            **overrides.model_dump(exclude_none=True, exclude={"workers", "embedded"})
-        )
-        if overrides.embedded is not None:
-            runner.embedded = overrides.embedded
-        if runner.embedded and overrides.workers is not None:
-            raise InvalidArgument(
-                f"runner {name!r} is embedded (loaded in every API worker), so it has no "
-                "processes for its workers setting to count: drop one of the two"
-            )
-    by_lower = {name.lower(): name for name in service.apis}
-    unknown = sorted(
-        name for name in settings.apis if name not in service.apis and name not in by_lower
-    )
-    if unknown:
-        raise InvalidArgument(
-            f"the settings configure API(s) {unknown}, but service {service.name!r} has APIs "
-            f"{sorted(service.apis)}"
-        )
-
-
 def build_app(
     service: Service, settings: ServeSettings | None = None, *, load_before_serving: bool = False
 ) -> Starlette:
@@ -320,14 +291,14 @@ def build_app(
     server takes no connection before then (an API worker beside others that already serve).
     """
     settings = settings or ServeSettings()
-    _configure_runners(service, settings)
+    service.apply_settings(settings)
     state = AppState(service, settings)
     routes: list[BaseRoute] = [
         Route(api.route, api_endpoint(api, state), methods=["POST"], name=api.name)
         for api in service.apis.values()
     ]
     extra_paths: dict[str, Any] = {}
-    from tiffin.mlflow_protocol import mlflow_routes
+    from tiffin.serving.mlflow_protocol import mlflow_routes
 
     mlflow = mlflow_routes(service, state)
     if mlflow is not None:
@@ -347,7 +318,7 @@ def build_app(
         started = time.perf_counter()
         try:
             for runner in service.runners:
-                if not runner.is_initialized:
+                if runner.backend is None:
                     await asyncio.to_thread(runner.init_local)
             for hook in service.startup_hooks:
                 await _call_hook(hook)
@@ -373,7 +344,7 @@ def build_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         loading = asyncio.get_running_loop().create_task(load(), name="tiffin-load-runners")
-        if load_before_serving or all(runner.is_initialized for runner in service.runners):
+        if load_before_serving or all(runner.backend is not None for runner in service.runners):
             # nothing slow to load here (runners live in their own processes, or were loaded
             # before), or other workers serve meanwhile: finish starting before taking
             # connections, so no request meets a 503
@@ -398,9 +369,6 @@ def build_app(
                 runner.destroy()
             state.metrics.flush()  # the last half second's requests (files, --workers N)
             logger.info("service %r stopped", service.name)
-            from tiffin.serve import flush_logs
-
-            flush_logs()  # uvicorn re-raises SIGTERM next: no atexit flush after this
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -433,7 +401,7 @@ def build_app(
             allow_headers=["Authorization", "Content-Type", "Accept"],
         )
     if settings.api_key:
-        from tiffin.auth import BearerAuthMiddleware
+        from tiffin.serving.auth import BearerAuthMiddleware
 
         app.add_middleware(
             BearerAuthMiddleware, api_key=settings.api_key, protect_docs=settings.auth_metrics
@@ -567,7 +535,7 @@ def _http_error_response(request: Request, exc: HTTPException, state: AppState) 
     else:
         code, detail = "HTTP_ERROR", str(exc.detail)
     if path in state.mlflow_paths:
-        from tiffin.mlflow_protocol import mlflow_error
+        from tiffin.serving.mlflow_protocol import mlflow_error
 
         mlflow_code = "ENDPOINT_NOT_FOUND" if exc.status_code == 404 else "BAD_REQUEST"
         return mlflow_error(exc.status_code, mlflow_code, detail, dict(exc.headers or {}))

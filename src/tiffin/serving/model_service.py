@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from tiffin import inputs
 from tiffin.exceptions import InvalidArgument, InvalidTag, NotFound
+from tiffin.frameworks.mlflow.schema import frame_validator, serving_input_example
+from tiffin.io import payloads as inputs
 from tiffin.io.base import IODescriptor, check_content_type, require_body
-from tiffin.service import Service
+from tiffin.serving.service import Service
 
 if TYPE_CHECKING:
-    from tiffin.models import Model
+    from tiffin.store.models import Model
 
 JSON_TYPE = "application/json"
 NPY_TYPES = ("application/octet-stream", "application/x-npy")
@@ -82,7 +83,7 @@ def _tensor_schema(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _signature_schema(model: Model) -> dict[str, Any]:
+def _request_schema(model: Model) -> dict[str, Any]:
     """The JSON schema of a request, from the model's MLflow signature where it has one."""
     signature = _mlflow_signature(model)
     columns = _columns(signature)
@@ -119,8 +120,6 @@ def _signature_schema(model: Model) -> dict[str, Any]:
 
 def _input_example(model: Model) -> Any:
     """The model's saved input example in this route's form (rows), if it has one."""
-    from tiffin.mlflow_protocol import serving_input_example
-
     if model.info.module != "tiffin.mlflow":
         return None
     example = serving_input_example(model)
@@ -187,14 +186,12 @@ class ModelRows(IODescriptor):
 
 def build_service(model: Model, *, batching: bool = True) -> Service:
     """A Service with one route per signature method of ``model``."""
-    from tiffin.mlflow_protocol import frame_validator
-
     configs = {}
     if "predict" in model.info.signatures:
         configs["predict"] = {"batchable": batching}
     runner = model.to_runner(method_configs=configs)
     service = Service(model.tag.name, runners=[runner], models=[model])
-    schema = _signature_schema(model)
+    schema = _request_schema(model)
     checks: dict[str, Any] = {"width": expected_width(model), "frame": None}
 
     @service.on_startup
@@ -202,7 +199,7 @@ def build_service(model: Model, *, batching: bool = True) -> Service:
         # scikit-learn estimators know how many features they take: check before batching,
         # so one malformed request is a 400 and never fails the batch it would have joined
         if checks["width"] is None:
-            native = getattr(runner._instance, "model", None)
+            native = getattr(getattr(runner.backend, "instance", None), "model", None)
             width = getattr(native, "n_features_in_", None)
             checks["width"] = int(width) if isinstance(width, int) else None
         checks["frame"] = frame_validator(model)
@@ -236,7 +233,7 @@ def _name_from_uri(uri: str) -> str:
 
 def resolve_model(target: str) -> Model:
     """A stored model by tag, or an MLflow model URI imported into the store first."""
-    from tiffin import models
+    from tiffin.store import models
 
     looks_like_uri = "/" in target or "\\" in target or Path(target).exists()
     if not looks_like_uri:

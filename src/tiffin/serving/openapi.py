@@ -12,7 +12,7 @@ from typing import Any
 
 from tiffin._version import __version__
 from tiffin.io.spec import describe
-from tiffin.service import Service
+from tiffin.serving.service import Service
 
 ERROR_SCHEMA = {
     "type": "object",

@@ -24,6 +24,8 @@ from typing import Any
 
 from tiffin.exceptions import InvalidArgument
 
+__all__ = ["batch_key", "concat", "count_rows", "split"]
+
 _SUPPORTED = (
     "numpy.ndarray, pandas.DataFrame, pandas.Series, list, torch.Tensor, "
     "and dicts or tuples of these"
@@ -73,7 +75,7 @@ def _axis(shape: Sequence[int], dim: int, kind: str) -> int:
     return dim % ndim
 
 
-def batch_size(payload: Any, dim: int) -> int:
+def count_rows(payload: Any, dim: int) -> int:
     """How many rows ``payload`` holds along ``dim``."""
     kind = _kind(payload)
     if kind in ("ndarray", "tensor"):
@@ -85,7 +87,7 @@ def batch_size(payload: Any, dim: int) -> int:
     values = list(payload.values()) if kind == "dict" else list(payload)
     if not values:
         raise InvalidArgument(f"cannot batch an empty {kind}")
-    sizes = {batch_size(value, dim) for value in values}
+    sizes = {count_rows(value, dim) for value in values}
     if len(sizes) != 1:
         raise InvalidArgument(
             f"the parts of a {kind} payload hold different row counts {sorted(sizes)} "
@@ -94,10 +96,10 @@ def batch_size(payload: Any, dim: int) -> int:
     return sizes.pop()
 
 
-def signature(payload: Any, dim: int) -> Hashable:
+def batch_key(payload: Any, dim: int) -> Hashable:
     """What must match for two payloads to be merged: kind and every dimension but ``dim``.
 
-    The dispatcher batches only calls whose payloads share a signature, so one caller sending
+    The dispatcher batches only calls whose payloads share a batch key, so one caller sending
     an odd shape never breaks the batch of the others.
     """
     kind = _kind(payload)
@@ -120,8 +122,8 @@ def signature(payload: Any, dim: int) -> Hashable:
         _only_rows(kind, dim)
         return (kind,)
     if kind == "dict":
-        return (kind, tuple((key, signature(value, dim)) for key, value in payload.items()))
-    return (kind, type(payload), tuple(signature(value, dim) for value in payload))
+        return (kind, tuple((key, batch_key(value, dim)) for key, value in payload.items()))
+    return (kind, type(payload), tuple(batch_key(value, dim) for value in payload))
 
 
 def _mismatch(kind: str, exc: Exception | None = None) -> InvalidArgument:
@@ -196,11 +198,11 @@ def _rebuild_tuple(like: tuple[Any, ...], parts: list[Any]) -> tuple[Any, ...]:
 def split(result: Any, sizes: list[int], dim: int) -> list[Any]:
     """Cut ``result`` along ``dim`` into consecutive pieces of ``sizes`` rows, in order.
 
-    The inverse of :func:`concat`: ``split(concat(ps, d), [batch_size(p, d) for p in ps], d)``
+    The inverse of :func:`concat`: ``split(concat(ps, d), [count_rows(p, d) for p in ps], d)``
     gives payloads equal to ``ps``. Array and tensor pieces are views of ``result``.
     """
     kind = _kind(result)
-    total = batch_size(result, dim)
+    total = count_rows(result, dim)
     if total != sum(sizes) or any(size < 0 for size in sizes):
         raise InvalidArgument(
             f"cannot split a result of {total} rows along batch_dim={dim} into pieces of "

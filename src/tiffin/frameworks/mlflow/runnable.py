@@ -8,16 +8,16 @@ column names, so ``runner.predict.run(np_array)`` works on a model logged from a
 from __future__ import annotations
 
 import inspect
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tiffin.exceptions import InvalidArgument
+from tiffin.frameworks.mlflow.loading import load_model, load_native
+from tiffin.runner.runnable import Runnable, model_runnable
 
 if TYPE_CHECKING:
-    from tiffin.models import Model
-    from tiffin.runner import Runnable
+    from tiffin.store.models import Model
 
-MLFLOW_MODEL_FOLDER = "mlflow_model"
+__all__ = ["coerce_input", "get_runnable"]
 
 
 def _column_names(pyfunc_model: Any) -> list[str] | None:
@@ -37,8 +37,10 @@ def coerce_input(data: Any, columns: list[str] | None) -> Any:
 
     if isinstance(data, list) and data and all(isinstance(row, dict) for row in data):
         return pd.DataFrame.from_records(data)
-    if isinstance(data, dict) and all(isinstance(k, str) for k in data) and set(data) <= set(
-        columns
+    if (
+        isinstance(data, dict)
+        and all(isinstance(k, str) for k in data)
+        and set(data) <= set(columns)
     ):
         try:
             return pd.DataFrame({k: np.asarray(v) for k, v in data.items()})
@@ -60,19 +62,15 @@ def coerce_input(data: Any, columns: list[str] | None) -> Any:
 
 
 def get_runnable(model: Model) -> type[Runnable]:
-    from tiffin.frameworks import mlflow as tiffin_mlflow
-    from tiffin.frameworks import model_runnable
-    from tiffin.runner import Runnable
-
     if model.info.options.get("native_flavor"):
-        return model_runnable(model, tiffin_mlflow.load_native, "mlflow")
+        return model_runnable(model, load_native, "mlflow")
 
     class MlflowPyfuncRunnable(Runnable):
         SUPPORTED_RESOURCES = ("cpu",)
         SUPPORTS_CPU_MULTI_THREADING = True
 
         def __init__(self) -> None:
-            self.model = tiffin_mlflow.load_model(model)
+            self.model = load_model(model)
             self.columns = _column_names(self.model)
             self.accepts_params = "params" in inspect.signature(self.model.predict).parameters
 
@@ -100,7 +98,3 @@ def get_runnable(model: Model) -> type[Runnable]:
         batch_dim=signature["batch_dim"],
     )
     return MlflowPyfuncRunnable
-
-
-def model_dir(model: Model) -> Path:
-    return Path(model.path_of(MLFLOW_MODEL_FOLDER))

@@ -26,7 +26,7 @@ from __future__ import annotations
 import socket
 import sys
 
-from tiffin.exceptions import TiffinError
+from tiffin.exceptions import AddressInUse
 
 SPREADS_CONNECTIONS = sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
 BACKLOG = 2048
@@ -43,7 +43,7 @@ class Listeners:
             probe.bind((host, port))
         except OSError as exc:
             probe.close()
-            raise TiffinError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+            raise AddressInUse(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
         if not spread:
             probe.listen(BACKLOG)
             self.held = probe  # the one socket every worker accepts from
@@ -55,7 +55,7 @@ class Listeners:
                 self.held.bind(self.address)  # never listens: it only keeps the port
             except OSError as exc:  # taken in between
                 self.held.close()
-                raise TiffinError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+                raise AddressInUse(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
         self.port: int = self.held.getsockname()[1]
 
     def _socket(self, *, reuse_port: bool) -> socket.socket:

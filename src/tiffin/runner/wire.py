@@ -1,6 +1,11 @@
 """The wire between API workers and runner processes: framed pickle-5 messages over a Unix
 socket, with numpy (and other PEP 574) buffers sent out of band.
 
+Messages: an API worker sends ``(call_id, (kind, body))`` with kind :data:`CALL` (body
+``(method, args, kwargs, calls)``, ``calls`` being how many callers' calls it merges),
+:data:`STATS` or :data:`PING`; the runner process answers ``(call_id, status, value)`` with
+status :data:`OK` or :data:`ERROR` (value: the exception). Answers come in any order.
+
 A frame is ``!II`` (header length, buffer count), one ``!Q`` length per buffer, the pickle
 header, then each buffer's raw bytes. Large arrays are never copied into the pickle stream:
 the sender writes their memory straight to the socket, the receiver reads each into its own
@@ -22,6 +27,25 @@ import asyncio
 import pickle
 import struct
 from typing import Any
+
+from tiffin.exceptions import RunnerError
+
+__all__ = [
+    "CALL",
+    "ERROR",
+    "IN_BAND_BYTES",
+    "OK",
+    "PING",
+    "STATS",
+    "STREAM_LIMIT",
+    "FrameWriter",
+    "encode",
+    "picklable_error",
+    "receive",
+]
+
+CALL, STATS, PING = "call", "stats", "ping"
+OK, ERROR = "ok", "err"
 
 _PREFIX = struct.Struct("!II")
 _LENGTH = struct.Struct("!Q")
@@ -126,6 +150,4 @@ def picklable_error(exc: BaseException) -> BaseException:
         pickle.loads(pickle.dumps(exc, protocol=5))
         return exc
     except Exception:
-        from tiffin.exceptions import RunnerError
-
         return RunnerError(f"{type(exc).__name__}: {exc}")

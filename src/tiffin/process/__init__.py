@@ -1,0 +1,11 @@
+"""The process layer: the only code that starts processes and owns sockets and signals.
+
+* :mod:`~tiffin.process.serve` -- one process: a Service's app under uvicorn (``--reload``);
+* :mod:`~tiffin.process.supervisor` and :mod:`~tiffin.process.workers` -- ``--workers N``:
+  the supervisor, API worker processes and runner processes;
+* :mod:`~tiffin.process.listeners` -- each API worker's listening socket;
+* :mod:`~tiffin.process.targets` -- the Service a ``tiffin serve`` target names;
+* :mod:`~tiffin.process.logs` and :mod:`~tiffin.process.uvicorn_glue` -- logging and uvicorn.
+
+May import: the serving layer and everything below it.
+"""

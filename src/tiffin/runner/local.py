@@ -1,0 +1,181 @@
+"""The local backend: a runner's runnable loaded in this process.
+
+One instance of the runnable, one worker thread that runs every call on it (so a model never
+sees two calls at once), and per event loop one adaptive
+:class:`~tiffin.runner.batching.Dispatcher` per batchable method. Blocking ``run()`` callers
+(any thread) go through a shared background event loop.
+
+The worker thread's native pools (OpenMP, BLAS) use one thread unless the runnable declares
+``SUPPORTS_CPU_MULTI_THREADING`` and ``TIFFIN_RUNNER_THREADS`` asks for more: a batch already
+amortises the model's fixed cost, and extra OpenMP threads fight the event loop (and other
+processes) for the same cores, which shows up as long latency tails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import functools
+import os
+import threading
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from tiffin.exceptions import InvalidArgument, RunnerError
+from tiffin.runner.batching import Dispatcher
+from tiffin.runner.stats import BatchStats
+
+if TYPE_CHECKING:
+    from tiffin.runner.runnable import Runnable
+    from tiffin.runner.runner import Runner, RunnerMethod
+
+__all__ = ["LocalBackend", "background_loop", "native_threads"]
+
+RUNNER_THREADS_ENV = "TIFFIN_RUNNER_THREADS"
+
+_bg_lock = threading.Lock()
+_bg_loop: asyncio.AbstractEventLoop | None = None
+
+
+def background_loop() -> asyncio.AbstractEventLoop:
+    """One daemon thread running an event loop, serving ``.run()`` callers from any thread."""
+    global _bg_loop
+    with _bg_lock:
+        if _bg_loop is None or _bg_loop.is_closed():
+            loop = asyncio.new_event_loop()
+            threading.Thread(
+                target=loop.run_forever, name="tiffin-runner-loop", daemon=True
+            ).start()
+            _bg_loop = loop
+        return _bg_loop
+
+
+class LocalBackend:
+    """The runnable of ``runner``, loaded here; see the module docstring."""
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+        try:
+            self.instance: Runnable = runner.runnable_class(**runner.runnable_init_params)
+        except TypeError as exc:
+            raise RunnerError(f"cannot initialise runner {runner.name!r}: {exc}") from exc
+        self.executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix=f"tiffin-{runner.name}",
+            initializer=_limit_native_threads,
+            initargs=(native_threads(runner.runnable_class),),
+        )
+        #: method name -> event loop -> its dispatcher
+        self._dispatchers: dict[
+            str, weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Dispatcher]
+        ] = {}
+
+    @property
+    def ready(self) -> bool:
+        return True
+
+    def _in_worker(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        bound = getattr(self.instance, method)
+        return asyncio.get_running_loop().run_in_executor(
+            self.executor, functools.partial(bound, *args, **kwargs)
+        )
+
+    def dispatcher(self, method: RunnerMethod, loop: asyncio.AbstractEventLoop) -> Dispatcher:
+        """``method``'s dispatcher on ``loop`` (made on first use)."""
+        table = self._dispatchers.setdefault(method.name, weakref.WeakKeyDictionary())
+        dispatcher = table.get(loop)
+        if dispatcher is None:
+            # a dispatcher holds its loop strongly: drop those of loops that have closed
+            for old in [old for old in table if old.is_closed()]:
+                del table[old]
+            if method.local_stats is None:
+                method.local_stats = BatchStats()
+            name = method.name
+
+            async def infer(*args: Any, **kwargs: Any) -> Any:
+                return await self._in_worker(name, args, kwargs)
+
+            settings = method.settings
+            dispatcher = Dispatcher(
+                infer,
+                name=f"{self.runner.name}.{name}",
+                batch_dim=settings.batch_dim,
+                max_batch_size=settings.max_batch_size,
+                max_latency_ms=settings.max_latency_ms,
+                stats=method.local_stats,
+            )
+            table[loop] = dispatcher
+        return dispatcher
+
+    async def call(
+        self, method: RunnerMethod, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        if method.settings.batchable:
+            loop = asyncio.get_running_loop()
+            return await self.dispatcher(method, loop).submit(*args, **kwargs)
+        return await self._in_worker(method.name, args, kwargs)
+
+    def call_blocking(
+        self, method: RunnerMethod, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        future = asyncio.run_coroutine_threadsafe(
+            self.call(method, args, kwargs), background_loop()
+        )
+        return future.result()
+
+    async def aclose_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        for table in self._dispatchers.values():
+            dispatcher = table.pop(loop, None)
+            if dispatcher is not None:
+                with contextlib.suppress(Exception):
+                    await dispatcher.aclose()
+
+    def close(self) -> None:
+        try:
+            current = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
+        for table in self._dispatchers.values():
+            for loop, dispatcher in list(table.items()):
+                if loop.is_closed() or not loop.is_running():
+                    continue
+                if loop is current:
+                    loop.create_task(dispatcher.aclose())
+                else:
+                    future = asyncio.run_coroutine_threadsafe(dispatcher.aclose(), loop)
+                    with contextlib.suppress(Exception):
+                        future.result(timeout=5)
+        self._dispatchers.clear()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def native_threads(runnable_class: type[Runnable]) -> int:
+    """Native (BLAS/OpenMP) threads for the worker thread: 1, or what ``TIFFIN_RUNNER_THREADS``
+    gives a runnable that declares ``SUPPORTS_CPU_MULTI_THREADING`` (``0``: every CPU this
+    process may use)."""
+    wanted = os.environ.get(RUNNER_THREADS_ENV, "").strip()
+    if not runnable_class.SUPPORTS_CPU_MULTI_THREADING or not wanted:
+        return 1
+    if not wanted.isdigit():
+        raise InvalidArgument(f"{RUNNER_THREADS_ENV} must be a whole number, got {wanted!r}")
+    if int(wanted) > 0:
+        return int(wanted)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def _limit_native_threads(threads: int) -> None:
+    """Runs in the worker thread: OpenMP's thread count is per calling thread, so set it here.
+
+    Without it, OpenMP-backed models (HistGradientBoosting, ...) start a thread per core from
+    the worker and can run ten times slower on a busy or CPU-pinned machine.
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # threadpoolctl comes with scikit-learn; without it, nothing to limit
+        return
+    threadpool_limits(limits=threads)
