@@ -11,6 +11,8 @@ import click
 from tiffin._version import __version__
 from tiffin.exceptions import TiffinError
 
+__all__ = ["main"]
+
 
 class _Group(click.Group):
     """The root group: a TiffinError becomes one line on stderr and its exit code."""

@@ -18,6 +18,14 @@ from tiffin.exceptions import InvalidArgument, RemoteError
 from tiffin.io.base import IODescriptor
 from tiffin.io.spec import rebuild
 
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "APISpec",
+    "AsyncClient",
+    "Client",
+    "parse_spec",
+]
+
 DEFAULT_TIMEOUT = 60.0
 
 

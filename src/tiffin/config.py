@@ -34,13 +34,23 @@ that name the key.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from tiffin.batch_settings import check_max_batch_size, check_max_latency_ms
 from tiffin.exceptions import InvalidArgument
+
+__all__ = [
+    "ENV_PREFIX",
+    "MULTIPROC_ENV",
+    "ApiSettings",
+    "RunnerSettings",
+    "ServeSettings",
+    "load_settings",
+]
 
 ENV_PREFIX = "TIFFIN_"
 #: TIFFIN_* variables that are not server settings (read elsewhere, or set by ``serve --reload``)
@@ -61,11 +71,25 @@ _NESTED = ("runners", "apis")
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
+def _checked(check: Callable[[Any], Any]) -> AfterValidator:
+    """One of tiffin.batch_settings' checks as a pydantic validator (the rule lives there)."""
+
+    def validate(value: Any) -> Any:
+        if value is None:
+            return value
+        try:
+            return check(value)
+        except InvalidArgument as exc:
+            raise ValueError(str(exc)) from None
+
+    return AfterValidator(validate)
+
+
 class RunnerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    max_batch_size: int | None = Field(default=None, ge=1)
-    max_latency_ms: float | None = Field(default=None, gt=0)
+    max_batch_size: Annotated[int | None, _checked(check_max_batch_size)] = None
+    max_latency_ms: Annotated[float | None, _checked(check_max_latency_ms)] = None
     #: runner processes for this runner when serving with --workers > 1
     workers: int | None = Field(default=None, ge=1, le=64)
     #: with --workers > 1: load this runner in every API worker instead (no runner process)
@@ -197,5 +221,5 @@ def _summarise(exc: ValidationError) -> str:
         if error["type"] == "extra_forbidden":
             parts.append(f"unknown key {where!r}")
         else:
-            parts.append(f"{where}: {error['msg']}")
+            parts.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
     return "; ".join(parts)

@@ -11,6 +11,15 @@ from dataclasses import dataclass
 
 from tiffin.exceptions import InvalidTag
 
+__all__ = [
+    "LATEST",
+    "RULE",
+    "Tag",
+    "is_valid_part",
+    "new_version",
+    "validate_part",
+]
+
 logger = logging.getLogger(__name__)
 
 _PART_RE = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?")

@@ -1,7 +1,13 @@
-"""IO descriptors: how an API's request body becomes its argument, and its result a response.
+"""The io layer: how a request body becomes an API's argument, and its result a response.
 
-``import tiffin.io`` loads no numpy, pandas, Pillow or pydantic; each descriptor imports what
-it needs when it is built or first used.
+* IO descriptors (``tiffin.io.NumpyNdarray``, ``PandasDataFrame``, ``JSON``, ``Text``,
+  ``File``, ``Image``, ``Multipart``) on one contract (:mod:`tiffin.io.base`), described for
+  clients by :mod:`tiffin.io.spec`;
+* :mod:`tiffin.io.payloads` -- model payloads from JSON and files, and outputs as JSON, for
+  ``serve-model`` and ``tiffin models predict``.
+
+May import: ``exceptions`` only; numpy, pandas, Pillow and pydantic inside functions, so
+``import tiffin.io`` loads none of them. Nothing here knows HTTP servers, runners or models.
 """
 
 from __future__ import annotations

@@ -19,6 +19,15 @@ from tiffin.io.base import (
     require_body,
 )
 
+__all__ = [
+    "OCTET_TYPE",
+    "File",
+    "FileData",
+    "file_payload",
+    "file_request_body",
+    "pick_file_part",
+]
+
 OCTET_TYPE = "application/octet-stream"
 
 

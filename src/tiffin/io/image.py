@@ -23,6 +23,12 @@ from tiffin.io.base import (
 )
 from tiffin.io.file import OCTET_TYPE, file_payload, file_request_body, pick_file_part
 
+__all__ = [
+    "Image",
+    "encode_image",
+    "read_image",
+]
+
 
 def _pil() -> Any:
     try:

@@ -10,6 +10,14 @@ import orjson
 from tiffin.exceptions import InvalidArgument, InvalidOutput
 from tiffin.io.base import JSON_TYPE, IODescriptor, check_content_type, require_body
 
+__all__ = [
+    "JSON",
+    "dumps_json",
+    "inline_refs",
+    "is_pydantic_model",
+    "loads_json",
+]
+
 _BOM = b"\xef\xbb\xbf"
 _DUMP_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 

@@ -8,6 +8,10 @@ from tiffin.exceptions import InvalidArgument, InvalidOutput, TiffinError
 from tiffin.io._form import FormPart, encode_form, parse_form
 from tiffin.io.base import MULTIPART_TYPE, IODescriptor, check_content_type, is_textual
 
+__all__ = [
+    "Multipart",
+]
+
 
 def _names(names: Any) -> str:
     return ", ".join(repr(name) for name in names) or "none"

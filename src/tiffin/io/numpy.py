@@ -10,6 +10,12 @@ from tiffin.exceptions import InvalidArgument, InvalidOutput, TiffinError
 from tiffin.io.base import JSON_TYPE, IODescriptor, check_content_type, negotiate, require_body
 from tiffin.io.json import dumps_json, loads_json
 
+__all__ = [
+    "NPY_TYPES",
+    "ErrorFactory",
+    "NumpyNdarray",
+]
+
 NPY_TYPES = ("application/octet-stream", "application/x-npy")
 _NPY_MAGIC = b"\x93NUMPY"
 _JSON_KINDS = {"b": "boolean", "i": "integer", "u": "integer", "f": "number", "U": "string"}

@@ -14,6 +14,13 @@ from tiffin.io.base import JSON_TYPE, IODescriptor, check_content_type, negotiat
 from tiffin.io.json import loads_json
 from tiffin.io.numpy import ErrorFactory, _shape_fits, _shape_text
 
+__all__ = [
+    "CSV_TYPE",
+    "OCTET_TYPE",
+    "PARQUET_TYPES",
+    "PandasDataFrame",
+]
+
 CSV_TYPE = "text/csv"
 PARQUET_TYPES = ("application/vnd.apache.parquet", "application/x-parquet")
 OCTET_TYPE = "application/octet-stream"

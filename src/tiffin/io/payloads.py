@@ -14,6 +14,14 @@ from typing import Any
 
 from tiffin.exceptions import InvalidArgument, NotFound
 
+__all__ = [
+    "SUFFIXES",
+    "from_json",
+    "read_file",
+    "to_csv",
+    "to_jsonable",
+]
+
 SUFFIXES = (".json", ".csv", ".npy", ".parquet")
 _ENVELOPES = ("dataframe_split", "dataframe_records", "instances", "inputs")
 

@@ -14,6 +14,11 @@ import tiffin.io as tio
 from tiffin.exceptions import InvalidArgument
 from tiffin.io.base import IODescriptor
 
+__all__ = [
+    "describe",
+    "rebuild",
+]
+
 _KNOWN = {name: getattr(tio, name) for name in tio.__all__ if name != "IODescriptor"}
 
 

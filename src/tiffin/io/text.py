@@ -7,6 +7,11 @@ from typing import Any
 from tiffin.exceptions import InvalidArgument, InvalidOutput
 from tiffin.io.base import IODescriptor, check_content_type
 
+__all__ = [
+    "TEXT_TYPE",
+    "Text",
+]
+
 TEXT_TYPE = "text/plain"
 _TEXT_UTF8 = "text/plain; charset=utf-8"
 

@@ -9,3 +9,5 @@
 
 May import: the serving layer and everything below it.
 """
+
+__all__: list[str] = []

@@ -2,14 +2,13 @@
 
 On Linux each API worker gets a listening socket of its own, all bound to the same address
 with ``SO_REUSEPORT``: the kernel spreads new connections over the workers' sockets by a
-hash of their addresses. With one shared socket, whichever worker wakes first accepts a
-whole burst of connections (58 of a load generator's 64 keep-alive connections, measured),
-and that worker then serves their requests alone while the other idles. A worker's socket
+hash of their addresses (with one shared socket, whichever worker wakes first would accept
+a whole burst of connections and then serve their requests alone). A worker's socket
 closes with it (it died, or it is draining after SIGTERM), and the kernel stops sending it
 new connections at once; connections still waiting in that socket's queue are reset.
 
 Elsewhere (``SO_REUSEPORT`` does not spread connections on macOS or the BSDs) the workers
-share one socket, as before.
+share one socket.
 
 The supervisor checks the address first with a plain bind, which fails with a clear message
 when anything else has it (another tiffin server included), then keeps it with a
@@ -27,6 +26,12 @@ import socket
 import sys
 
 from tiffin.exceptions import AddressInUse
+
+__all__ = [
+    "BACKLOG",
+    "SPREADS_CONNECTIONS",
+    "Listeners",
+]
 
 SPREADS_CONNECTIONS = sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
 BACKLOG = 2048

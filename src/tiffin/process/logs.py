@@ -64,8 +64,8 @@ class JSONFormatter(TextFormatter):
 
 class BufferedStreamHandler(logging.StreamHandler):
     """A stream handler that writes lines in batches: at most every ``interval`` seconds, when
-    256 lines wait, and at once for a warning or worse. One write per request (the access
-    log) cost a system call each, a tenth of a loaded server's event loop."""
+    256 lines wait, and at once for a warning or worse, so that the access log does not cost
+    a system call per request."""
 
     def __init__(self, stream: Any, interval: float = 0.2) -> None:
         super().__init__(stream)

@@ -132,12 +132,9 @@ def worker_cpus(pin: bool | None, workers: int, runner_processes: int = 0) -> li
     ``pin`` None (the default) pins only when the API workers are the only busy processes
     (every runner embedded) and there is one per CPU this process may use (its affinity: a
     container's cpuset, ``taskset``, or the whole machine): the workers then have those CPUs
-    to themselves, and pinned they stop trading places and caches. On two cores shared with
-    the load generator, ``--workers 2`` with embedded runners served 9% more requests pinned
-    (16,200-17,600 -> 18,100-18,500 req/s) with a lower p99 (7-8 -> 5-6 ms); with a runner
-    process beside them it made no measurable difference, and pinned workers could not make
-    room for it. With fewer workers than CPUs, or a CPU quota instead of a cpuset, the
-    scheduler knows better. ``True`` pins worker i to the i-th allowed CPU (round robin);
+    to themselves, and pinned they stop trading places and caches. Beside runner processes,
+    pinned workers could not make room for them; with fewer workers than CPUs, or a CPU quota
+    instead of a cpuset, the scheduler knows better. ``True`` pins worker i to the i-th allowed CPU (round robin);
     ``False`` never.
     """
     if pin is False or not hasattr(os, "sched_getaffinity"):

@@ -14,3 +14,5 @@
 May import: the store layer, ``tag``, ``config``, ``batch_settings``, ``exceptions``. Nothing
 here imports HTTP, process management or an ML framework at module level.
 """
+
+__all__: list[str] = []

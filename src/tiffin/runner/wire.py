@@ -87,8 +87,8 @@ class FrameWriter:
     ``lock`` so that no other frame starts meanwhile (queued frames go before it).
 
     Slicing matters: asyncio's socket transport (before Python 3.12) keeps unsent bytes in
-    one bytearray and deletes from its front after each send, so a 16 MiB write buffered
-    whole is moved in memory once per send -- quadratic, tens of milliseconds.
+    one bytearray and deletes from its front after each send, so a large write buffered
+    whole would be moved in memory once per send.
     """
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:

@@ -28,6 +28,13 @@ from tiffin.exceptions import (
 )
 from tiffin.tag import LATEST, Tag, is_valid_part
 
+__all__ = [
+    "Entry",
+    "Store",
+    "home",
+    "load_yaml_file",
+]
+
 _TMP = ".tmp"
 _LOCKS = ".locks"
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
