@@ -134,8 +134,8 @@ def worker_cpus(pin: bool | None, workers: int, runner_processes: int = 0) -> li
     container's cpuset, ``taskset``, or the whole machine): the workers then have those CPUs
     to themselves, and pinned they stop trading places and caches. Beside runner processes,
     pinned workers could not make room for them; with fewer workers than CPUs, or a CPU quota
-    instead of a cpuset, the scheduler knows better. ``True`` pins worker i to the i-th allowed CPU (round robin);
-    ``False`` never.
+    instead of a cpuset, the scheduler knows better. ``True`` pins worker i to the i-th
+    allowed CPU (round robin); ``False`` never.
     """
     if pin is False or not hasattr(os, "sched_getaffinity"):
         return None
