@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -93,10 +94,19 @@ def test_unknown_keys_in_the_file_are_errors_naming_the_key(
     assert str(tmp_path / "tiffin.yaml") in str(info.value)
 
 
-def test_unknown_environment_variables_are_errors_naming_the_variable() -> None:
-    with pytest.raises(InvalidArgument, match="TIFFIN_PROT") as info:
-        load_settings(environ={"TIFFIN_PROT": "80"})
-    assert "TIFFIN_PORT" in str(info.value)  # and lists what is known
+def test_an_unknown_environment_variable_is_a_one_line_warning_not_an_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="tiffin.config"):
+        settings = load_settings(environ={"TIFFIN_PROT": "80", "TIFFIN_PORT": "3001"})
+    assert settings.port == 3001
+    [record] = [r for r in caplog.records if r.name == "tiffin.config"]
+    message = record.getMessage()
+    assert "TIFFIN_PROT" in message and "did you mean TIFFIN_PORT?" in message
+    assert "\n" not in message
+
+
+def test_malformed_runner_and_api_variables_are_still_errors() -> None:
     with pytest.raises(InvalidArgument, match="TIFFIN_RUNNERS__IRIS"):
         load_settings(environ={"TIFFIN_RUNNERS__IRIS": "3"})
     with pytest.raises(InvalidArgument, match=re.escape("runners.iris.batch")):
@@ -189,3 +199,14 @@ def test_embedded_comes_from_to_runner_and_the_settings_override_it() -> None:
     service = tiffin.Service("s2", runners=[tiffin.Runner(Echo, name="c", embedded=True)])
     with pytest.raises(InvalidArgument, match="runner 'c' is embedded"):
         service.apply_settings(load_settings(environ={"TIFFIN_RUNNERS__C__WORKERS": "2"}))
+
+
+def test_serve_is_not_stopped_by_an_unrelated_tiffin_variable(tmp_path: Path) -> None:
+    """``TIFFIN_FOO=1 tiffin serve ...`` used to exit 2 on the variable; now it goes on (here to
+    the missing service, which is what the user gets told about)."""
+    result = CliRunner().invoke(
+        main, ["serve", str(tmp_path / "missing.py") + ":svc"], env={"TIFFIN_FOO": "1"}
+    )
+    assert result.exit_code == 1, result.output
+    assert "does not exist" in result.output
+    assert "unknown setting" not in result.output

@@ -27,12 +27,15 @@ Environment variables: ``TIFFIN_HOST``, ``TIFFIN_PORT``, ``TIFFIN_API_TIMEOUT_S`
 ``TIFFIN_PIN_WORKERS``, per
 runner ``TIFFIN_RUNNERS__<RUNNER>__MAX_BATCH_SIZE`` / ``..._MAX_LATENCY_MS`` / ``..._WORKERS`` /
 ``..._EMBEDDED``, and per API
-``TIFFIN_APIS__<API>__TIMEOUT_S``. Unknown keys, in the file or after ``TIFFIN_``, are errors
-that name the key.
+``TIFFIN_APIS__<API>__TIMEOUT_S``. An unknown key in the file, or an unknown setting of a
+runner or API, is an error that names the key; any other ``TIFFIN_*`` variable that is not a
+setting is ignored with a one-line warning (environments carry unrelated variables).
 """
 
 from __future__ import annotations
 
+import difflib
+import logging
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -51,6 +54,8 @@ __all__ = [
     "ServeSettings",
     "load_settings",
 ]
+
+logger = logging.getLogger("tiffin.config")
 
 ENV_PREFIX = "TIFFIN_"
 #: TIFFIN_* variables that are not server settings (read elsewhere, or set by ``serve --reload``)
@@ -153,12 +158,11 @@ def _env_settings(environ: Mapping[str, str]) -> dict[str, Any]:
             out.setdefault(group, {}).setdefault(parts[1], {})[parts[2]] = value
         elif rest in fields:
             out[rest] = value
-        else:
-            raise InvalidArgument(
-                f"unknown setting in environment variable {key}; known: "
-                + ", ".join(f"TIFFIN_{f.upper()}" for f in sorted(fields))
-                + ", TIFFIN_RUNNERS__<RUNNER>__<SETTING>, TIFFIN_APIS__<API>__<SETTING>"
-            )
+        else:  # environments carry unrelated variables: say so, do not refuse to start
+            known = [f"TIFFIN_{f.upper()}" for f in sorted(fields)]
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            logger.warning("tiffin: ignoring %s: it is not a tiffin setting%s", key, hint)
     return out
 
 

@@ -31,6 +31,8 @@ they enter, with ``raise ... from exc``.
     ├── Overloaded                    503           queued past max_latency_ms
     ├── ServerError                                 a server could not start
     │   └── AddressInUse                            its address is taken
+    ├── UserCodeFailed                              the user's service or model code raised
+    │                                               while loading (its own frames only)
     └── RemoteError                   (the answer)  a tiffin server answered with an error
 """
 
@@ -60,6 +62,7 @@ __all__ = [
     "TiffinError",
     "UnknownFramework",
     "UnsupportedMediaType",
+    "UserCodeFailed",
     "missing_dependency",
 ]
 
@@ -220,6 +223,48 @@ class RemoteError(TiffinError):
             body = content.decode("utf-8", "replace")
         detail = body.get("detail") or body.get("message") if isinstance(body, dict) else body
         return cls(f"{what} answered {status}: {detail}", status, body)
+
+
+class UserCodeFailed(TiffinError):
+    """The user's code (a service module, a model's loader) raised while tiffin loaded it.
+
+    The message is the error with the user's own frames only -- their files and lines, no
+    frames of tiffin, importlib or the command line -- so it fits on one screen.
+    """
+
+    #: the most frames shown, innermost last
+    MAX_FRAMES = 8
+
+    @classmethod
+    def from_exception(cls, what: str, exc: BaseException) -> UserCodeFailed:
+        import traceback
+
+        frames = [
+            frame
+            for frame in traceback.extract_tb(exc.__traceback__)
+            if not _internal(frame.filename)
+        ][-cls.MAX_FRAMES :]
+        lines = [f"{what}:"]
+        for frame in frames:
+            lines.append(f'  File "{frame.filename}", line {frame.lineno}, in {frame.name}')
+            if frame.line:
+                lines.append(f"    {frame.line.strip()}")
+        lines += [line.rstrip("\n") for line in traceback.format_exception_only(exc)]
+        return cls("\n".join(lines))
+
+
+def _internal(filename: str) -> bool:
+    """Frames of tiffin itself, of importlib's machinery and of click: not the user's."""
+    import os
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    path = os.path.abspath(filename)
+    return (
+        filename.startswith("<frozen ")
+        or path.startswith(here + os.sep)
+        or f"{os.sep}importlib{os.sep}" in path
+        or f"{os.sep}click{os.sep}" in path
+    )
 
 
 def missing_dependency(package: str, extra: str) -> MissingDependency:

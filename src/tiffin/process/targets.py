@@ -6,6 +6,7 @@ one ``tiffin.Service``. An importable module is tried first.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import os
@@ -13,21 +14,34 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tiffin.exceptions import InvalidArgument, NotFound
+from tiffin.exceptions import InvalidArgument, NotFound, UserCodeFailed
 from tiffin.serving.service import Service
 
-__all__ = ["resolve_service"]
+__all__ = ["module_name_for", "resolve_service"]
 
 
-def _import_file(path: Path) -> Any:
-    module_name = f"_tiffin_service_{abs(hash(str(path)))}"
+def module_name_for(path: Path) -> str:
+    """The module name a service file is imported under: the same in every process (API
+    workers and runner processes unpickle each other's instances of its classes by it)."""
+    digest = hashlib.sha256(str(path).encode()).hexdigest()[:16]
+    return f"_tiffin_service_{path.stem if path.stem.isidentifier() else 'file'}_{digest}"
+
+
+def _import_file(path: Path, target: str) -> Any:
+    module_name = module_name_for(path)
+    if module_name in sys.modules:
+        return sys.modules[module_name]
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
         raise InvalidArgument(f"cannot import {path}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     sys.path.insert(0, str(path.parent))
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[module_name]
+        raise UserCodeFailed.from_exception(f"cannot import service {target!r}", exc) from exc
     return module
 
 
@@ -44,7 +58,7 @@ def resolve_service(target: str, cwd: str | os.PathLike[str] | None = None) -> S
         path = (base / module_part).resolve()
         if not path.is_file():
             raise NotFound(f"service file {path} does not exist")
-        module = _import_file(path)
+        module = _import_file(path, target)
     else:
         try:
             module = importlib.import_module(module_part)
@@ -54,7 +68,9 @@ def resolve_service(target: str, cwd: str | os.PathLike[str] | None = None) -> S
                     f"cannot find service {target!r}: no module named {module_part!r} "
                     f"(looked in {base} and on sys.path); use module:attr or path/to/file.py:attr"
                 ) from exc
-            raise
+            raise UserCodeFailed.from_exception(f"cannot import service {target!r}", exc) from exc
+        except Exception as exc:
+            raise UserCodeFailed.from_exception(f"cannot import service {target!r}", exc) from exc
     if attr:
         service = getattr(module, attr, None)
         if service is None:
