@@ -362,6 +362,14 @@ UNSAFE: dict[str, Callable[[Path], tuple[Any, Path]]] = {
         _member("hard", tarfile.LNKTYPE, link="../../secret"),
         out / "secret",
     ),
+    "symlink-inside": lambda out: (
+        _member("extra/alias.pkl", tarfile.SYMTYPE, link="../model.yaml"),
+        out / "alias.pkl",
+    ),
+    "hardlink-inside": lambda out: (
+        _member("alias.yaml", tarfile.LNKTYPE, link="model.yaml"),
+        out / "alias.yaml",
+    ),
     "char-device": lambda out: (_member("null", tarfile.CHRTYPE), out / "null"),
     "fifo": lambda out: (_member("pipe", tarfile.FIFOTYPE), out / "pipe"),
 }
@@ -391,22 +399,47 @@ def test_unsafe_archives_are_refused_and_nothing_is_written(
     assert not (tiffin_home / "models" / "iris").exists()
 
 
-def test_archive_with_only_safe_links_imports(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("limit", "members"),
+    [("max_members", 3), ("max_bytes", 1)],
+    ids=["too-many-members", "too-many-bytes"],
+)
+def test_archives_over_the_member_or_size_caps_are_refused_before_extracting(
+    limit: str, members: int, tmp_path: Path, tiffin_home: Path
+) -> None:
     model = save("iris:v1")
     model_yaml = Path(model.path_of("model.yaml")).read_bytes()
-    pickle_bytes = Path(model.path_of("model.pkl")).read_bytes()
     models.delete(model.tag)
-    archive = _archive(
-        tmp_path / "ok.tiffinmodel",
-        [
-            _member("model.pkl", data=pickle_bytes),
-            _member("extra/alias.pkl", tarfile.SYMTYPE, link="../model.pkl"),
-        ],
-        model_yaml,
-    )
-    imported = models.import_model(archive)
-    assert Path(imported.path_of("extra/alias.pkl")).read_bytes() == pickle_bytes
+    padding = [_member(f"pad/{i}.bin", data=b"\0" * (1 << 20)) for i in range(members)]
+    archive = _archive(tmp_path / "big.tiffinmodel", padding, model_yaml)
+    caps = {"max_members": 3, "max_bytes": 1 << 20} if limit == "max_members" else {
+        "max_members": 100, "max_bytes": 1 << 20
+    }
+    with pytest.raises(InvalidArchive, match="nothing was imported") as info:
+        models.import_model(archive, **caps)
+    assert ("members" if limit == "max_members" else "bytes") in str(info.value)
+    assert models.scan() == ([], [])
+    assert list((tiffin_home / "models" / ".tmp").iterdir()) == []
+    # the same archive under the default caps imports
+    assert models.import_model(archive).tag == model.tag
+
+
+def test_a_pickle_is_unpickled_from_the_bytes_whose_hash_was_checked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The file is read once: swapping it after the hash check cannot get other bytes run."""
+    model = save("iris:v1")
+    path = Path(model.path_of("model.pkl"))
+    opened: list[Path] = []
+    real_open = Path.open
+
+    def counting_open(self: Path, *args: Any, **kwargs: Any) -> Any:
+        opened.append(self)
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", counting_open)
     assert tiffin.picklable_model.load_model("iris:v1").predict(1) == 2
+    assert opened.count(path) == 1  # hashed and unpickled from one read
 
 
 @pytest.mark.parametrize("keep", [0, 10, 100, 0.5, -1])

@@ -15,7 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 from tiffin.exceptions import CorruptEntry, InvalidArgument
 from tiffin.runner.runnable import check_methods, model_runnable
-from tiffin.store.models import create, file_sha256, get_saved_with, validate_signatures
+from tiffin.store.models import (
+    create,
+    file_sha256,
+    get_saved_with,
+    read_verified,
+    validate_signatures,
+)
 
 if TYPE_CHECKING:
     from tiffin.runner.runnable import Runnable
@@ -77,16 +83,9 @@ def load_pickled(model: Model) -> Any:
     if not filename or "/" in filename or filename.startswith("."):
         raise CorruptEntry(f"{model.path_of('model.yaml')}: options.file is missing or unsafe")
     path = Path(model.path_of(filename))
-    expected = model.info.options.get("sha256")
     if not path.is_file():
         raise CorruptEntry(f"model '{model.tag}' is missing its file {path}")
-    if expected != file_sha256(path):
-        raise CorruptEntry(
-            f"{path} does not match the SHA-256 recorded in model.yaml; refusing to unpickle it "
-            "(the file changed after it was saved)"
-        )
-    with path.open("rb") as fh:
-        return cloudpickle.load(fh)
+    return cloudpickle.loads(read_verified(path, model.info.options.get("sha256")))
 
 
 def save_model(

@@ -1,16 +1,18 @@
 """Moving a model between machines: one ``.tiffinmodel`` archive (gzip'd tar) per model.
 
-Import refuses, before writing anything, absolute paths, ``..``, links leading outside the
-archive and device files, and reads a compressed stream to its end so that a truncated or
-corrupted file fails its length and CRC checks; the model then enters the store like any save
-(staged, renamed into place under a lock).
+Import refuses, before writing anything: absolute paths and ``..``, every link (symbolic or
+hard, inside the archive or not), device and other special files, sparse files, more than
+``max_members`` members, and more than ``max_bytes`` in all once extracted (sizes come from
+the members' headers, so a small archive that unpacks into a huge one is refused unopened).
+It reads a compressed stream to its end, so that a truncated or corrupted file fails its
+length and CRC checks; the model then enters the store like any save (staged, renamed into
+place under a lock).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import posixpath
 import uuid
 import zlib
 from pathlib import Path, PurePosixPath
@@ -25,9 +27,13 @@ from tiffin.tag import Tag
 if TYPE_CHECKING:
     import tarfile
 
-__all__ = ["ARCHIVE_SUFFIX", "export_model", "import_model"]
+__all__ = ["ARCHIVE_SUFFIX", "MAX_BYTES", "MAX_MEMBERS", "export_model", "import_model"]
 
 ARCHIVE_SUFFIX = ".tiffinmodel"
+#: the most members an archive may hold
+MAX_MEMBERS = 100_000
+#: the most bytes an archive may unpack into (its members' sizes added up)
+MAX_BYTES = 64 << 30
 
 
 def export_model(
@@ -56,26 +62,49 @@ def export_model(
 
 
 def _check_member(member: tarfile.TarInfo, archive: str) -> None:
-    """Refuse absolute paths, '..', links leading outside, devices and other special files."""
+    """Refuse absolute paths, '..', links, devices, sparse and other special files."""
     name = member.name.replace("\\", "/")
     if name.startswith("/") or ".." in PurePosixPath(name).parts:
         raise InvalidArchive(f"{archive}: unsafe member path {member.name!r}; nothing was imported")
     if member.issym() or member.islnk():
-        base = posixpath.dirname(name) if member.issym() else ""
-        target = posixpath.normpath(posixpath.join(base, member.linkname))
-        if member.linkname.startswith("/") or target == ".." or target.startswith("../"):
-            raise InvalidArchive(
-                f"{archive}: member {member.name!r} links outside the archive "
-                f"({member.linkname!r}); nothing was imported"
-            )
-    elif not (member.isfile() or member.isdir()):
+        raise InvalidArchive(
+            f"{archive}: member {member.name!r} is a link ({member.linkname!r}); model archives "
+            "hold files and directories only; nothing was imported"
+        )
+    if member.issparse():
+        raise InvalidArchive(
+            f"{archive}: member {member.name!r} is a sparse file; nothing was imported"
+        )
+    if not (member.isfile() or member.isdir()):
         raise InvalidArchive(
             f"{archive}: member {member.name!r} is a device or special file; nothing was imported"
         )
 
 
-def import_model(path: str | os.PathLike[str], *, store: Store | None = None) -> Model:
-    """Add a model from an archive written by :func:`export_model`."""
+def _check_totals(
+    members: list[tarfile.TarInfo], archive: str, max_members: int, max_bytes: int
+) -> None:
+    if len(members) > max_members:
+        raise InvalidArchive(
+            f"{archive} holds more than {max_members} members; nothing was imported"
+        )
+    total = sum(member.size for member in members)
+    if total > max_bytes:
+        raise InvalidArchive(
+            f"{archive} would unpack into {total} bytes, over the {max_bytes}-byte limit; "
+            "nothing was imported"
+        )
+
+
+def import_model(
+    path: str | os.PathLike[str],
+    *,
+    store: Store | None = None,
+    max_members: int = MAX_MEMBERS,
+    max_bytes: int = MAX_BYTES,
+) -> Model:
+    """Add a model from an archive written by :func:`export_model` (see the module docstring
+    for what is refused)."""
     store = store or default_store()
     source = Path(path).expanduser()
     if not source.is_file():
@@ -85,9 +114,13 @@ def import_model(path: str | os.PathLike[str], *, store: Store | None = None) ->
     with store.staging() as staged:
         try:
             with tarfile.open(source, "r:*") as tar:
-                members = tar.getmembers()
-                for member in members:
+                members = []
+                for member in tar:  # one header at a time: stop at the limit, not after it
                     _check_member(member, str(source))
+                    members.append(member)
+                    if len(members) > max_members:
+                        break
+                _check_totals(members, str(source), max_members, max_bytes)
                 # tarfile stops at the end-of-archive blocks, before the gzip trailer: read on to
                 # the end so a stream cut short or corrupted fails its length and CRC check
                 assert tar.fileobj is not None

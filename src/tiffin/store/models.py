@@ -49,6 +49,7 @@ __all__ = [
     "get",
     "get_saved_with",
     "list_models",
+    "read_verified",
     "scan",
 ]
 
@@ -66,6 +67,21 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def read_verified(path: Path, expected: object) -> bytes:
+    """The bytes of ``path``, checked against the SHA-256 recorded at save time.
+
+    Whatever is unpickled must be these very bytes: reading the file once for the hash and
+    again for pickle would let a file swapped in between be run unchecked.
+    """
+    data = path.read_bytes()
+    if expected != hashlib.sha256(data).hexdigest():
+        raise CorruptEntry(
+            f"{path} does not match the SHA-256 recorded in model.yaml; refusing to unpickle it "
+            "(the file changed after it was saved)"
+        )
+    return data
 
 
 def default_store() -> Store:
@@ -128,13 +144,8 @@ class Model:
                 import cloudpickle
 
                 # unpickling runs code: load only the exact bytes that were saved
-                if self.info.options.get(CUSTOM_OBJECTS_SHA256) != file_sha256(file):
-                    raise CorruptEntry(
-                        f"{file} does not match the SHA-256 recorded in model.yaml; refusing to "
-                        "unpickle it (the file changed after it was saved)"
-                    )
-                with file.open("rb") as fh:
-                    self._custom_objects = cloudpickle.load(fh)
+                data = read_verified(file, self.info.options.get(CUSTOM_OBJECTS_SHA256))
+                self._custom_objects = cloudpickle.loads(data)
             else:
                 self._custom_objects = {}
         return self._custom_objects
