@@ -12,7 +12,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from tiffin.exceptions import InvalidArgument, NotFound
+from tiffin.exceptions import InvalidArgument, NotFound, missing_dependency
 
 __all__ = [
     "SUFFIXES",
@@ -24,6 +24,14 @@ __all__ = [
 
 SUFFIXES = (".json", ".csv", ".npy", ".parquet")
 _ENVELOPES = ("dataframe_split", "dataframe_records", "instances", "inputs")
+
+
+def _pandas() -> Any:
+    try:
+        import pandas
+    except ImportError as exc:
+        raise missing_dependency("pandas", "sklearn") from exc
+    return pandas
 
 
 def _ndarray(value: Any) -> Any:
@@ -42,9 +50,7 @@ def _ndarray(value: Any) -> Any:
 
 
 def from_json(value: Any) -> Any:
-    """A model payload from parsed JSON."""
-    import pandas as pd
-
+    """A model payload from parsed JSON (pandas is imported only for a table)."""
     if isinstance(value, dict):
         keys = [k for k in _ENVELOPES if k in value]
         if len(keys) > 1:
@@ -55,8 +61,8 @@ def from_json(value: Any) -> Any:
             if key == "dataframe_split":
                 if not isinstance(body, dict) or "data" not in body:
                     raise InvalidArgument("dataframe_split must be {columns, data, index?}")
-                return pd.DataFrame(**{k: body[k] for k in ("columns", "data", "index")
-                                       if k in body})
+                return _pandas().DataFrame(**{k: body[k] for k in ("columns", "data", "index")
+                                              if k in body})
             if key == "dataframe_records":
                 return from_json(list(body) if isinstance(body, list) else body)
             if isinstance(body, dict):
@@ -65,19 +71,19 @@ def from_json(value: Any) -> Any:
         if not value:
             raise InvalidArgument("input object has no columns")
         if all(isinstance(v, dict) for v in value.values()):  # pandas' "columns" orient
-            return pd.DataFrame(value)
+            return _pandas().DataFrame(value)
         lengths = {len(v) if isinstance(v, list) else -1 for v in value.values()}
         if -1 in lengths or len(lengths) != 1:
             raise InvalidArgument(
                 "an object of columns must map each column name to a list (all of equal "
                 "length) or to an object of row labels to values"
             )
-        return pd.DataFrame(value)
+        return _pandas().DataFrame(value)
     if isinstance(value, list):
         if not value:
             raise InvalidArgument("input is an empty list; send at least one row")
         if all(isinstance(row, dict) for row in value):
-            return pd.DataFrame.from_records(value)
+            return _pandas().DataFrame.from_records(value)
         if any(isinstance(row, dict) for row in value):
             raise InvalidArgument("input rows mix objects and arrays")
         return _ndarray(value)
