@@ -7,14 +7,16 @@ import asyncio
 import multiprocessing
 import os
 import signal
+import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import tiffin
-from tiffin.exceptions import RunnerError, RunnerUnavailable
+from tiffin.exceptions import FrameError, RunnerError, RunnerUnavailable
 from tiffin.runner import wire
 from tiffin.runner.remote import RemoteRunner
 from tiffin.runner.runner_server import serve_runner
@@ -48,6 +50,18 @@ class Slow(tiffin.Runnable):
         return lambda: None  # pickle cannot send a lambda back
 
     @tiffin.Runnable.method
+    def echo(self, value):
+        return value
+
+    @tiffin.Runnable.method
+    def made_there(self):
+        """An instance of a class that exists in the runner process only."""
+        module = types.ModuleType("tiffin_test_made_there")
+        exec("class Made:\n    pass\n", module.__dict__)
+        sys.modules[module.__name__] = module
+        return module.Made()
+
+    @tiffin.Runnable.method
     def crash(self):
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -74,7 +88,7 @@ def runner_process(tmp_path: Path):
 
 def test_frames_round_trip_arrays_out_of_band_and_writable():
     big = np.arange(100_000, dtype=np.float32).reshape(1000, 100)
-    chunks = wire.encode((7, "ok", {"a": big, "b": [1, "x"]}))
+    chunks = wire.encode(7, ("ok", {"a": big, "b": [1, "x"]}))
     assert len(chunks) == 3  # prefix, pickle header, the array's own memory
     assert sum(len(c) for c in chunks[:2]) < 1000  # the array is not inside the pickle
 
@@ -85,10 +99,62 @@ def test_frames_round_trip_arrays_out_of_band_and_writable():
         reader.feed_eof()
         return await wire.receive(reader)
 
-    call_id, status, value = asyncio.run(round_trip())
+    call_id, (status, value) = asyncio.run(round_trip())
     assert (call_id, status, value["b"]) == (7, "ok", [1, "x"])
     np.testing.assert_array_equal(value["a"], big)
     value["a"][0, 0] = -1  # arrives writable
+
+
+def _only_here_module() -> types.ModuleType:
+    """A module that exists in this process only: the runner process cannot import it."""
+    module = types.ModuleType("tiffin_test_only_here")
+    exec("class Thing:\n    def __init__(self, n):\n        self.n = n\n", module.__dict__)
+    sys.modules[module.__name__] = module
+    return module
+
+
+def test_a_frame_that_cannot_be_unpickled_names_its_call_and_the_next_frame_reads_fine():
+    thing = _only_here_module().Thing(3)
+    chunks = wire.encode(11, ("call", thing)) + wire.encode(12, ("ok", [1, 2]))
+    del sys.modules["tiffin_test_only_here"]  # now this process cannot unpickle it either
+
+    async def read_both():
+        reader = asyncio.StreamReader()
+        for chunk in chunks:
+            reader.feed_data(bytes(chunk))
+        reader.feed_eof()
+        with pytest.raises(FrameError) as info:
+            await wire.receive(reader)
+        return info.value, await wire.receive(reader)
+
+    error, second = asyncio.run(read_both())
+    assert error.call_id == 11 and "tiffin_test_only_here" in str(error)
+    assert second == (12, ("ok", [1, 2]))
+
+
+def test_a_poisoned_frame_fails_its_call_only_and_the_connection_keeps_serving(runner_process):
+    """Arguments the runner process cannot unpickle, and an answer this process cannot
+    unpickle: each fails its own call; calls before and after on the same connection work."""
+    _process, socket_path = runner_process
+    runner = tiffin.Runner(Slow, name="slow")
+
+    async def main():
+        remote = await _attach(runner, socket_path)
+        try:
+            before = await runner.sizes_seen.async_run()
+            with pytest.raises(FrameError, match="tiffin_test_only_here"):
+                await runner.echo.async_run(_only_here_module().Thing(1))
+            with pytest.raises(FrameError, match="tiffin_test_made_there"):
+                await runner.made_there.async_run()
+            after = await runner.double.async_run(np.ones((2, 2)))
+            return before, after, remote.connected
+        finally:
+            await remote.aclose()
+
+    before, after, connected = asyncio.run(main())
+    assert isinstance(before, list)
+    np.testing.assert_array_equal(after, np.full((2, 2), 2.0))
+    assert connected
 
 
 def test_unpicklable_errors_become_runner_errors():

@@ -24,7 +24,8 @@ they enter, with ``raise ... from exc``.
     ├── ImportFailed                                importing from outside (an MLflow URI)
     ├── LoadFailed                                  a stored model could not be loaded
     ├── RunnerError                                 a runner used wrongly, or its model raised
-    │   └── PredictFailed                           ``tiffin models predict``: the model raised
+    │   ├── PredictFailed                           ``tiffin models predict``: the model raised
+    │   └── FrameError                              a message between processes did not decode
     ├── InvalidOutput                 500           an API returned what its descriptor
     │                                               cannot encode (a server-side bug)
     ├── RunnerUnavailable             503           a runner process is down
@@ -43,6 +44,7 @@ __all__ = [
     "AlreadyExists",
     "CorruptEntry",
     "ExportFailed",
+    "FrameError",
     "ImportFailed",
     "InvalidArchive",
     "InvalidArgument",
@@ -159,6 +161,19 @@ class RunnerError(TiffinError):
 
 class PredictFailed(RunnerError):
     """``tiffin models predict``: the model raised on the given input."""
+
+
+class FrameError(RunnerError):
+    """A message between an API worker and a runner process arrived whole but could not be
+    decoded (for instance a class the receiving process cannot import). Only the call it
+    belongs to (``call_id``) fails; the connection goes on."""
+
+    def __init__(self, message: str, call_id: int) -> None:
+        super().__init__(message)
+        self.call_id = call_id
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (str(self), self.call_id))
 
 
 class ServerError(TiffinError):

@@ -16,7 +16,7 @@ import itertools
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from tiffin.exceptions import RunnerError, RunnerUnavailable
+from tiffin.exceptions import FrameError, RunnerError, RunnerUnavailable
 from tiffin.runner import wire
 from tiffin.runner.coalescer import Coalescer
 from tiffin.runner.runner import RemoteStats
@@ -58,7 +58,10 @@ class _Connection:
             self.writer = wire.FrameWriter(writer)
             try:
                 while True:
-                    call_id, status, value = await wire.receive(reader)
+                    try:
+                        call_id, (status, value) = await wire.receive(reader)
+                    except FrameError as error:  # this call's answer: it alone fails
+                        call_id, status, value = error.call_id, wire.ERROR, error
                     future = self.pending.pop(call_id, None)
                     if future is None or future.done():
                         continue
@@ -92,7 +95,7 @@ class _Connection:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.pending[call_id] = future
         try:
-            await writer.send((call_id, message))
+            await writer.send(call_id, message)
             return await future
         except (ConnectionError, RuntimeError) as exc:
             raise self.owner.unavailable() from exc

@@ -18,8 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tiffin.exceptions import RunnerError
+from tiffin.exceptions import FrameError, RunnerError
 from tiffin.runner import wire
+from tiffin.runner.wire import picklable_error
 
 if TYPE_CHECKING:
     from tiffin.runner.runner import Runner
@@ -81,9 +82,9 @@ async def serve_runner(
             except BaseException as exc:  # the caller gets it, the process keeps serving
                 if isinstance(exc, asyncio.CancelledError):
                     raise
-                status, value = wire.ERROR, wire.picklable_error(exc)
+                status, value = wire.ERROR, picklable_error(exc)
             try:
-                await frames.send((call_id, status, value))
+                await frames.send(call_id, (status, value))
             except (ConnectionError, RuntimeError):
                 pass  # the API worker went away
             except Exception as exc:  # the answer would not pickle: say so instead of hanging
@@ -92,12 +93,21 @@ async def serve_runner(
                     f"API worker ({type(value).__name__}): {exc}"
                 )
                 with contextlib.suppress(ConnectionError, RuntimeError):
-                    await frames.send((call_id, wire.ERROR, error))
+                    await frames.send(call_id, (wire.ERROR, error))
+
+        async def refuse(error: FrameError) -> None:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await frames.send(error.call_id, (wire.ERROR, picklable_error(error)))
 
         try:
             while True:
-                call_id, message = await wire.receive(reader)
-                task = asyncio.create_task(answer(call_id, message))
+                try:
+                    call_id, message = await wire.receive(reader)
+                except FrameError as error:  # this call's arguments: it alone fails
+                    logger.warning("runner %r: %s", runner.name, error)
+                    task = asyncio.create_task(refuse(error))
+                else:
+                    task = asyncio.create_task(answer(call_id, message))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
         except (asyncio.IncompleteReadError, ConnectionError):

@@ -1,17 +1,22 @@
 """The wire between API workers and runner processes: framed pickle-5 messages over a Unix
 socket, with numpy (and other PEP 574) buffers sent out of band.
 
-Messages: an API worker sends ``(call_id, (kind, body))`` with kind :data:`CALL` (body
-``(method, args, kwargs, calls)``, ``calls`` being how many callers' calls it merges),
-:data:`STATS` or :data:`PING`; the runner process answers ``(call_id, status, value)`` with
-status :data:`OK` or :data:`ERROR` (value: the exception). Answers come in any order.
+Every frame carries the id of the call it belongs to outside the pickle, so a frame that
+arrives whole but cannot be unpickled (a class the receiver cannot import, say) fails that
+call alone -- :func:`receive` raises :class:`~tiffin.exceptions.FrameError` naming it -- and
+the stream stays in step for the next frame.
 
-A frame is ``!II`` (header length, buffer count), one ``!Q`` length per buffer, the pickle
-header, then each buffer's raw bytes. Large arrays are never copied into the pickle stream:
-the sender writes their memory straight to the socket, the receiver reads each into its own
-bytearray (so arrays arrive writable) and hands them to ``pickle.loads(..., buffers=...)``.
-Small writable buffers (under ``IN_BAND_BYTES``, such as one request's rows) travel inside the
-pickle instead, as bytearrays, so they arrive writable too.
+Messages: an API worker sends ``(kind, body)`` with kind :data:`CALL` (body ``(method, args,
+kwargs, calls)``, ``calls`` being how many callers' calls it merges), :data:`STATS` or
+:data:`PING`; the runner process answers ``(status, value)`` with status :data:`OK` or
+:data:`ERROR` (value: the exception). Answers come in any order.
+
+A frame is ``!QII`` (call id, header length, buffer count), one ``!Q`` length per buffer,
+the pickle header, then each buffer's raw bytes. Large arrays are never copied into the
+pickle stream: the sender writes their memory straight to the socket, the receiver reads
+each into its own bytearray (so arrays arrive writable) and hands them to ``pickle.loads``.
+Small writable buffers (under ``IN_BAND_BYTES``, such as one request's rows) travel inside
+the pickle instead, as bytearrays, so they arrive writable too.
 
 :class:`FrameWriter` is a connection's sending side. Small frames do not cost a system call
 each: those queued during one turn of the event loop (the answers of one batch, the calls of
@@ -24,11 +29,12 @@ only this user can open (mode 0700), made fresh by the server for its own childr
 from __future__ import annotations
 
 import asyncio
+import os
 import pickle
 import struct
 from typing import Any
 
-from tiffin.exceptions import RunnerError
+from tiffin.exceptions import FrameError, RunnerError
 
 __all__ = [
     "CALL",
@@ -47,7 +53,7 @@ __all__ = [
 CALL, STATS, PING = "call", "stats", "ping"
 OK, ERROR = "ok", "err"
 
-_PREFIX = struct.Struct("!II")
+_PREFIX = struct.Struct("!QII")
 _LENGTH = struct.Struct("!Q")
 MAX_HEADER = 1 << 31
 #: the stream reader's buffer before it pauses the socket; asyncio's 64 KiB default makes a
@@ -59,8 +65,8 @@ _SLICE = 1 << 20
 IN_BAND_BYTES = 1 << 14
 
 
-def encode(message: Any) -> list[bytes | memoryview]:
-    """The chunks of one frame, ready for ``writer.writelines``."""
+def encode(call_id: int, message: Any) -> list[bytes | memoryview]:
+    """The chunks of one frame of call ``call_id``, ready for ``writer.writelines``."""
     raws: list[memoryview] = []
 
     def out_of_band(buffer: pickle.PickleBuffer) -> bool:
@@ -72,9 +78,9 @@ def encode(message: Any) -> list[bytes | memoryview]:
 
     head = pickle.dumps(message, protocol=5, buffer_callback=out_of_band)
     if not raws:
-        return [_PREFIX.pack(len(head), 0), head]
+        return [_PREFIX.pack(call_id, len(head), 0), head]
     lengths = struct.pack(f"!{len(raws)}Q", *(raw.nbytes for raw in raws))
-    return [_PREFIX.pack(len(head), len(raws)) + lengths, head, *raws]
+    return [_PREFIX.pack(call_id, len(head), len(raws)) + lengths, head, *raws]
 
 
 class FrameWriter:
@@ -98,10 +104,10 @@ class FrameWriter:
         self._queued: list[bytes | memoryview] = []
         self._queued_bytes = 0
 
-    async def send(self, message: Any) -> None:
+    async def send(self, call_id: int, message: Any) -> None:
         """Send one frame; ``ConnectionError`` once the connection is lost, and a pickling
         error (before anything is written) for a message that cannot be pickled."""
-        chunks = encode(message)
+        chunks = encode(call_id, message)
         size = sum(memoryview(chunk).nbytes for chunk in chunks)
         writer = self.writer
         if size <= _SLICE and not self.lock.locked():
@@ -130,18 +136,30 @@ class FrameWriter:
                 self.writer.writelines(chunks)
 
 
-async def receive(reader: asyncio.StreamReader) -> Any:
-    """The next message; ``asyncio.IncompleteReadError`` when the peer closed the socket."""
-    head_length, count = _PREFIX.unpack(await reader.readexactly(_PREFIX.size))
+async def receive(reader: asyncio.StreamReader) -> tuple[int, Any]:
+    """The next ``(call_id, message)``; ``asyncio.IncompleteReadError`` when the peer closed
+    the socket, :class:`~tiffin.exceptions.FrameError` when the frame arrived whole but its
+    message cannot be unpickled here (the stream is still in step)."""
+    call_id, head_length, count = _PREFIX.unpack(await reader.readexactly(_PREFIX.size))
     if head_length > MAX_HEADER:
         raise ConnectionError(f"frame header of {head_length} bytes; the stream is corrupt")
     if not count:
-        return pickle.loads(await reader.readexactly(head_length))
-    table = _LENGTH.size * count  # the buffers' lengths, then the header: one read
-    data = await reader.readexactly(table + head_length)
-    lengths = struct.unpack(f"!{count}Q", data[:table])
-    buffers = [bytearray(await reader.readexactly(n)) if n else bytearray() for n in lengths]
-    return pickle.loads(memoryview(data)[table:], buffers=buffers)
+        head: Any = await reader.readexactly(head_length)
+        buffers: list[bytearray] = []
+    else:
+        table = _LENGTH.size * count  # the buffers' lengths, then the header: one read
+        data = await reader.readexactly(table + head_length)
+        lengths = struct.unpack(f"!{count}Q", data[:table])
+        buffers = [bytearray(await reader.readexactly(n)) if n else bytearray() for n in lengths]
+        head = memoryview(data)[table:]
+    try:
+        return call_id, pickle.loads(head, buffers=buffers)
+    except Exception as exc:
+        raise FrameError(
+            f"a message could not be unpickled in process {os.getpid()}: "
+            f"{type(exc).__name__}: {exc}",
+            call_id,
+        ) from exc
 
 
 def picklable_error(exc: BaseException) -> BaseException:
