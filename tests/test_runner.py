@@ -142,17 +142,36 @@ def test_max_batch_size_and_latency_come_from_runner_and_method_configs():
         tiffin.Runner(Recorder, max_batch_size=0)
 
 
+class Gate(tiffin.Runnable):
+    """Its first batch waits until the test opens the gate."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.gate = threading.Event()
+
+    @tiffin.Runnable.method(batchable=True)
+    def double(self, x):
+        self.started.set()
+        assert self.gate.wait(30)
+        return x * 2
+
+
 def test_overload_past_max_latency_is_a_distinct_error():
-    runner = tiffin.Runner(
-        Recorder, max_latency_ms=50, runnable_init_params={"delay": 0.3}
-    )
+    runner = tiffin.Runner(Gate, max_latency_ms=50)
     runner.init_local()
+    gate = runner.backend.instance  # type: ignore[union-attr]
 
     async def main():
         first = asyncio.ensure_future(runner.double.async_run(np.array([1])))
-        await asyncio.sleep(0.02)  # the first batch is running now
-        second = runner.double.async_run(np.array([2]))
-        return await asyncio.gather(first, second, return_exceptions=True)
+        assert await asyncio.to_thread(gate.started.wait, 30)  # the first batch is running
+        try:
+            # queued behind it for longer than max_latency_ms: answered, not left waiting
+            second = await asyncio.gather(
+                runner.double.async_run(np.array([2])), return_exceptions=True
+            )
+        finally:
+            gate.gate.set()
+        return await first, second[0]
 
     try:
         first, second = asyncio.run(main())
