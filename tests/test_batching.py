@@ -1,13 +1,21 @@
-"""The adaptive dispatcher, driven by a synthetic model: plain asyncio, no models, no HTTP."""
+"""The adaptive dispatcher, driven by a fake clock and a synthetic model: plain asyncio, no
+models, no HTTP, no sleeping.
+
+Every dispatcher here reads a :class:`FakeClock`, whose time moves only when a test advances it;
+the :class:`Model`'s batches take fake time and finish only when the test moves the clock past
+their end. So each test is one deterministic sequence of event-loop steps, whatever the load on
+the machine: times are asserted exactly, and batch sizes are what the rules give.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import heapq
 import itertools
 import random
 import statistics
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import numpy as np
@@ -15,20 +23,106 @@ import pytest
 
 from tiffin.exceptions import InvalidArgument, Overloaded, RunnerError
 from tiffin.runner.batching import Dispatcher
-from tiffin.runner.stats import BatchStats, Buckets, CostModel
+from tiffin.runner.stats import BatchStats, Buckets
+
+# Event-loop turns that let every task run whatever became ready (a dispatcher reacting to a
+# call, a batch starting, callers getting their answers and calling again) before time moves.
+SETTLE_TURNS = 60
+
+
+async def settle() -> None:
+    for _ in range(SETTLE_TURNS):
+        await asyncio.sleep(0)
+
+
+class _Timer:
+    __slots__ = ("callback", "cancelled", "when")
+
+    def __init__(self, when: float, callback: Callable[[], object]) -> None:
+        self.when, self.callback, self.cancelled = when, callback, False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class FakeClock:
+    """A :class:`~tiffin.runner.batching.Clock` whose time moves only when a test says so.
+
+    ``call_at`` puts a timer on a heap. ``advance(dt)`` moves the time forward from one due
+    timer to the next, in order: at each it fires the timers due then and lets the event loop
+    run everything that became ready (:func:`settle`), so a reaction at that moment (a batch
+    starting, a new timer) happens before time moves on; then it moves to ``now + dt``.
+    ``run_until(awaitable)`` advances from timer to timer until the awaitable is done.
+    """
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.time = start
+        self._timers: list[tuple[float, int, _Timer]] = []
+        self._order = itertools.count()
+
+    def now(self) -> float:
+        return self.time
+
+    def call_at(self, when: float, callback: Callable[[], object]) -> _Timer:
+        timer = _Timer(when, callback)
+        heapq.heappush(self._timers, (when, next(self._order), timer))
+        return timer
+
+    async def sleep(self, delay: float) -> None:
+        future = asyncio.get_running_loop().create_future()
+
+        def wake() -> None:
+            if not future.done():
+                future.set_result(None)
+
+        self.call_at(self.time + delay, wake)
+        await future
+
+    def next_timer(self) -> float | None:
+        """When the next timer is due (None: no timer is set)."""
+        timers = self._timers
+        while timers and timers[0][2].cancelled:
+            heapq.heappop(timers)
+        return timers[0][0] if timers else None
+
+    async def advance(self, dt: float) -> None:
+        await self.advance_to(self.time + dt)
+
+    async def advance_to(self, target: float) -> None:
+        await settle()
+        while (when := self.next_timer()) is not None and when <= target:
+            self.time = max(self.time, when)
+            while (due := self.next_timer()) is not None and due <= self.time:
+                heapq.heappop(self._timers)[2].callback()
+            await settle()
+        self.time = max(self.time, target)
+        await settle()
+
+    async def run_until(self, awaitable: Awaitable[Any], limit: float = 600.0) -> Any:
+        task = asyncio.ensure_future(awaitable)
+        end = self.time + limit
+        await settle()
+        while not task.done():
+            when = self.next_timer()
+            assert when is not None and when <= end, "stuck: nothing is left to happen"
+            await self.advance_to(when)
+        return task.result()
 
 
 class Model:
-    """A synthetic batch model: records every batch and sleeps ``a·n + b`` seconds.
+    """A synthetic batch model on the fake clock: a batch of n rows takes ``a·n + b`` fake
+    seconds, so it ends when the test advances the clock past that. Records every batch, its
+    options and when it started.
 
     Payloads are lists of row ids; the result multiplies each id by 10, so every caller can
     check it got exactly its own rows back.
     """
 
-    def __init__(self, a: float = 0.0, b: float = 0.0) -> None:
-        self.a, self.b = a, b
+    def __init__(self, clock: FakeClock, a: float = 0.0, b: float = 0.0) -> None:
+        self.clock, self.a, self.b = clock, a, b
         self.batches: list[list[Any]] = []
         self.kwargs: list[dict[str, Any]] = []
+        self.starts: list[float] = []
         self.running = 0
         self.most_running = 0
         self.on_batch: Callable[[list[Any]], None] | None = None
@@ -37,47 +131,85 @@ class Model:
     async def __call__(self, rows: list[Any], **kwargs: Any) -> list[Any]:
         self.batches.append(list(rows))
         self.kwargs.append(kwargs)
+        self.starts.append(self.clock.now())
         if self.on_batch is not None:
             self.on_batch(rows)
         self.running += 1
         self.most_running = max(self.most_running, self.running)
         try:
-            await asyncio.sleep(self.a * len(rows) + self.b)
+            await self.clock.sleep(self.a * len(rows) + self.b)
             if self.fail_if(rows):
                 raise ValueError("model exploded")
             return [row * 10 for row in rows]
         finally:
             self.running -= 1
 
+    def sizes(self) -> list[int]:
+        return [len(batch) for batch in self.batches]
 
-def run(main: Callable[[], Awaitable[Any]]) -> Any:
-    return asyncio.run(asyncio.wait_for(main(), timeout=10))
+
+def run(main: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+    return asyncio.run(asyncio.wait_for(main(), timeout=120))
 
 
-def test_lone_call_runs_at_once() -> None:
-    model = Model(b=0.03)
+def spawn(call: Awaitable[Any]) -> asyncio.Future[Any]:
+    return asyncio.ensure_future(call)
+
+
+def test_a_lone_call_runs_at_once_and_a_lone_caller_is_never_held() -> None:
+    clock = FakeClock()
+    model = Model(clock, b=0.03)
 
     async def main() -> None:
-        dispatcher = Dispatcher(model)
-        started = time.perf_counter()
-        assert await dispatcher.submit([1]) == [10]
-        assert time.perf_counter() - started < 0.03 + 0.015  # no wait window before the model
+        dispatcher = Dispatcher(model, clock=clock)
+        call = spawn(dispatcher.submit([1]))
+        await settle()
+        assert model.starts == [clock.now()]  # no wait window before the model
+        await clock.advance(0.03)
+        assert call.result() == [10]
 
-        # teach the cost model (b ≈ 30 ms) with a burst, let it go quiet, then one call again
-        await asyncio.gather(*(dispatcher.submit([i]) for i in range(20)))
-        assert dispatcher.cost.b > 0.02
-        await asyncio.sleep(4 * dispatcher.cost.b + 0.01)
-        for i in range(3):  # a single caller in a loop is never held back either
-            started = time.perf_counter()
-            assert await dispatcher.submit([i]) == [i * 10]
-            assert time.perf_counter() - started < 0.03 + 0.015
+        # teach the cost model (b = 30 ms) with a burst, let it go quiet, then one call again
+        burst = await clock.run_until(asyncio.gather(*(dispatcher.submit([i]) for i in range(20))))
+        assert burst == [[i * 10] for i in range(20)]
+        assert dispatcher.cost.b == pytest.approx(0.03)
+        await clock.advance(4 * 0.03 + 0.01)
+        for i in range(12):  # a single caller in a loop is never held back either
+            submitted, batches = clock.now(), len(model.batches)
+            assert await clock.run_until(dispatcher.submit([i])) == [i * 10]
+            assert model.starts[batches:] == [submitted]
+        assert dispatcher.population() == 1  # seen as a steady population of one: no hold
+        await dispatcher.aclose()
+
+    run(main)
+
+
+def test_the_default_clock_is_the_event_loop() -> None:
+    """Without a clock the dispatcher reads its loop's time: a call still queued behind a batch
+    that never ends is answered with Overloaded once max_latency_ms of loop time has passed."""
+    never = asyncio.Event()
+
+    async def infer(rows: list[int]) -> list[int]:
+        await never.wait()
+        return rows
+
+    async def main() -> None:
+        dispatcher = Dispatcher(infer, max_latency_ms=1)
+        first = spawn(dispatcher.submit([1]))
+        await settle()  # its batch has started
+        submitted = asyncio.get_running_loop().time()
+        with pytest.raises(Overloaded):
+            await dispatcher.submit([2])
+        assert asyncio.get_running_loop().time() - submitted > 0.0009  # not before its deadline
+        never.set()
+        assert await first == [1]
         await dispatcher.aclose()
 
     run(main)
 
 
 def test_fifo_under_load_and_rows_never_exceed_max() -> None:
-    model = Model(a=0.0001, b=0.001)
+    clock = FakeClock()
+    model = Model(clock, a=0.0001, b=0.001)
     max_rows = 8
     seq = itertools.count()
     waiting: dict[int, int] = {}  # submitted, not yet sent to the model: id -> rows
@@ -88,8 +220,8 @@ def test_fifo_under_load_and_rows_never_exceed_max() -> None:
         # the batch is the oldest waiting calls, in submission order, as many as fit
         assert ids == sorted(waiting)[: len(ids)]
         assert len(rows) <= max_rows
-        for call in ids:
-            del waiting[call]
+        for call in ids:  # each call's rows all in this batch
+            assert sum(1 for row in rows if row[0] == call) == waiting.pop(call)
 
     model.on_batch = check
 
@@ -100,41 +232,44 @@ def test_fifo_under_load_and_rows_never_exceed_max() -> None:
             waiting[call] = size
             result = await dispatcher.submit(rows)
             assert result == [row * 10 for row in rows]
-            await asyncio.sleep(rng.random() * 0.002)
+            await clock.sleep(rng.random() * 0.002)
 
     async def main() -> None:
-        dispatcher = Dispatcher(model, max_batch_size=max_rows)
-        await asyncio.gather(*(caller(dispatcher) for _ in range(24)))
+        dispatcher = Dispatcher(model, max_batch_size=max_rows, clock=clock)
+        await clock.run_until(asyncio.gather(*(caller(dispatcher) for _ in range(24))))
         await dispatcher.aclose()
 
     run(main)
     assert not waiting
-    assert max(len(batch) for batch in model.batches) == max_rows  # the load did fill batches
+    assert sum(model.sizes()) == sum(len(b) for b in model.batches) > 24 * 15
+    assert max(model.sizes()) == max_rows  # the load did fill batches
     assert model.most_running == 1  # one batch in flight at a time
 
 
 def test_rows_are_counted_not_requests() -> None:
-    model = Model(b=0.02)
+    clock = FakeClock()
+    model = Model(clock, b=0.02)
 
     async def main() -> None:
-        dispatcher = Dispatcher(model, max_batch_size=100)
+        dispatcher = Dispatcher(model, max_batch_size=100, clock=clock)
         calls = [dispatcher.submit(list(range(k * 40, k * 40 + 40))) for k in range(5)]
-        results = await asyncio.gather(*calls)
+        results = await clock.run_until(asyncio.gather(*calls))
         assert results == [[r * 10 for r in range(k * 40, k * 40 + 40)] for k in range(5)]
 
     run(main)
     # 40 + 40 fit in 100 rows, a third call would not: it waits for the next batch
-    assert [len(batch) for batch in model.batches] == [80, 80, 40]
+    assert model.sizes() == [80, 80, 40]
 
 
 def test_oversize_call_is_split_and_rejoined_in_order() -> None:
-    model = Model(b=0.005)
+    clock = FakeClock()
+    model = Model(clock, b=0.005)
 
     async def main() -> None:
-        dispatcher = Dispatcher(model, max_batch_size=10)
-        big = asyncio.ensure_future(dispatcher.submit(list(range(25))))
-        small = asyncio.ensure_future(dispatcher.submit([100, 101]))
-        assert await big == [r * 10 for r in range(25)]
+        dispatcher = Dispatcher(model, max_batch_size=10, clock=clock)
+        big = spawn(dispatcher.submit(list(range(25))))
+        small = spawn(dispatcher.submit([100, 101]))
+        assert await clock.run_until(big) == [r * 10 for r in range(25)]
         assert await small == [1000, 1010]
 
     run(main)
@@ -150,7 +285,7 @@ def test_batch_dim_pair_and_arrays() -> None:
         return features.sum(axis=0)  # inputs batched along dim 1, outputs along dim 0
 
     async def main() -> None:
-        dispatcher = Dispatcher(infer, batch_dim=(1, 0), max_batch_size=4)
+        dispatcher = Dispatcher(infer, batch_dim=(1, 0), max_batch_size=4, clock=FakeClock())
         inputs = [np.arange(3 * n, dtype=float).reshape(3, n) + 100 * n for n in (1, 2, 6)]
         results = await asyncio.gather(*(dispatcher.submit(x) for x in inputs))
         for x, result in zip(inputs, results, strict=True):
@@ -161,67 +296,119 @@ def test_batch_dim_pair_and_arrays() -> None:
 
 
 def test_call_queued_past_max_latency_is_overloaded() -> None:
-    model = Model(b=0.3)
+    clock = FakeClock()
+    model = Model(clock, b=0.3)
 
     async def main() -> None:
         stats = BatchStats()
-        dispatcher = Dispatcher(model, name="clf.predict", max_latency_ms=50, stats=stats)
-        first = asyncio.ensure_future(dispatcher.submit([1]))
-        await asyncio.sleep(0.01)  # the first call's batch has started (and runs 300 ms)
-        started = time.perf_counter()
+        dispatcher = Dispatcher(
+            model, name="clf.predict", max_latency_ms=50, stats=stats, clock=clock
+        )
+        first = spawn(dispatcher.submit([1]))
+        await clock.advance(0.01)  # the first call's batch has started (and runs 300 ms)
+        second = spawn(dispatcher.submit([2]))
+        await clock.advance(0.0499)
+        assert not second.done()  # not before its deadline
+        await clock.advance(0.0002)
+        assert second.done()  # answered at its deadline, not when the long batch ends
         with pytest.raises(Overloaded) as caught:
-            await dispatcher.submit([2])
-        waited = time.perf_counter() - started
-        assert 0.045 < waited < 0.2  # answered at its deadline, not when the long batch ends
+            second.result()
         error = caught.value
-        assert error.http_status == 503 and error.retry_after >= 1
+        assert error.http_status == 503 and error.retry_after == 1.0
         assert "clf.predict" in str(error) and "max_latency_ms=50" in str(error)
-        assert "overloaded" in str(error)
+        assert "overloaded" in str(error) and "waited 50 ms" in str(error)
         assert not first.done()
-        assert await first == [10]  # the batch that had started was not cancelled
+        await clock.advance(0.3)
+        assert first.result() == [10]  # the batch that had started was not cancelled
         assert stats.overloaded == 1
-        assert await dispatcher.submit([3]) == [30]  # and the dispatcher keeps serving
+        # and the dispatcher keeps serving
+        assert await clock.run_until(dispatcher.submit([3])) == [30]
 
     run(main)
     assert model.batches == [[1], [3]]  # the overloaded call never reached the model
 
 
-def test_a_failed_batch_is_rerun_call_by_call_so_only_the_bad_call_fails() -> None:
-    model = Model(b=0.02)
+def test_retry_after_is_the_time_the_queue_from_each_call_on_would_take() -> None:
+    clock = FakeClock()
+    model = Model(clock, b=2.0)
+
+    async def main() -> None:
+        dispatcher = Dispatcher(model, max_batch_size=1, max_latency_ms=100, clock=clock)
+        assert await clock.run_until(dispatcher.submit([0])) == [0]  # b = 2 s learned
+        running = spawn(dispatcher.submit([1]))
+        await settle()
+        queued = [spawn(dispatcher.submit([n])) for n in (2, 3, 4)]
+        await clock.advance(0.1)
+        # behind one running batch: itself and the calls behind it, one row per batch, 2 s each
+        errors = [call.exception() for call in queued]
+        assert [getattr(error, "retry_after", None) for error in errors] == [8.0, 6.0, 4.0]
+        assert dispatcher.stats.overloaded == 3
+        await clock.advance(2.0)
+        assert running.result() == [10]
+
+    run(main)
+
+
+def test_a_failed_batch_is_rerun_apart_so_only_the_bad_call_fails() -> None:
+    clock = FakeClock()
+    model = Model(clock, b=0.02)
     model.fail_if = lambda rows: 666 in rows
 
     async def main() -> None:
-        dispatcher = Dispatcher(model)
-        first = asyncio.ensure_future(dispatcher.submit([1]))
-        await asyncio.sleep(0.005)
-        batch = [asyncio.ensure_future(dispatcher.submit(rows)) for rows in ([2], [666], [3])]
-        assert await first == [10]
-        outcomes = await asyncio.gather(*batch, return_exceptions=True)
+        dispatcher = Dispatcher(model, clock=clock)
+        first = spawn(dispatcher.submit([1]))
+        await clock.advance(0.005)
+        batch = [spawn(dispatcher.submit(rows)) for rows in ([2], [666], [3])]
+        outcomes = await clock.run_until(asyncio.gather(*batch, return_exceptions=True))
+        assert first.result() == [10]
         assert outcomes[0] == [20] and outcomes[2] == [30]
         assert isinstance(outcomes[1], ValueError)
-        assert await dispatcher.submit([4]) == [40]
+        assert await clock.run_until(dispatcher.submit([4])) == [40]
         assert dispatcher.stats.failed_batches == 1
         assert dispatcher.stats.isolated_calls == 3
 
     run(main)
-    assert model.batches == [[1], [2, 666, 3], [2], [666], [3], [4]]
+    assert model.batches[:2] == [[1], [2, 666, 3]] and model.batches[-1] == [4]
+    assert [666] in model.batches[2:-1]  # re-run without the batch, the bad call failed alone
+
+
+def test_without_isolation_a_failed_batch_fails_all_its_calls() -> None:
+    clock = FakeClock()
+    model = Model(clock, b=0.02)
+    model.fail_if = lambda rows: 666 in rows
+
+    async def main() -> None:
+        dispatcher = Dispatcher(model, clock=clock, isolate=lambda exc: False)
+        first = spawn(dispatcher.submit([1]))
+        await settle()
+        batch = [spawn(dispatcher.submit(rows)) for rows in ([2], [666], [3])]
+        outcomes = await clock.run_until(asyncio.gather(*batch, return_exceptions=True))
+        assert first.result() == [10]
+        assert all(isinstance(outcome, ValueError) for outcome in outcomes)
+        assert dispatcher.stats.isolated_calls == 0
+
+    run(main)
+    assert model.batches == [[1], [2, 666, 3]]
 
 
 def test_a_model_that_always_fails_fails_every_call_and_keeps_serving() -> None:
-    model = Model(b=0.02)
+    clock = FakeClock()
+    model = Model(clock, b=0.02)
     model.fail_if = lambda rows: any(r < 100 for r in rows)
 
     async def main() -> None:
-        dispatcher = Dispatcher(model)
-        first = asyncio.ensure_future(dispatcher.submit([100]))
-        await asyncio.sleep(0.005)
-        batch = [asyncio.ensure_future(dispatcher.submit(rows)) for rows in ([1], [2], [3])]
-        assert await first == [1000]
-        outcomes = await asyncio.gather(*batch, return_exceptions=True)
+        dispatcher = Dispatcher(model, clock=clock)
+        first = spawn(dispatcher.submit([100]))
+        await clock.advance(0.005)
+        batch = [spawn(dispatcher.submit(rows)) for rows in ([1], [2], [3])]
+        outcomes = await clock.run_until(asyncio.gather(*batch, return_exceptions=True))
+        assert first.result() == [1000]
         assert all(isinstance(o, ValueError) for o in outcomes)
-        assert await dispatcher.submit([200]) == [2000]
+        assert await clock.run_until(dispatcher.submit([200])) == [2000]
 
     run(main)
+    assert model.batches[:2] == [[100], [1, 2, 3]] and model.batches[-1] == [200]
+    assert all([row] in model.batches for row in (1, 2, 3))  # each failed alone
 
 
 def test_wrong_row_count_from_the_model_is_a_runner_error() -> None:
@@ -229,7 +416,7 @@ def test_wrong_row_count_from_the_model_is_a_runner_error() -> None:
         return rows[:-1]
 
     async def main() -> None:
-        dispatcher = Dispatcher(infer, name="m.predict")
+        dispatcher = Dispatcher(infer, name="m.predict", clock=FakeClock())
         with pytest.raises(RunnerError, match=r"m\.predict.*one output row per input row"):
             await dispatcher.submit([1, 2])
 
@@ -237,22 +424,25 @@ def test_wrong_row_count_from_the_model_is_a_runner_error() -> None:
 
 
 def test_cancelled_caller_is_never_sent_to_the_model() -> None:
-    model = Model(b=0.03)
+    clock = FakeClock()
+    model = Model(clock, b=0.03)
 
     async def main() -> None:
-        dispatcher = Dispatcher(model, max_batch_size=10)
-        first = asyncio.ensure_future(dispatcher.submit([1]))
-        await asyncio.sleep(0.005)
-        queued = [asyncio.ensure_future(dispatcher.submit([n])) for n in (2, 3, 4)]
-        big = asyncio.ensure_future(dispatcher.submit(list(range(100, 125))))
-        last = asyncio.ensure_future(dispatcher.submit([5]))
-        await asyncio.sleep(0.005)
+        dispatcher = Dispatcher(model, max_batch_size=10, clock=clock)
+        first = spawn(dispatcher.submit([1]))
+        await clock.advance(0.005)
+        queued = [spawn(dispatcher.submit([n])) for n in (2, 3, 4)]
+        big = spawn(dispatcher.submit(list(range(100, 125))))
+        last = spawn(dispatcher.submit([5]))
+        await clock.advance(0.005)
         queued[1].cancel()  # hangs up from the middle of the queue
-        assert await first == [10]
-        assert await queued[0] == [20] and await queued[2] == [40]
-        await asyncio.sleep(0.005)  # the first chunk of the big call is running now
+        await clock.advance(0.02)  # the first batch ends, the next starts
+        assert first.result() == [10]
+        await clock.advance(0.03)
+        assert queued[0].result() == [20] and queued[2].result() == [40]
+        assert model.batches[-1] == list(range(100, 110))  # the big call's first chunk runs
         big.cancel()  # the rest of it leaves the queue
-        assert await last == [50]
+        assert await clock.run_until(last) == [50]
         assert dispatcher.queued_rows == 0
         assert dispatcher.stats.cancelled == 2
 
@@ -261,19 +451,18 @@ def test_cancelled_caller_is_never_sent_to_the_model() -> None:
 
 
 def test_different_options_never_share_a_batch() -> None:
-    model = Model(b=0.01)
-    order: list[tuple[int, int]] = []
+    clock = FakeClock()
+    model = Model(clock, b=0.01)
 
     async def main() -> None:
-        dispatcher = Dispatcher(model)
-        first = asyncio.ensure_future(dispatcher.submit([0], params={"t": 0}))
-        await asyncio.sleep(0.002)
+        dispatcher = Dispatcher(model, clock=clock)
+        first = spawn(dispatcher.submit([0], params={"t": 0}))
+        await clock.advance(0.002)
         calls = []
         for i in range(1, 13):
             params = {"t": i % 3, "weights": [1, 2]}  # unhashable values are fine
-            order.append((i, i % 3))
             calls.append(dispatcher.submit([i], params=params))
-        results = await asyncio.gather(first, *calls)
+        results = await clock.run_until(asyncio.gather(first, *calls))
         assert results == [[i * 10] for i in range(13)]
 
     run(main)
@@ -285,146 +474,170 @@ def test_different_options_never_share_a_batch() -> None:
 
 
 def test_different_shapes_never_share_a_batch() -> None:
+    clock = FakeClock()
     shapes: list[tuple[int, ...]] = []
 
     async def infer(x: np.ndarray) -> np.ndarray:
         shapes.append(x.shape)
-        await asyncio.sleep(0.005)
+        await clock.sleep(0.005)
         return x.sum(axis=1)
 
     async def main() -> None:
-        dispatcher = Dispatcher(infer)
-        first = asyncio.ensure_future(dispatcher.submit(np.ones((1, 3))))
-        await asyncio.sleep(0.001)
+        dispatcher = Dispatcher(infer, clock=clock)
+        first = spawn(dispatcher.submit(np.ones((1, 3))))
+        await clock.advance(0.001)
         rest = [dispatcher.submit(np.ones((1, 3 + i % 2))) for i in range(4)]
-        results = await asyncio.gather(first, *rest)
+        results = await clock.run_until(asyncio.gather(first, *rest))
         assert [float(r[0]) for r in results] == [3.0, 3.0, 4.0, 3.0, 4.0]
 
     run(main)
     assert shapes == [(1, 3), (2, 3), (2, 4)]
 
 
+def closed_loop(
+    clock: FakeClock,
+    dispatcher: Dispatcher,
+    callers: range,
+    calls: int,
+    *,
+    delay: Callable[[int], float] = lambda k: 0.0,
+    start: Callable[[int], float] = lambda k: 0.0,
+    latencies: list[float] | None = None,
+) -> Awaitable[Any]:
+    """``callers`` that each call ``calls`` times in a row, ``delay(k)`` fake seconds apart
+    (their answer going out and their next request coming in), the first ``start(k)`` in."""
+
+    async def caller(k: int) -> None:
+        await clock.sleep(start(k))
+        for i in range(calls):
+            row, submitted = k * 1000 + i, clock.now()
+            assert await dispatcher.submit([row]) == [row * 10]
+            if latencies is not None:
+                latencies.append(clock.now() - submitted)
+            await clock.sleep(delay(k))
+
+    return asyncio.gather(*(caller(k) for k in callers))
+
+
 def test_batches_grow_under_load_and_stay_small_without_it() -> None:
-    model = Model(a=0.0001, b=0.01)
+    clock = FakeClock()
+    model = Model(clock, a=0.0001, b=0.01)
 
-    async def closed_loop(dispatcher: Dispatcher, callers: int, calls: int) -> list[float]:
+    async def main() -> None:
+        dispatcher = Dispatcher(model, clock=clock)
+        await clock.run_until(closed_loop(clock, dispatcher, range(1), 5))
+        assert model.sizes() == [1] * 5
         latencies: list[float] = []
-
-        async def caller(k: int) -> None:
-            for i in range(calls):
-                started = time.perf_counter()
-                assert await dispatcher.submit([k * 1000 + i]) == [(k * 1000 + i) * 10]
-                latencies.append(time.perf_counter() - started)
-
-        await asyncio.gather(*(caller(k) for k in range(callers)))
-        return latencies
-
-    async def main() -> None:
-        dispatcher = Dispatcher(model)
-        await closed_loop(dispatcher, 1, 5)
-        assert all(len(batch) == 1 for batch in model.batches)
-        model.batches.clear()
-        latencies = await closed_loop(dispatcher, 32, 6)
-        sizes = [len(batch) for batch in model.batches]
-        assert statistics.mean(sizes) > 16
-        # continuous batching, no holding: a call waits at most about one batch, then runs one
-        assert statistics.median(latencies) < 2 * (0.01 + 32 * 0.0001) + 0.01
+        await clock.run_until(closed_loop(clock, dispatcher, range(32), 6, latencies=latencies))
+        assert statistics.mean(model.sizes()[5:]) > 16
+        # continuous batching: a call waits at most about one batch, then runs in one
+        assert max(latencies) <= 2 * (0.01 + 32 * 0.0001) + 1e-9
 
     run(main)
 
 
-def test_holds_an_idle_model_back_when_more_rows_are_about_to_arrive() -> None:
-    model = Model(b=0.02)
-    starts: list[float] = []
-    model.on_batch = lambda rows: starts.append(time.perf_counter())
+def stream(clock: FakeClock, dispatcher: Dispatcher, first: int, count: int) -> Awaitable[Any]:
+    """``count`` one-row calls, one every fake millisecond."""
 
-    async def stream(dispatcher: Dispatcher, first: int, count: int) -> list[Any]:
-        calls = []
+    async def calls() -> list[Any]:
+        pending = []
         for i in range(first, first + count):
-            calls.append(asyncio.ensure_future(dispatcher.submit([i])))
-            await asyncio.sleep(0.001)
-        return await asyncio.gather(*calls)
+            pending.append(spawn(dispatcher.submit([i])))
+            await clock.sleep(0.001)
+        return await asyncio.gather(*pending)
+
+    return calls()
+
+
+@pytest.mark.parametrize("hold", [True, False])
+def test_holds_an_idle_model_back_when_more_rows_are_about_to_arrive(hold: bool) -> None:
+    clock = FakeClock()
+    model = Model(clock, b=0.02)
 
     async def main() -> None:
-        dispatcher = Dispatcher(model)
-        await stream(dispatcher, 0, 60)  # ~70 ms of steady traffic teaches b and the rate
-        assert 0.015 < dispatcher.cost.b < 0.04
-        await asyncio.sleep(0.005)  # the model is idle, but the traffic is recent
-        resumed = time.perf_counter()
-        assert await stream(dispatcher, 1000, 15) == [[i * 10] for i in range(1000, 1015)]
-        after = [batch for batch in model.batches if batch[0] >= 1000]
-        assert len(after[0]) >= 4  # it waited for the rows it expected instead of running one
-        assert starts[-len(after)] - resumed < 0.02 + 0.01  # but never longer than about b
+        dispatcher = Dispatcher(model, clock=clock, hold=hold)
+        await clock.run_until(stream(clock, dispatcher, 0, 60))  # teaches b and the rate
+        assert dispatcher.cost.b == pytest.approx(0.02)
+        await clock.advance(0.005)  # the model is idle, but the traffic is recent
+        resumed, earlier = clock.now(), len(model.batches)
+        results = await clock.run_until(stream(clock, dispatcher, 1000, 15))
+        assert results == [[i * 10] for i in range(1000, 1015)]
+        first, started = model.batches[earlier], model.starts[earlier]
+        if hold:  # it waited for the rows it expected instead of running one, at most b
+            assert len(first) >= 4 and resumed < started <= resumed + 0.02 + 1e-9
+        else:
+            assert first == [1000] and started == resumed
 
     run(main)
 
 
-def test_closed_loop_callers_are_waited_for_so_their_groups_merge() -> None:
+@pytest.mark.parametrize("hold", [True, False])
+def test_closed_loop_callers_are_waited_for_so_their_groups_merge(hold: bool) -> None:
     """16 callers in a closed loop, started as two groups of 8: without waiting for the callers
-    on their way back, the groups would alternate on the model for good (8-row batches, each
-    paying the fixed cost); waiting for the population merges them into 16-row batches."""
-    model = Model(b=0.005)
+    on their way back, the groups alternate on the model for good (8-row batches, each paying
+    the fixed cost); waiting for the population merges them into 16-row batches."""
+    clock = FakeClock()
+    model = Model(clock, b=0.005)
+
+    def turnaround(k: int) -> float:  # answer out, next request in: spread over 0.7 ms
+        return 0.0001 * (k % 8)
 
     async def main() -> None:
-        dispatcher = Dispatcher(model)
-
-        async def caller(k: int, calls: int, delay: float) -> None:
-            await asyncio.sleep(delay)
-            for i in range(calls):
-                row = k * 1000 + i
-                assert await dispatcher.submit([row]) == [row * 10]
-                # its answer going out and its next request coming in, spread over 0.7 ms
-                await asyncio.sleep(0.0001 * (k % 8))
-
-        await asyncio.gather(*(caller(k, 30, 0.0 if k < 8 else 0.0025) for k in range(16)))
-        sizes = [len(batch) for batch in model.batches]
+        dispatcher = Dispatcher(model, clock=clock, hold=hold)
+        groups = closed_loop(
+            clock, dispatcher, range(16), 30, delay=turnaround, start=lambda k: 0.0025 * (k >= 8)
+        )
+        await clock.run_until(groups)
+        sizes = model.sizes()
+        if not hold:
+            assert set(sizes) == {8}, sizes
+            return
         # 8 cycles to see a steady population, then together (the group that started first
         # ends one call earlier: the last batch is the other group's last calls)
         assert sizes[:4] == [8] * 4 and sizes[-10:-1] == [16] * 9, sizes
 
         # a caller leaves: the others still run, held at most about the gap each time
-        model.batches.clear()
-        started = time.perf_counter()
-        await asyncio.gather(*(caller(k, 10, 0.0) for k in range(1, 16)))
-        per_batch = (time.perf_counter() - started) / len(model.batches)
-        assert max(len(batch) for batch in model.batches) == 15
+        started, earlier = clock.now(), len(model.batches)
+        await clock.run_until(closed_loop(clock, dispatcher, range(1, 16), 10, delay=turnaround))
+        per_batch = (clock.now() - started) / (len(model.batches) - earlier)
+        assert max(model.sizes()[earlier:]) == 15
         assert dispatcher.population() == 15  # the cycles without the 16th lowered it
         assert per_batch < 3 * 0.005, per_batch
 
         # after a quiet spell a lone call runs at once again
-        await asyncio.sleep(0.05)
-        started = time.perf_counter()
-        assert await dispatcher.submit([7]) == [70]
-        assert time.perf_counter() - started < 0.005 + 0.004
+        await clock.advance(0.05)
+        submitted, batches = clock.now(), len(model.batches)
+        assert await clock.run_until(dispatcher.submit([7])) == [70]
+        assert model.starts[batches:] == [submitted]
 
     run(main)
 
 
-def test_callers_slow_to_come_back_are_waited_for_not_left_to_a_straggler() -> None:
-    """The batch's callers take longer to come back (their answers written, their next
-    requests read) than the gap between calls arriving: when the model frees with only a late
-    caller queued, the first of the others is waited for, not just the gap. Otherwise the late
-    caller runs alone, paying the fixed cost, and the others form a batch without it, for good
-    (measured in serve --workers 2 with embedded runners: 8% one-row batches). But most
-    callers queued are not held back for one slow one: it joins the next batch instead."""
-    model = Model(b=0.01)
+@pytest.mark.parametrize("hold", [True, False])
+def test_callers_slow_to_come_back_are_waited_for_not_left_to_a_straggler(hold: bool) -> None:
+    """The batch's callers take longer to come back than the gap between calls arriving: when
+    the model frees with only a late caller queued, the first of the others is waited for (else
+    the late caller runs alone, paying the fixed cost, and the others form a batch without it,
+    for good). But most callers queued are not held back for one slow one: it joins the next
+    batch instead."""
+    clock = FakeClock()
+    model = Model(clock, b=0.01)
 
     async def main() -> None:
-        dispatcher = Dispatcher(model, max_latency_ms=1000)
-
-        async def caller(k: int, calls: int) -> None:
-            for i in range(calls):
-                row = k * 1000 + i
-                assert await dispatcher.submit([row]) == [row * 10]
-                # back in 6 ms (one caller in 16 ms, while the next batch runs), all at once:
-                # far more than twice the mean time between calls (about 2 ms)
-                await asyncio.sleep(0.016 if k == 0 else 0.006)
-
-        # the slow caller makes half as many calls: all end about together
-        await asyncio.gather(*(caller(k, 12 if k == 0 else 24) for k in range(16)))
-        sizes = [len(batch) for batch in model.batches]
+        dispatcher = Dispatcher(model, max_latency_ms=1000, clock=clock, hold=hold)
+        # 15 callers back in 6 ms, all at once, one in 16 ms (while the next batch runs): far
+        # more than twice the mean time between calls; the slow one makes half as many calls
+        callers = [
+            closed_loop(clock, dispatcher, range(1), 12, delay=lambda k: 0.016),
+            closed_loop(clock, dispatcher, range(1, 16), 24, delay=lambda k: 0.006),
+        ]
+        await clock.run_until(asyncio.gather(*callers))
+        sizes = model.sizes()
         settled = sizes[8:-2]
-        assert settled and min(settled) >= 8, sizes  # the old rule: 15, 1, 15, 1, ...
+        if not hold:  # the late caller runs alone every other cycle
+            assert 1 in settled, sizes
+            return
+        assert settled and min(settled) >= 8, sizes  # not 15, 1, 15, 1, ...
         assert settled.count(15) >= len(settled) // 3, sizes  # not all held for the slow one
 
     run(main)
@@ -433,18 +646,23 @@ def test_callers_slow_to_come_back_are_waited_for_not_left_to_a_straggler() -> N
 def test_independent_callers_are_not_waited_for() -> None:
     """Open-loop arrivals (independent callers, Poisson) make the per-cycle peaks vary: the
     dispatcher sees no steady population, so it never holds a batch for callers to return."""
-    model = Model(b=0.005)
+    clock = FakeClock()
+    model = Model(clock, b=0.005)
     rng = random.Random(5)
     seen: list[int] = []
 
     async def main() -> None:
-        dispatcher = Dispatcher(model)
+        dispatcher = Dispatcher(model, clock=clock)
         model.on_batch = lambda rows: seen.append(dispatcher.population())
-        calls = []
-        for i in range(400):
-            calls.append(asyncio.ensure_future(dispatcher.submit([i])))
-            await asyncio.sleep(rng.expovariate(1600))
-        assert await asyncio.gather(*calls) == [[i * 10] for i in range(400)]
+
+        async def arrivals() -> list[Any]:
+            calls = []
+            for i in range(400):
+                calls.append(spawn(dispatcher.submit([i])))
+                await clock.sleep(rng.expovariate(1600))
+            return await asyncio.gather(*calls)
+
+        assert await clock.run_until(arrivals()) == [[i * 10] for i in range(400)]
 
     run(main)
     assert len(seen) > 20
@@ -452,26 +670,34 @@ def test_independent_callers_are_not_waited_for() -> None:
 
 
 def test_max_concurrency_runs_batches_side_by_side() -> None:
-    model = Model(b=0.02)
+    clock = FakeClock()
+    model = Model(clock, b=0.02)
 
     async def main() -> None:
-        dispatcher = Dispatcher(model, max_batch_size=2, max_concurrency=2)
-        results = await asyncio.gather(*(dispatcher.submit([i]) for i in range(8)))
+        dispatcher = Dispatcher(model, max_batch_size=2, max_concurrency=2, clock=clock)
+        calls = [spawn(dispatcher.submit([i])) for i in range(8)]
+        await settle()
+        assert model.running == 2 and dispatcher.in_flight == 2
+        results = await clock.run_until(asyncio.gather(*calls))
         assert results == [[i * 10] for i in range(8)]
 
     run(main)
     assert model.most_running == 2
     assert model.batches == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert model.starts[0] == model.starts[1] and model.starts[2] == model.starts[3]
 
 
 def test_stats_count_what_happened() -> None:
-    model = Model(b=0.01)
+    clock = FakeClock()
+    model = Model(clock, b=0.01)
 
     async def main() -> BatchStats:
-        dispatcher = Dispatcher(model, max_batch_size=4)
-        first = asyncio.ensure_future(dispatcher.submit([0]))
-        await asyncio.sleep(0.002)
-        await asyncio.gather(first, *(dispatcher.submit([i, i]) for i in range(1, 4)))
+        dispatcher = Dispatcher(model, max_batch_size=4, clock=clock)
+        first = spawn(dispatcher.submit([0]))
+        await clock.advance(0.002)
+        await clock.run_until(
+            asyncio.gather(first, *(dispatcher.submit([i, i]) for i in range(1, 4)))
+        )
         return dispatcher.stats
 
     stats = run(main)
@@ -483,10 +709,12 @@ def test_stats_count_what_happened() -> None:
     assert size["count"] == 3 and size["sum"] == 7
     assert dict(size["buckets"])[1.0] == 1 and dict(size["buckets"])[2.0] == 2
     assert dict(size["buckets"])[4.0] == 3
-    assert snap["queue_wait_seconds"]["count"] == 4
+    wait = snap["queue_wait_seconds"]
+    # call 0 waits 0; calls 1 and 2 wait from 2 ms to 10 ms; call 3 from 2 ms to 20 ms
+    assert wait["count"] == 4 and wait["sum"] == pytest.approx(0.008 + 0.008 + 0.018)
     run_time = snap["run_time_seconds"]
-    assert run_time["count"] == 3 and 0.03 <= run_time["sum"] < 0.1
-    for histogram in (size, snap["queue_wait_seconds"], run_time):
+    assert run_time["count"] == 3 and run_time["sum"] == pytest.approx(0.03)
+    for histogram in (size, wait, run_time):
         counts = [count for _, count in histogram["buckets"]]
         assert counts == sorted(counts) and counts[-1] == histogram["count"]
         assert histogram["buckets"][-1][0] == float("inf")
@@ -501,34 +729,22 @@ def test_histogram_uses_le_buckets() -> None:
     assert snap["count"] == 5 and snap["sum"] == 16.0
 
 
-def test_cost_model_fits_a_line() -> None:
-    cost = CostModel(window=50)
-    for n in (1, 8, 64, 256, 1024) * 3:
-        cost.add(n, 0.002 + 0.00001 * n)
-    assert cost.a == pytest.approx(0.00001) and cost.b == pytest.approx(0.002)
-    assert cost.predict(100) == pytest.approx(0.003)
-    same = CostModel()
-    for _ in range(5):
-        same.add(16, 0.01)
-    assert same.a == 0 and same.b == pytest.approx(0.01)
-    for _ in range(60):  # old samples leave the window
-        cost.add(10, 0.5)
-    assert cost.b + cost.a * 10 == pytest.approx(0.5)
-
-
 def test_aclose_fails_queued_calls_and_lets_the_running_batch_finish() -> None:
-    model = Model(b=0.03)
+    clock = FakeClock()
+    model = Model(clock, b=0.03)
 
     async def main() -> None:
-        dispatcher = Dispatcher(model, name="m.predict")
-        running = asyncio.ensure_future(dispatcher.submit([1]))
-        await asyncio.sleep(0.005)
-        queued = asyncio.ensure_future(dispatcher.submit([2]))
-        await asyncio.sleep(0)
-        await dispatcher.aclose()
-        assert await running == [10]
+        dispatcher = Dispatcher(model, name="m.predict", clock=clock)
+        running = spawn(dispatcher.submit([1]))
+        await clock.advance(0.005)
+        queued = spawn(dispatcher.submit([2]))
+        closing = spawn(dispatcher.aclose())
+        await settle()
         with pytest.raises(RunnerError, match=r"m\.predict.*shut down"):
-            await queued
+            queued.result()
+        assert not running.done() and not closing.done()  # it waits for the running batch
+        await clock.advance(0.025)
+        assert running.result() == [10] and closing.done()
         with pytest.raises(RunnerError, match="closed"):
             await dispatcher.submit([3])
 
@@ -537,15 +753,38 @@ def test_aclose_fails_queued_calls_and_lets_the_running_batch_finish() -> None:
 
 
 def test_a_dispatcher_rebinds_once_its_loop_has_closed() -> None:
-    model = Model()
-    dispatcher = Dispatcher(model)
-    assert asyncio.run(dispatcher.submit([1])) == [10]
-    assert asyncio.run(dispatcher.submit([2])) == [20]
+    async def infer(rows: list[int]) -> list[int]:
+        return [row * 10 for row in rows]
+
+    for clock in (None, FakeClock()):
+        dispatcher = Dispatcher(infer, clock=clock)
+        assert asyncio.run(dispatcher.submit([1])) == [10]
+        assert asyncio.run(dispatcher.submit([2])) == [20]
+        assert dispatcher.stats.batches == 2
+
+
+def test_a_dispatcher_refuses_a_second_running_loop() -> None:
+    clock = FakeClock()
+    model = Model(clock, b=0.01)
+    dispatcher = Dispatcher(model, clock=clock)
+
+    async def main() -> None:
+        call = spawn(dispatcher.submit([1]))
+        await settle()
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:  # another thread, another loop
+            elsewhere = pool.submit(asyncio.run, dispatcher.submit([2]))
+            with pytest.raises(RunnerError, match="another running event loop"):
+                elsewhere.result()
+        await clock.advance(0.01)
+        assert call.result() == [10]
+
+    run(main)
+    assert model.batches == [[1]]
 
 
 def test_bad_calls_and_settings_are_invalid_arguments() -> None:
     async def main() -> None:
-        dispatcher = Dispatcher(Model(), name="m.predict")
+        dispatcher = Dispatcher(Model(FakeClock()), name="m.predict", clock=FakeClock())
         with pytest.raises(InvalidArgument, match="at least one positional payload"):
             await dispatcher.submit(flag=True)
         with pytest.raises(InvalidArgument, match="cannot batch a payload of type"):
@@ -563,4 +802,4 @@ def test_bad_calls_and_settings_are_invalid_arguments() -> None:
         {"batch_dim": "0"},
     ):
         with pytest.raises(InvalidArgument):
-            Dispatcher(Model(), **kwargs)
+            Dispatcher(Model(FakeClock()), **kwargs)

@@ -1,5 +1,4 @@
-"""What a batching dispatcher measures: counters and Prometheus-style histograms in plain
-Python, and the cost model it fits to its batches' run times.
+"""What a batching dispatcher counts: counters and Prometheus-style histograms in plain Python.
 
 :class:`BatchStats` is read with :meth:`BatchStats.snapshot`; the server's ``/metrics`` turns
 the snapshot into Prometheus families, and runner processes send it to API workers as is.
@@ -9,11 +8,10 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["SECONDS_BUCKETS", "SIZE_BUCKETS", "BatchStats", "Buckets", "CostModel", "add_snapshots"]
+__all__ = ["SECONDS_BUCKETS", "SIZE_BUCKETS", "BatchStats", "Buckets", "add_snapshots"]
 
 # Bucket upper bounds, Prometheus style (a +Inf bucket is implied).
 SIZE_BUCKETS: tuple[float, ...] = tuple(float(2**i) for i in range(14))  # 1 .. 8192 rows
@@ -108,31 +106,3 @@ def add_snapshots(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
-
-
-class CostModel:
-    """Least-squares fit of batch duration ``a·n + b`` over the most recent batches."""
-
-    def __init__(self, window: int = 50) -> None:
-        self._samples: deque[tuple[int, float]] = deque(maxlen=window)
-        self.a = 0.0  # seconds per row
-        self.b = 0.0  # fixed seconds per batch
-
-    def add(self, rows: int, seconds: float) -> None:
-        samples = self._samples
-        samples.append((rows, seconds))
-        k = len(samples)
-        mean_n = sum(n for n, _ in samples) / k
-        mean_d = sum(d for _, d in samples) / k
-        var_n = sum((n - mean_n) ** 2 for n, _ in samples)
-        # when every batch had the same size, keep the slope learned so far
-        a = sum((n - mean_n) * (d - mean_d) for n, d in samples) / var_n if var_n else self.a
-        a = max(a, 0.0)
-        b = mean_d - a * mean_n
-        if b < 0:  # the fit went through below the origin: take a line through it
-            b = 0.0
-            a = sum(n * d for n, d in samples) / max(sum(n * n for n, _ in samples), 1)
-        self.a, self.b = a, b
-
-    def predict(self, rows: int) -> float:
-        return self.a * rows + self.b
