@@ -54,6 +54,19 @@ class Slow(tiffin.Runnable):
         return value
 
     @tiffin.Runnable.method
+    def wait_for(self, path):
+        """Holds the worker thread until ``path`` exists."""
+        deadline = time.monotonic() + 30
+        while not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return "released"
+
+    @tiffin.Runnable.method
+    def record(self, n):
+        self.sizes.append(-n)  # recorded as a negative "size", apart from real batches
+        return n
+
+    @tiffin.Runnable.method
     def made_there(self):
         """An instance of a class that exists in the runner process only."""
         module = types.ModuleType("tiffin_test_made_there")
@@ -157,6 +170,34 @@ def test_a_poisoned_frame_fails_its_call_only_and_the_connection_keeps_serving(r
     assert connected
 
 
+def test_a_caller_that_goes_away_takes_its_queued_call_out_of_the_runner_process(
+    runner_process, tmp_path
+):
+    """A cancel message: the runner process never runs a call whose caller left while it
+    was queued there (it used to run it, and send an answer nobody read)."""
+    _process, socket_path = runner_process
+    runner = tiffin.Runner(Slow, name="slow")
+    gate = tmp_path / "gate"
+
+    async def main():
+        remote = await _attach(runner, socket_path)
+        try:
+            held = asyncio.ensure_future(runner.wait_for.async_run(str(gate)))
+            queued = asyncio.ensure_future(runner.record.async_run(7))
+            await asyncio.sleep(0.2)  # both sent; the first holds the runner's thread
+            queued.cancel()
+            await asyncio.sleep(0.2)  # the cancel message arrives while the call is queued
+            gate.touch()
+            assert await held == "released"
+            assert await runner.record.async_run(8) == 8
+            return await runner.sizes_seen.async_run()
+        finally:
+            await remote.aclose()
+
+    seen = asyncio.run(main())
+    assert -8 in seen and -7 not in seen, seen
+
+
 def test_unpicklable_errors_become_runner_errors():
     class Odd(Exception):
         def __reduce__(self):
@@ -210,7 +251,7 @@ def test_remote_runner_batches_across_callers_and_survives_errors(runner_process
 def test_an_api_worker_sends_the_calls_of_one_loop_turn_as_one_message(runner_process):
     """Concurrent calls of a batchable method leave the API worker merged (one message, one
     pickle, one queue entry in the runner process), and come back split, each its own rows;
-    a merged call that fails is sent again call by call, so only the bad call fails."""
+    a merged call that fails is bisected, so only the bad call fails."""
     _, socket_path = runner_process
     runner = tiffin.Runner(Slow, name="slow")
 
@@ -237,8 +278,9 @@ def test_an_api_worker_sends_the_calls_of_one_loop_turn_as_one_message(runner_pr
         [[2 * i]] for i in range(10) if i != 7
     ]
     # the runner process counts the callers' calls, not the messages: 40, then the 10 merged,
-    # then the same 10 sent again one by one
-    assert runner.double.stats is not None and runner.double.stats.calls == 40 + 10 + 10
+    # then the bisection's halves: 0-4 and 5-9 (fails), 5-6 and 7-9 (fails), 7 alone, 8-9
+    assert runner.double.stats is not None
+    assert runner.double.stats.calls == 40 + 10 + (5 + 5) + (2 + 3) + (1 + 2)
 
 
 @pytest.mark.slow

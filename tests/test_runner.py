@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -323,5 +324,97 @@ def test_runner_threads_setting_is_checked(monkeypatch):
     try:
         # by default the worker thread's native pools (OpenMP, BLAS) run one thread each
         assert set(runner.threads.run().values()) == {1}
+    finally:
+        runner.destroy()
+
+
+class Single(tiffin.Runnable):
+    """Methods that are not batchable: one blocks until the test opens its gate."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.gate = threading.Event()
+        self.ran: list[int] = []
+
+    @tiffin.Runnable.method
+    def hold(self):
+        self.started.set()
+        assert self.gate.wait(30)
+        return "held"
+
+    @tiffin.Runnable.method
+    def record(self, n):
+        self.ran.append(n)
+        return n
+
+
+def test_a_call_that_is_not_batchable_is_overloaded_past_max_latency_and_never_runs():
+    """The same queue deadline as batchable methods: 503 at max_latency_ms, not a wait for
+    ever behind a stuck call; and the call it refused does not run later either."""
+    runner = tiffin.Runner(Single, max_latency_ms=50)
+    runner.init_local()
+    single = runner.backend.instance  # type: ignore[union-attr]
+
+    async def main():
+        held = asyncio.ensure_future(runner.hold.async_run())
+        assert await asyncio.to_thread(single.started.wait, 30)
+        try:
+            refused = await asyncio.gather(runner.record.async_run(1), return_exceptions=True)
+        finally:
+            single.gate.set()
+        return await held, refused[0], await runner.record.async_run(2)
+
+    try:
+        held, refused, later = asyncio.run(main())
+        assert held == "held" and later == 2
+        assert isinstance(refused, Overloaded) and refused.http_status == 503
+        assert single.ran == [2]
+    finally:
+        runner.destroy()
+
+
+def test_a_call_that_is_not_batchable_whose_caller_goes_away_never_runs():
+    runner = tiffin.Runner(Single)
+    runner.init_local()
+    single = runner.backend.instance  # type: ignore[union-attr]
+
+    async def main():
+        held = asyncio.ensure_future(runner.hold.async_run())
+        assert await asyncio.to_thread(single.started.wait, 30)
+        queued = asyncio.ensure_future(runner.record.async_run(1))
+        await asyncio.sleep(0)  # it is queued behind the held call
+        queued.cancel()
+        single.gate.set()
+        await held
+        return await runner.record.async_run(2)
+
+    try:
+        assert asyncio.run(main()) == 2
+        assert single.ran == [2]
+    finally:
+        runner.destroy()
+
+
+def test_a_blocking_run_waits_no_longer_than_the_request_deadline():
+    """A sync API function's ``run()`` used to wait for ever on a stuck model; within a
+    request it gives up at the request's deadline, and its queued call leaves the queue."""
+    from tiffin.runner.runner import REQUEST_DEADLINE
+
+    runner = tiffin.Runner(Single)
+    runner.init_local()
+    single = runner.backend.instance  # type: ignore[union-attr]
+    stuck = ThreadPoolExecutor(1).submit(runner.hold.run)
+    assert single.started.wait(30)
+    token = REQUEST_DEADLINE.set(time.monotonic() + 0.2)
+    try:
+        with pytest.raises(TimeoutError, match="deadline"):
+            runner.record.run(1)  # queued behind the stuck call
+    finally:
+        REQUEST_DEADLINE.reset(token)
+        single.gate.set()
+    try:
+        assert stuck.result(30) == "held"
+        assert runner.record.run(2) == 2
+        assert single.ran == [2]  # the call given up never ran
     finally:
         runner.destroy()

@@ -22,8 +22,9 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from tiffin.exceptions import InvalidArgument, RunnerError
+from tiffin.exceptions import InvalidArgument, Overloaded, RunnerError
 from tiffin.runner.batching import Dispatcher
+from tiffin.runner.runner import wait_result
 from tiffin.runner.stats import BatchStats
 
 if TYPE_CHECKING:
@@ -114,7 +115,39 @@ class LocalBackend:
         if method.settings.batchable:
             loop = asyncio.get_running_loop()
             return await self.dispatcher(method, loop).submit(*args, **kwargs)
-        return await self._in_worker(method.name, args, kwargs)
+        return await self._call_alone(method, args, kwargs)
+
+    async def _call_alone(
+        self, method: RunnerMethod, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """A call of a method that is not batchable: FIFO on the worker thread, with the same
+        queue deadline as a batchable one (``max_latency_ms`` to start, else Overloaded), and
+        a caller that goes away before it starts takes it out of the queue."""
+        bound = getattr(self.instance, method.name)
+        ticket = _Ticket()
+
+        def run() -> Any:
+            with ticket.lock:
+                if ticket.abandoned:
+                    return None
+                ticket.started = True
+            return bound(*args, **kwargs)
+
+        future = asyncio.get_running_loop().run_in_executor(self.executor, run)
+        try:
+            done, _ = await asyncio.wait([future], timeout=method.settings.max_latency_ms / 1000)
+        except asyncio.CancelledError:
+            ticket.abandon()
+            future.cancel()
+            raise
+        if not done and ticket.abandon():
+            future.cancel()
+            raise Overloaded(
+                f"runner method '{self.runner.name}.{method.name}' is overloaded: a call waited "
+                f"{method.settings.max_latency_ms:g} ms (max_latency_ms) without starting; "
+                "retry shortly, add capacity, or raise max_latency_ms"
+            )
+        return await future  # it started: it runs to the end, however long it takes
 
     def call_blocking(
         self, method: RunnerMethod, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -122,7 +155,7 @@ class LocalBackend:
         future = asyncio.run_coroutine_threadsafe(
             self.call(method, args, kwargs), background_loop()
         )
-        return future.result()
+        return wait_result(future, f"runner method '{self.runner.name}.{method.name}'")
 
     async def aclose_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -149,6 +182,24 @@ class LocalBackend:
                         future.result(timeout=5)
         self._dispatchers.clear()
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+class _Ticket:
+    """Whether a queued call has started, or was given up before it could."""
+
+    __slots__ = ("abandoned", "lock", "started")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.started = False
+        self.abandoned = False
+
+    def abandon(self) -> bool:
+        """Give the call up unless it started; whether it was given up."""
+        with self.lock:
+            if not self.started:
+                self.abandoned = True
+            return self.abandoned
 
 
 def native_threads(runnable_class: type[Runnable]) -> int:

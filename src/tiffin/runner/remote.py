@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from tiffin.exceptions import FrameError, RunnerError, RunnerUnavailable
 from tiffin.runner import wire
 from tiffin.runner.coalescer import Coalescer
-from tiffin.runner.runner import RemoteStats
+from tiffin.runner.runner import RemoteStats, wait_result
 from tiffin.runner.stats import add_snapshots
 
 if TYPE_CHECKING:
@@ -38,6 +38,7 @@ class _Connection:
         self.pending: dict[int, asyncio.Future[Any]] = {}
         self.ids = itertools.count()
         self.task: asyncio.Task[None] | None = None
+        self.telling: set[asyncio.Task[None]] = set()  # cancel messages on their way
 
     @property
     def connected(self) -> bool:
@@ -99,8 +100,23 @@ class _Connection:
             return await future
         except (ConnectionError, RuntimeError) as exc:
             raise self.owner.unavailable() from exc
+        except asyncio.CancelledError:
+            if future.cancelled() or not future.done():  # the caller went away: drop the call
+                self._tell(writer, call_id, (wire.CANCEL, None))
+            raise
         finally:
             self.pending.pop(call_id, None)
+
+    def _tell(self, writer: wire.FrameWriter, call_id: int, message: Any) -> None:
+        """Send ``message`` without waiting for it (a cancelled caller cannot wait)."""
+
+        async def send() -> None:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await writer.send(call_id, message)
+
+        task = asyncio.get_running_loop().create_task(send())
+        self.telling.add(task)
+        task.add_done_callback(self.telling.discard)
 
 
 class RemoteRunner:
@@ -230,7 +246,7 @@ class RemoteRunner:
         future = asyncio.run_coroutine_threadsafe(
             self.call_method(method.name, args, kwargs), self.loop
         )
-        return future.result()
+        return wait_result(future, f"runner method '{self.name}.{method.name}'")
 
     async def aclose_loop(self) -> None:
         loop = asyncio.get_running_loop()

@@ -19,8 +19,11 @@ runner gets a local backend in every API worker instead of runner processes.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
+import time
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol
 
 from tiffin.exceptions import InvalidArgument, RunnerError
@@ -33,9 +36,26 @@ if TYPE_CHECKING:
     from tiffin.runner.stats import BatchStats
     from tiffin.store.models import Model
 
-__all__ = ["Backend", "RemoteStats", "Runner", "RunnerMethod"]
+__all__ = ["REQUEST_DEADLINE", "Backend", "RemoteStats", "Runner", "RunnerMethod", "wait_result"]
 
 logger = logging.getLogger("tiffin.runner")
+
+#: The ``time.monotonic()`` by which the request being served must be answered; the server
+#: sets it for every request, and a blocking ``run()`` (a sync API function's call, in a
+#: worker thread) waits no longer than that. None: no deadline (scripts, notebooks).
+REQUEST_DEADLINE: ContextVar[float | None] = ContextVar("tiffin_request_deadline", default=None)
+
+
+def wait_result(future: concurrent.futures.Future[Any], what: str) -> Any:
+    """``future``'s result, waiting no longer than the request's deadline: past it the call
+    is given up (a queued call leaves its queue) and a TimeoutError frees the thread."""
+    deadline = REQUEST_DEADLINE.get()
+    timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+    try:
+        return future.result(timeout)
+    except concurrent.futures.TimeoutError:
+        future.cancel()
+        raise TimeoutError(f"{what} did not finish before the request's deadline") from None
 
 
 class Backend(Protocol):

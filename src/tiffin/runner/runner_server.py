@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -53,6 +54,11 @@ async def _handle(runner: Runner, message: Any) -> tuple[str, Any]:
     raise RunnerError(f"unknown message kind {kind!r}")
 
 
+def _forget(calls: dict[int, asyncio.Task[None]], call_id: int, task: asyncio.Task[None]) -> None:
+    if calls.get(call_id) is task:
+        del calls[call_id]
+
+
 async def serve_runner(
     runner: Runner,
     socket_path: str,
@@ -73,7 +79,7 @@ async def serve_runner(
     loop.add_signal_handler(stop_signal, stop.set)
 
     async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        tasks: set[asyncio.Task[None]] = set()
+        calls: dict[int, asyncio.Task[None]] = {}  # by call id: what a cancel message stops
         frames = wire.FrameWriter(writer)
 
         async def answer(call_id: int, message: Any) -> None:
@@ -105,11 +111,16 @@ async def serve_runner(
                     call_id, message = await wire.receive(reader)
                 except FrameError as error:  # this call's arguments: it alone fails
                     logger.warning("runner %r: %s", runner.name, error)
-                    task = asyncio.create_task(refuse(error))
+                    call_id, task = error.call_id, asyncio.create_task(refuse(error))
                 else:
+                    if isinstance(message, tuple) and message[:1] == (wire.CANCEL,):
+                        running = calls.get(call_id)
+                        if running is not None:
+                            running.cancel()  # queued: dropped; started: runs, unanswered
+                        continue
                     task = asyncio.create_task(answer(call_id, message))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
+                calls[call_id] = task
+                task.add_done_callback(functools.partial(_forget, calls, call_id))
         except (asyncio.IncompleteReadError, ConnectionError):
             pass  # the API worker went away; its calls already running finish on their own
         finally:
