@@ -20,6 +20,21 @@ if TYPE_CHECKING:
 
     from tiffin.io._form import FormPart
 
+__all__ = [
+    "BINARY_SCHEMA",
+    "JSON_TYPE",
+    "MULTIPART_TYPE",
+    "OFFLOAD_BYTES",
+    "IODescriptor",
+    "check_content_type",
+    "is_textual",
+    "media_schema",
+    "media_type_matches",
+    "negotiate",
+    "parse_media_type",
+    "require_body",
+]
+
 #: bodies at least this big are decoded in a worker thread, so one large tensor does not
 #: stall every other request on the event loop; smaller ones decode inline (no thread hop)
 OFFLOAD_BYTES = 1 << 20
@@ -30,8 +45,12 @@ BINARY_SCHEMA: dict[str, Any] = {"type": "string", "format": "binary"}
 _UTF8_NAMES = frozenset({"utf-8", "utf8", "us-ascii", "ascii"})
 
 
-def parse_media_type(value: str | None) -> tuple[str, dict[str, str]]:
-    """``'Application/JSON; charset="UTF-8"'`` -> ``('application/json', {'charset': 'UTF-8'})``."""
+def parse_media_type(value: str | None, *, verbatim: bool = False) -> tuple[str, dict[str, str]]:
+    """``'Application/JSON; charset="UTF-8"'`` -> ``('application/json', {'charset': 'UTF-8'})``.
+
+    ``verbatim``: parameter values as written (quotes kept), and a parameter without ``=``
+    kept with an empty value -- how MLflow's scoring server reads a Content-Type.
+    """
     if not value:
         return "", {}
     media_type, _, rest = value.partition(";")
@@ -39,7 +58,9 @@ def parse_media_type(value: str | None) -> tuple[str, dict[str, str]]:
     for item in rest.split(";"):
         key, sep, val = item.partition("=")
         if sep:
-            params[key.strip().lower()] = val.strip().strip('"')
+            params[key.strip().lower()] = val.strip() if verbatim else val.strip().strip('"')
+        elif verbatim and key.strip():
+            params[key.strip().lower()] = ""
     return media_type.strip().lower(), params
 
 

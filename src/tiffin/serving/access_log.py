@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 
     from tiffin.serving.app import AppState
 
+__all__ = ["ERROR_ID_KEY", "AccessLogMiddleware", "access_logger", "record_access"]
+
 access_logger = logging.getLogger("tiffin.access")
 
 #: where an error id travels from the endpoint to the access log

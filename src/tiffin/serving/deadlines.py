@@ -20,6 +20,8 @@ import weakref
 from collections import deque
 from types import TracebackType
 
+__all__ = ["Deadline", "deadline"]
+
 _ACTIVE, _DONE, _EXPIRED = 0, 1, 2
 
 

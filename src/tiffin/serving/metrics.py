@@ -22,6 +22,15 @@ from tiffin.runner.stats import add_snapshots
 if TYPE_CHECKING:
     from tiffin.serving.service import Service
 
+__all__ = [
+    "CONTENT_TYPE",
+    "LATENCY_BUCKETS",
+    "STATS_FILE",
+    "RunnerCollector",
+    "ServerMetrics",
+    "SharedRunnerStats",
+]
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 

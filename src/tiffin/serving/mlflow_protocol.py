@@ -12,37 +12,45 @@ DataFrame is checked against the model's signature before it joins a batch (MLfl
 schema enforcement, so the error is MLflow's 400), and a call whose batch failed with an
 error of the model's own is run once more on its own, so only the caller whose input the
 model rejects gets the error.
+
+``/invocations`` takes the one request pipeline (:mod:`~tiffin.serving.pipeline`) with
+MLflow's content-type check before the body is read, and answers errors in MLflow's shape
+(:func:`~tiffin.serving.errors.mlflow_error_response`). Its path, and whether a server
+answers these routes at all, come from the route table (:mod:`~tiffin.serving.routes`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import io
-import logging
 import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
 
-from tiffin.exceptions import Overloaded, TiffinError
+from tiffin.exceptions import InvalidArgument
 from tiffin.frameworks.mlflow.loading import MLFLOW_MODEL_FOLDER, MODULE
 from tiffin.frameworks.mlflow.schema import frame_validator, serving_input_example
-from tiffin.serving.deadlines import deadline as request_deadline
+from tiffin.io.base import parse_media_type
+from tiffin.serving.errors import mlflow_error, mlflow_error_response
+from tiffin.serving.pipeline import Respond, pipeline
+from tiffin.serving.routes import MLFLOW_ROUTES, ROUTES
 
 if TYPE_CHECKING:
+    from starlette.types import Scope
+
     from tiffin.runner.runner import Runner
     from tiffin.serving.app import AppState
     from tiffin.serving.service import Service
     from tiffin.store.models import Model
 
-logger = logging.getLogger("tiffin.server")
+__all__ = ["ACCEPTED", "MlflowRoutes", "mlflow_routes", "mlflow_runner"]
 
 ACCEPTED = ("application/json", "text/csv", "application/vnd.apache.parquet")
-#: bodies at least this big are parsed in a worker thread, off the event loop
-OFFLOAD_BYTES = 1 << 20
+_INVOCATIONS = next(route for route in ROUTES if route.path == "/invocations")
 
 
 def mlflow_runner(service: Service) -> tuple[Runner, Model] | None:
@@ -56,23 +64,12 @@ def mlflow_runner(service: Service) -> tuple[Runner, Model] | None:
     return found[0] if len(found) == 1 else None
 
 
-def mlflow_error(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None
-) -> Response:
-    """An error in MLflow's shape: ``{"error_code": ..., "message": ...}``."""
-    return Response(
-        orjson.dumps({"error_code": code, "message": message}),
-        status,
-        media_type="application/json",
-        headers=headers,
-    )
-
-
-def _check_content_type(header: str) -> str | Response:
+def _check_content_type(header: str | None) -> str | Response:
+    """The media type of a body MLflow's scoring server accepts, or its 415."""
     if header == "application/json":  # what nearly every client sends
         return header
-    mime, *params = (part.strip() for part in header.split(";"))
-    values = {k.strip().lower(): v.strip() for k, _, v in (p.partition("=") for p in params if p)}
+    header = header or ""
+    mime, values = parse_media_type(header, verbatim=True)
     if values.get("charset", "utf-8").lower() != "utf-8":
         return mlflow_error(415, "BAD_REQUEST", "The scoring server only supports UTF-8")
     extra = set(values) - {"charset"}
@@ -80,14 +77,14 @@ def _check_content_type(header: str) -> str | Response:
         return mlflow_error(
             415, "BAD_REQUEST", f"Unrecognized content type parameters: {sorted(extra)}"
         )
-    if mime.lower() not in ACCEPTED:
+    if mime not in ACCEPTED:
         return mlflow_error(
             415,
             "BAD_REQUEST",
             f"This predictor only supports the following content types: {list(ACCEPTED)}. "
             f"Got {header!r}.",
         )
-    return mime.lower()
+    return mime
 
 
 # -- the routes --------------------------------------------------------------------------------
@@ -122,12 +119,29 @@ def _single_tensor_dtype(metadata: Any, schema: Any) -> Any:
     return schema.inputs[0].type
 
 
-def mlflow_routes(
-    service: Service, state: AppState
-) -> tuple[list[BaseRoute], dict[str, Any]] | None:
+@dataclass(frozen=True)
+class MlflowRoutes:
+    """What a server that speaks MLflow's protocol answers besides its APIs."""
+
+    #: the POST route (``/invocations``)'s request pipeline, in MLflow's error shape, by path
+    pipelines: dict[str, Respond]
+    #: the GET routes' endpoints (``/ping``, ``/health``, ``/version``) by path
+    endpoints: dict[str, Callable[[Request], Awaitable[Response]]]
+    #: ``/invocations``'s OpenAPI operation (its request body is the model's)
+    operation: dict[str, Any]
+
+
+def mlflow_routes(service: Service, state: AppState) -> MlflowRoutes | None:
+    """MLflow's routes for ``service``; None when it has not exactly one MLflow runner."""
     found = mlflow_runner(service)
     if found is None:
         return None
+    clash = sorted(a.route for a in service.apis.values() if a.route in MLFLOW_ROUTES)
+    if clash:
+        raise InvalidArgument(
+            f"service {service.name!r} serves an MLflow model, so it answers MLflow's "
+            f"routes {sorted(MLFLOW_ROUTES)}; rename the API route(s) {clash}"
+        )
     runner, model = found
     model_dir = model.path_of(MLFLOW_MODEL_FOLDER)
     cache: dict[str, Any] = {}
@@ -152,11 +166,9 @@ def mlflow_routes(
             )
         return cache
 
-    limit = state.settings.max_body_size
-    timeout = state.settings.api_timeout_s
     method = runner.predict
 
-    def parse(body: bytes, media_type: str) -> tuple[Any, Any]:
+    def parse(body: bytes, media_type: str | None) -> tuple[Any, Any]:
         env = cache
         ss = env["ss"]
         params = None
@@ -189,63 +201,44 @@ def mlflow_routes(
             data = env["validate"](data)
         return data, params
 
-    async def invocations(request: Request) -> Response:
-        from tiffin.serving.app import log_server_error, read_body, retry_after
+    def check(content_type: str | None) -> str | Response:
+        checked = _check_content_type(content_type)
+        if not cache and not isinstance(checked, Response):
+            setup()  # MLflow's parsers, once a request gets this far
+        return checked
 
-        if not state.ready:
-            return mlflow_error(
-                503,
-                "TEMPORARILY_UNAVAILABLE",
-                "the model is still loading; retry once /ping answers 200",
-                {"Retry-After": "1"},
-            )
-        checked = _check_content_type(request.headers.get("content-type", ""))
-        if isinstance(checked, Response):
-            return checked
-        env = cache or setup()
-        mlflow_exception = env["MlflowException"]
-        try:
-            body = await read_body(request, limit)
-            if len(body) >= OFFLOAD_BYTES:
-                data, params = await asyncio.to_thread(parse, body, checked)
-            else:
-                data, params = parse(body, checked)
-            kwargs = {"params": params} if params else {}
-            try:
-                async with request_deadline(timeout) as deadline:
-                    raw = await method.async_run(data, **kwargs)
-            except TimeoutError:
-                if not deadline.expired():
-                    raise
-                return mlflow_error(
-                    504,
-                    "DEADLINE_EXCEEDED",
-                    f"Request processing time exceeded limit ({timeout:g} s, api_timeout_s)",
-                )
-            return Response(_predictions_json(raw, env["ss"]), media_type="application/json")
-        except mlflow_exception as exc:
-            return mlflow_error(exc.get_http_status_code(), str(exc.error_code), exc.message)
-        except UnicodeDecodeError as exc:
-            return mlflow_error(400, "BAD_REQUEST", f"the body is not valid UTF-8: {exc}")
-        except Overloaded as exc:
-            return mlflow_error(
-                503, "TEMPORARILY_UNAVAILABLE", str(exc), {"Retry-After": retry_after(exc)}
-            )
-        except TiffinError as exc:
-            if exc.http_status < 500:
-                return mlflow_error(exc.http_status, "BAD_REQUEST", str(exc))
-            error_id = log_server_error(exc, "/invocations", request.scope)
-            return mlflow_error(exc.http_status, "INTERNAL_ERROR", f"{exc} (error_id={error_id})")
-        except Exception as exc:
-            # MLflow's answer when the model raises: 400, the input is taken to be at fault
-            error_id = log_server_error(exc, "/invocations", request.scope)
-            return mlflow_error(
-                400,
-                "BAD_REQUEST",
-                "Encountered an unexpected error while evaluating the model. Verify that the "
-                f"serialized input Dataframe is compatible with the model for inference. "
-                f"({type(exc).__name__}: {exc}; error_id={error_id})",
-            )
+    async def call(parsed: tuple[Any, Any]) -> Any:
+        data, params = parsed
+        kwargs = {"params": params} if params else {}
+        return await method.async_run(data, **kwargs)
+
+    def encode(raw: Any, *, accept: str | None) -> Response:
+        return Response(_predictions_json(raw, cache["ss"]), media_type="application/json")
+
+    def errors(exc: Exception, *, where: str, scope: Scope) -> Response:
+        return mlflow_error_response(
+            exc, where=where, scope=scope, mlflow_exception=cache.get("MlflowException")
+        )
+
+    def not_ready() -> Response:
+        return mlflow_error(
+            503,
+            "TEMPORARILY_UNAVAILABLE",
+            "the model is still loading; retry once /ping answers 200",
+            {"Retry-After": "1"},
+        )
+
+    invocations = pipeline(
+        state,
+        where=_INVOCATIONS.path,
+        decode=parse,
+        call=call,
+        encode=encode,
+        timeout=state.settings.api_timeout_s,
+        not_ready=not_ready,
+        errors=errors,
+        check=check,
+    )
 
     async def ping(request: Request) -> Response:
         return Response("\n", 200 if state.ready else 404, media_type="application/json")
@@ -255,16 +248,13 @@ def mlflow_routes(
 
         return Response(mlflow.__version__, media_type="application/json")
 
-    routes: list[BaseRoute] = [
-        Route("/invocations", invocations, methods=["POST"]),
-        Route("/ping", ping, methods=["GET"]),
-        Route("/health", ping, methods=["GET"]),
-        Route("/version", version, methods=["GET"]),
-    ]
-    return routes, _openapi_paths(model)
+    endpoints: dict[str, Callable[[Request], Awaitable[Response]]] = {
+        "/ping": ping, "/health": ping, "/version": version
+    }
+    return MlflowRoutes({_INVOCATIONS.path: invocations}, endpoints, _openapi_operation(model))
 
 
-def _openapi_paths(model: Model) -> dict[str, Any]:
+def _openapi_operation(model: Model) -> dict[str, Any]:
     signature = (model.info.context.get("mlflow") or {}).get("signature") or {}
     schema: dict[str, Any] = {
         "type": "object",
@@ -301,34 +291,21 @@ def _openapi_paths(model: Model) -> dict[str, Any]:
             "required": ["error_code", "message"],
         }}},
     }
-    text = {"description": "ok", "content": {"application/json": {"schema": {"type": "string"}}}}
     return {
-        "/invocations": {
-            "post": {
-                "operationId": "invocations",
-                "summary": "MLflow scoring protocol",
-                "tags": ["MLflow"],
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": media,
-                        "text/csv": {"schema": {"type": "string"}},
-                    },
-                },
-                "responses": {
-                    "200": {
-                        "description": "predictions",
-                        "content": {"application/json": {"schema": {
-                            "type": "object", "properties": {"predictions": {}}}}},
-                    },
-                    **{status: error for status in ("400", "413", "415", "503", "504")},
-                },
-            }
+        "operationId": "invocations",
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": media,
+                "text/csv": {"schema": {"type": "string"}},
+            },
         },
-        "/ping": {"get": {"summary": "MLflow health check", "tags": ["MLflow"],
-                          "responses": {"200": text}}},
-        "/health": {"get": {"summary": "MLflow health check", "tags": ["MLflow"],
-                            "responses": {"200": text}}},
-        "/version": {"get": {"summary": "MLflow version", "tags": ["MLflow"],
-                             "responses": {"200": text}}},
+        "responses": {
+            "200": {
+                "description": _INVOCATIONS.response,
+                "content": {"application/json": {"schema": {
+                    "type": "object", "properties": {"predictions": {}}}}},
+            },
+            **{status: error for status in ("400", "413", "415", "503", "504")},
+        },
     }

@@ -23,6 +23,8 @@ from tiffin.serving.service import Service
 if TYPE_CHECKING:
     from tiffin.store.models import Model
 
+__all__ = ["ModelRows", "build_service", "expected_width", "resolve_model"]
+
 JSON_TYPE = "application/json"
 NPY_TYPES = ("application/octet-stream", "application/x-npy")
 _MLFLOW_TYPES = {"double": "number", "float": "number", "integer": "integer", "long": "integer",

@@ -1,5 +1,7 @@
 """The OpenAPI 3.1 document of a service, and the Swagger UI page that shows it.
 
+The document lists the service's APIs and the documented routes of the route table
+(:mod:`~tiffin.serving.routes`), MLflow's only on a server that speaks MLflow's protocol.
 Swagger UI's assets come from the ``swagger-ui-bundle-v2`` package and are served by the
 server itself (``/static/swagger-ui/``), so the page works with no internet access.
 """
@@ -12,7 +14,10 @@ from typing import Any
 
 from tiffin._version import __version__
 from tiffin.io.spec import describe
+from tiffin.serving.routes import served
 from tiffin.serving.service import Service
+
+__all__ = ["ERROR_RESPONSES", "ERROR_SCHEMA", "openapi_spec", "swagger_assets_dir", "swagger_page"]
 
 ERROR_SCHEMA = {
     "type": "object",
@@ -42,11 +47,9 @@ ERROR_RESPONSES = {
 }
 
 
-def _text(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"text/plain": {"schema": {"type": "string"}}}}
-
-
-def openapi_spec(service: Service, extra_paths: dict[str, Any] | None = None) -> dict[str, Any]:
+def openapi_spec(service: Service, invocations: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The document: the service's APIs, then the route table's documented routes; MLflow's
+    only with ``invocations`` (the ``/invocations`` operation of the model served)."""
     paths: dict[str, Any] = {}
     for api in service.apis.values():
         paths[api.route] = {
@@ -60,16 +63,20 @@ def openapi_spec(service: Service, extra_paths: dict[str, Any] | None = None) ->
                 "x-tiffin-io": {"input": describe(api.input), "output": describe(api.output)},
             }
         }
-    infra = {
-        "/livez": ("Liveness: the process answers", _text("alive")),
-        "/readyz": ("Readiness: 200 once every runner is loaded, else 503", _text("ready")),
-        "/healthz": ("Health: same as /readyz", _text("healthy")),
-        "/metrics": ("Prometheus metrics", _text("metrics in Prometheus text format")),
-    }
-    for route, (summary, response) in infra.items():
-        paths[route] = {"get": {"summary": summary, "tags": ["Infrastructure"],
-                                "responses": {"200": response}}}
-    paths.update(extra_paths or {})
+    for route in served(mlflow=invocations is not None):
+        if route.summary is None:
+            continue
+        tag = "MLflow" if route.mlflow else "Infrastructure"
+        if route.method == "POST":
+            # the table's one POST, /invocations: its request body is the model's
+            operation = {"summary": route.summary, "tags": [tag], **(invocations or {})}
+        else:
+            # MLflow's routes answer with a JSON content type, the others with plain text
+            media = "application/json" if route.mlflow else "text/plain"
+            ok = {"description": route.response,
+                  "content": {media: {"schema": {"type": "string"}}}}
+            operation = {"summary": route.summary, "tags": [tag], "responses": {"200": ok}}
+        paths[route.path] = {route.method.lower(): operation}
     return {
         "openapi": "3.1.0",
         "info": {

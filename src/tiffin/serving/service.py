@@ -1,4 +1,8 @@
-"""``tiffin.Service``: named APIs over runners, the unit ``tiffin serve`` serves."""
+"""``tiffin.Service``: named APIs over runners, the unit ``tiffin serve`` serves.
+
+An API is ``POST <route>``; its route is a plain path that no other API of the service and
+none of the server's own routes (:data:`~tiffin.serving.routes.RESERVED_ROUTES`) takes.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from tiffin.exceptions import InvalidArgument
 from tiffin.runner.runner import Runner
+from tiffin.serving.routes import MLFLOW_ROUTES, RESERVED_ROUTES
 from tiffin.tag import validate_part
 
 if TYPE_CHECKING:
@@ -17,11 +22,8 @@ if TYPE_CHECKING:
     from tiffin.io import IODescriptor
     from tiffin.store.models import Model
 
-# routes the server itself answers; an API may not take them
-RESERVED_ROUTES = frozenset(
-    {"/", "/livez", "/readyz", "/healthz", "/metrics", "/docs.json", "/docs"}
-)
-MLFLOW_ROUTES = frozenset({"/invocations", "/ping", "/health", "/version"})
+__all__ = ["API", "MLFLOW_ROUTES", "RESERVED_ROUTES", "Hook", "Service"]
+
 _ROUTE_RE = re.compile(r"^/[A-Za-z0-9_./~-]*$")
 
 Hook = Callable[[], Any] | Callable[[], Awaitable[Any]]
