@@ -4,8 +4,12 @@ The YAML file (``--config FILE`` or ``TIFFIN_CONFIG``) looks like::
 
     host: 127.0.0.1
     port: 3000
-    api_timeout_s: 60            # per request; 504 when exceeded
-    max_body_size: 67108864      # bytes; 413 above it
+    api_timeout_s: 60            # per request, from its headers to its answer; 504 past it
+    max_body_size: 67108864      # bytes received; 413 above it
+    max_decoded_cells: 10000000  # rows x columns (or array elements) a body may decode to
+    max_columns: 10000           # columns a table body may have
+    max_image_pixels: 40000000   # width x height of an image body
+    max_concurrent_requests: 1000  # per worker; 503 with Retry-After above it
     log_level: info
     log_format: text             # or json: one JSON object per log line
     access_log: true
@@ -23,7 +27,9 @@ The YAML file (``--config FILE`` or ``TIFFIN_CONFIG``) looks like::
         # embedded: true         # --workers N: load it in every API worker instead
 
 Environment variables: ``TIFFIN_HOST``, ``TIFFIN_PORT``, ``TIFFIN_API_TIMEOUT_S``,
-``TIFFIN_MAX_BODY_SIZE``, ``TIFFIN_LOG_LEVEL``, ``TIFFIN_LOG_FORMAT``, ``TIFFIN_ACCESS_LOG``,
+``TIFFIN_MAX_BODY_SIZE``, ``TIFFIN_MAX_DECODED_CELLS``, ``TIFFIN_MAX_COLUMNS``,
+``TIFFIN_MAX_IMAGE_PIXELS``, ``TIFFIN_MAX_CONCURRENT_REQUESTS``, ``TIFFIN_LOG_LEVEL``,
+``TIFFIN_LOG_FORMAT``, ``TIFFIN_ACCESS_LOG``,
 ``TIFFIN_PIN_WORKERS``, per
 runner ``TIFFIN_RUNNERS__<RUNNER>__MAX_BATCH_SIZE`` / ``..._MAX_LATENCY_MS`` / ``..._WORKERS`` /
 ``..._EMBEDDED``, and per API
@@ -123,6 +129,12 @@ class ServeSettings(BaseModel):
     port: int = Field(default=3000, ge=0, le=65535)
     api_timeout_s: float = Field(default=60.0, gt=0)
     max_body_size: int = Field(default=64 * 1024 * 1024, ge=1)
+    #: what a body may decode to (tiffin.io.limits): 413 naming the setting above it
+    max_decoded_cells: int = Field(default=10_000_000, ge=1)
+    max_columns: int = Field(default=10_000, ge=1)
+    max_image_pixels: int = Field(default=40_000_000, ge=1)
+    #: requests one worker handles at once; above it a 503 with Retry-After
+    max_concurrent_requests: int = Field(default=1000, ge=1)
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     log_format: Literal["text", "json"] = "text"
     access_log: bool = True

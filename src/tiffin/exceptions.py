@@ -15,6 +15,7 @@ they enter, with ``raise ... from exc``.
     │   ├── InvalidArchive                          a truncated, corrupt or unsafe archive
     │   ├── UnsupportedMediaType      415
     │   └── PayloadTooLarge           413
+    │       └── DecodedTooLarge                     too big once decoded (names the setting)
     ├── AlreadyExists                 409  exit 1  saving would overwrite
     ├── StoreError                                  the store cannot be read or written
     │   ├── CorruptEntry                            a metadata file is unreadable
@@ -43,6 +44,7 @@ __all__ = [
     "AddressInUse",
     "AlreadyExists",
     "CorruptEntry",
+    "DecodedTooLarge",
     "ExportFailed",
     "FrameError",
     "ImportFailed",
@@ -117,6 +119,19 @@ class PayloadTooLarge(InvalidArgument):
 
     http_status = 413
     error_code = "PAYLOAD_TOO_LARGE"
+
+
+class DecodedTooLarge(PayloadTooLarge):
+    """A request body that would decode into more than a limit allows (cells, columns,
+    pixels); ``setting`` names the limit (``max_decoded_cells``, ``max_columns``,
+    ``max_image_pixels``)."""
+
+    def __init__(self, message: str, setting: str) -> None:
+        super().__init__(message)
+        self.setting = setting
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (str(self), self.setting))
 
 
 class AlreadyExists(TiffinError):

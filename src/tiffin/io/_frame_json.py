@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tiffin.exceptions import InvalidArgument
+from tiffin.io.limits import check_json_table
 
 ORIENTS = ("records", "split", "index", "columns", "values", "table")
 
@@ -35,6 +36,7 @@ def _int_index(df: Any) -> Any:
 
 
 def frame_from_json(data: Any, body: bytes, orient: str, columns: Sequence[Any] | None) -> Any:
+    check_json_table(data, orient=orient)
     if isinstance(data, list):
         return _from_array(data, columns)
     if isinstance(data, dict):

@@ -22,6 +22,7 @@ from tiffin.io.base import (
     require_body,
 )
 from tiffin.io.file import OCTET_TYPE, file_payload, file_request_body, pick_file_part
+from tiffin.io.limits import check_image
 
 __all__ = [
     "Image",
@@ -74,7 +75,8 @@ def encode_image(obj: Any, mime_type: str, error: type[TiffinError]) -> bytes:
 def read_image(data: bytes, content_type: str | None) -> Any:
     pil = _pil()
     try:
-        image = pil.open(io.BytesIO(data))
+        image = pil.open(io.BytesIO(data))  # reads the header only
+        check_image(*image.size)
         image.load()
     except pil.DecompressionBombError as exc:
         raise PayloadTooLarge(f"image rejected: {exc}") from exc

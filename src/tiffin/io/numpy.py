@@ -9,6 +9,7 @@ from typing import Any
 from tiffin.exceptions import InvalidArgument, InvalidOutput, TiffinError
 from tiffin.io.base import JSON_TYPE, IODescriptor, check_content_type, negotiate, require_body
 from tiffin.io.json import dumps_json, loads_json
+from tiffin.io.limits import check_array, check_npy, nested_shape
 
 __all__ = [
     "NPY_TYPES",
@@ -131,6 +132,7 @@ class NumpyNdarray(IODescriptor):
             raise InvalidArgument(
                 f"expected {self._expected()}; received a JSON object with keys {keys}"
             )
+        check_array(nested_shape(data), "the JSON array")
         try:
             arr = np.asarray(data)
         except ValueError as exc:
@@ -161,6 +163,7 @@ class NumpyNdarray(IODescriptor):
                 f"request body is not .npy data: it does not start with the .npy magic bytes "
                 f"(received {len(body)} bytes starting {body[:8]!r}){hint}"
             )
+        check_npy(body)
         try:
             return np.load(io.BytesIO(body), allow_pickle=False)
         except (ValueError, OSError, EOFError) as exc:

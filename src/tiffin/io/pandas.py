@@ -12,6 +12,7 @@ from tiffin.exceptions import InvalidArgument, InvalidOutput, UnsupportedMediaTy
 from tiffin.io._frame_json import ORIENTS, frame_from_json
 from tiffin.io.base import JSON_TYPE, IODescriptor, check_content_type, negotiate, require_body
 from tiffin.io.json import loads_json
+from tiffin.io.limits import check_csv, check_parquet
 from tiffin.io.numpy import ErrorFactory, _shape_fits, _shape_text
 
 __all__ = [
@@ -99,6 +100,7 @@ class PandasDataFrame(IODescriptor):
         pd = _pd()
         require_body(body, f"a JSON table (orient {self.orient!r}), CSV or Parquet")
         if media_type == CSV_TYPE:
+            check_csv(body)
             try:
                 return pd.read_csv(io.BytesIO(body))
             except (ValueError, UnicodeDecodeError) as exc:  # ParserError, EmptyDataError
@@ -114,6 +116,7 @@ class PandasDataFrame(IODescriptor):
                 )
             import pyarrow
 
+            check_parquet(body)
             try:
                 return pd.read_parquet(io.BytesIO(body), engine="pyarrow")
             except (ValueError, OSError, TypeError, pyarrow.ArrowException) as exc:

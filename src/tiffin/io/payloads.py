@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tiffin.exceptions import InvalidArgument, NotFound, missing_dependency
+from tiffin.io.limits import check_json_table
 
 __all__ = [
     "SUFFIXES",
@@ -51,6 +52,7 @@ def _ndarray(value: Any) -> Any:
 
 def from_json(value: Any) -> Any:
     """A model payload from parsed JSON (pandas is imported only for a table)."""
+    check_json_table(value, "the input")
     if isinstance(value, dict):
         keys = [k for k in _ENVELOPES if k in value]
         if len(keys) > 1:
