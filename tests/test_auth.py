@@ -75,3 +75,29 @@ async def test_cors_only_for_configured_origins() -> None:
     async with asgi_client(_app()) as client:
         plain = await client.post("/echo", json=1, headers={"Origin": "https://app.example"})
         assert "access-control-allow-origin" not in plain.headers
+
+
+async def _websocket(app, headers=()):
+    """What the app sends to a WebSocket request (a tiffin server has no WebSocket route)."""
+    sent = []
+    scope = {"type": "websocket", "path": "/echo", "raw_path": b"/echo", "query_string": b"",
+             "headers": list(headers), "scheme": "ws", "server": ("t", 80), "client": ("c", 1),
+             "subprotocols": [], "asgi": {"version": "3.0"}, "root_path": ""}  # fmt: skip
+    messages = [{"type": "websocket.connect"}]
+
+    async def receive():
+        return messages.pop(0) if messages else {"type": "websocket.disconnect", "code": 1000}
+
+    async def send(message):
+        sent.append(message)
+
+    async with asgi_client(app):
+        await app(scope, receive, send)
+    return sent
+
+
+async def test_with_a_key_a_websocket_without_it_is_closed_with_1008() -> None:
+    assert await _websocket(_app(api_key="k3y")) == [{"type": "websocket.close", "code": 1008}]
+    authorized = await _websocket(_app(api_key="k3y"), [(b"authorization", b"Bearer k3y")])
+    assert [m["type"] for m in authorized] == ["websocket.close"]  # no route: closed, not 1008
+    assert authorized[0].get("code", 1000) != 1008

@@ -191,9 +191,8 @@ async def test_a_service_with_one_mlflow_runner_speaks_the_protocol(models: Mode
         assert response.json() == {"predictions": expected}
 
     clash = tiffin.Service("clash", runners=[runner])
-    clash.api(input=JSON(), output=JSON(), name="ping")(lambda x: x)
-    with pytest.raises(InvalidArgument, match=r"rename the API route\(s\) \['/ping'\]"):
-        build_app(clash)
+    with pytest.raises(InvalidArgument, match="route /ping is one the tiffin server answers"):
+        clash.api(input=JSON(), output=JSON(), name="ping")(lambda x: x)  # refused at once
 
 
 async def test_two_mlflow_runners_means_no_mlflow_routes(models: Models) -> None:
@@ -327,3 +326,94 @@ async def test_the_one_tensor_fast_path_answers_as_mlflows_parser(
                 assert fast.json()["error_code"] == slow.json()["error_code"], inputs
         response = await client.post("/invocations", json={"inputs": rows})
         assert response.json() == {"predictions": models.sklearn.predict(models.X[:4]).tolist()}
+
+
+# -- decode limits -----------------------------------------------------------------------------
+
+
+def _parquet(rows: int) -> bytes:
+    import io
+
+    import pandas as pd
+
+    buffer = io.BytesIO()
+    pd.DataFrame({"a": [0.0] * rows}).to_parquet(buffer)
+    return buffer.getvalue()
+
+
+async def test_invocations_measures_what_a_body_declares_before_mlflow_builds_it(
+    models: Models, tmp_path: Path
+) -> None:
+    """Each envelope's payload, a CSV header and lines, a Parquet footer: over a limit is
+    MLflow's 413 naming the setting, whatever the signature (here a tensor signature, which
+    knows no columns to keep)."""
+    from tiffin.frameworks import mlflow as tiffin_mlflow
+
+    tensor = tiffin_mlflow.import_model(
+        "iris_tensor", save_iris_model(tmp_path / "tensor", tensor=True),
+        store=store_at(tmp_path / "home"),
+    )  # fmt: skip
+    wide = [f"c{i}" for i in range(11)]
+    new_keys = [{f"k{i}": 1.0} for i in range(11)]
+    app_json = "application/json"
+    cases: list[tuple[str, bytes, str, str]] = [
+        ("split", json.dumps({"dataframe_split": {"columns": wide, "data": [[0] * 11]}}).encode(),
+         app_json, "max_columns"),
+        ("records", json.dumps({"dataframe_records": new_keys}).encode(), app_json, "max_columns"),
+        ("instances", json.dumps({"instances": new_keys}).encode(), app_json, "max_columns"),
+        ("dict of lists", json.dumps({"inputs": {"a": [[0] * 100] * 11}}).encode(), app_json,
+         "max_decoded_cells"),
+        ("nested inputs", json.dumps({"inputs": [[0] * 100] * 11}).encode(), app_json,
+         "max_decoded_cells"),
+        ("NaN inputs", b'{"inputs": [' + b",".join([b"[NaN" + b", 0" * 99 + b"]"] * 11) + b"]}",
+         app_json, "max_decoded_cells"),
+        ("csv", (",".join(wide) + "\n1\n").encode(), "text/csv", "max_columns"),
+        ("parquet", _parquet(1001), "application/vnd.apache.parquet", "max_decoded_cells"),
+    ]  # fmt: skip
+    settings = load_settings(overrides={"max_columns": 10, "max_decoded_cells": 1000}, environ={})
+    async with asgi_client(build_app(build_service(tensor), settings)) as client:
+        for name, body, content_type, setting in cases:
+            response = await client.post("/invocations", content=body,
+                                         headers={"content-type": content_type})
+            assert response.status_code == 413, (name, response.text)
+            assert set(response.json()) == {"error_code", "message"}, name
+            assert setting in response.json()["message"], (name, response.text)
+        good = await client.post("/invocations", json={"inputs": models.X[:2].tolist()})
+        assert good.status_code == 200
+
+
+async def test_with_a_column_signature_unknown_keys_are_dropped_before_the_frame_is_built(
+    models: Models, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As MLflow ignores them, but before anything is built: many junk keys in records or in
+    an object of inputs are neither a 413 nor a frame of junk columns."""
+    from mlflow.pyfunc import scoring_server
+
+    parsed: list[Any] = []
+    original = scoring_server._parse_json_data
+
+    def spy(data: Any, metadata: Any, schema: Any) -> Any:
+        parsed.append(data)
+        return original(data, metadata, schema)
+
+    monkeypatch.setattr(scoring_server, "_parse_json_data", spy)
+    rows = models.X[:3].tolist()
+    junk = {f"junk{i}": 0 for i in range(50)}
+    records = [{**dict(zip(IRIS_COLUMNS, row, strict=True)), **junk} for row in rows]
+    columns = {**dict(zip(IRIS_COLUMNS, models.X[:3].T.tolist(), strict=True)),
+               **{k: [0, 0, 0] for k in junk}}  # fmt: skip
+    expected = {"predictions": models.sklearn.predict(models.X[:3]).tolist()}
+    settings = load_settings(overrides={"max_columns": 10}, environ={})
+    async with asgi_client(build_app(build_service(models.iris), settings)) as client:
+        for key, payload in (("dataframe_records", records), ("instances", records),
+                             ("inputs", columns)):
+            response = await client.post("/invocations", json={key: payload})
+            assert response.status_code == 200, (key, response.text)
+            assert response.json() == expected, key
+        wide = await client.post("/invocations", json={"dataframe_split": {
+            "columns": IRIS_COLUMNS + list(junk), "data": [row + [0] * 50 for row in rows]}})
+        assert wide.status_code == 413 and "max_columns" in wide.json()["message"]
+    for data in parsed:
+        payload = next(iter(data.values()))
+        keys = set(payload) if isinstance(payload, dict) else set().union(*payload)
+        assert keys == set(IRIS_COLUMNS), keys

@@ -183,7 +183,9 @@ async def test_a_model_error_is_a_500_for_its_caller_only(models: Models) -> Non
         )
         statuses = [r.status_code for r in responses]
         assert statuses == [200] * 5 + [500] + [200] * 15, statuses
-        assert "ValueError" in responses[5].json()["detail"] and responses[5].json()["error_id"]
+        failed = responses[5].json()
+        assert f"error_id={failed['error_id']}" in failed["detail"]
+        assert "NaN" not in failed["detail"]  # the model's error text: in the log only
         answers = [r.json()[0] for r in responses[:5] + responses[6:]]
         assert answers == models.sklearn.predict(models.X[:20]).tolist()
 
@@ -254,3 +256,34 @@ def test_serve_model_by_tag_without_batching(models: Models, tmp_path: Path) -> 
         assert json.dumps(spec)
     finally:
         srv.stop()
+
+
+def _npy_header(shape: tuple[int, ...]) -> bytes:
+    """An .npy file whose header declares ``shape`` of float64, with 16 bytes of data."""
+    header = repr({"descr": "<f8", "fortran_order": False, "shape": shape}).encode()
+    header += b" " * (63 - (10 + len(header)) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + b"\0" * 16
+
+
+async def test_what_a_body_declares_is_measured_before_it_is_built(models: Models) -> None:
+    """An .npy header's shape, an envelope's table, an object of inputs' nested lists: a 413
+    that names the setting, from the server's settings."""
+    from tiffin.config import load_settings
+
+    settings = load_settings(overrides={"max_columns": 10, "max_decoded_cells": 1000},
+                             environ={})  # fmt: skip
+    wide = [f"c{i}" for i in range(11)]
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"content": _npy_header((100_000, 100_000)),
+          "headers": {"content-type": "application/octet-stream"}}, "max_decoded_cells"),
+        ({"json": {"dataframe_split": {"columns": wide, "data": [[0] * 11]}}}, "max_columns"),
+        ({"json": {"inputs": {"a": [[0] * 100] * 11}}}, "max_decoded_cells"),
+        ({"json": [{f"k{i}": 0} for i in range(11)]}, "max_columns"),
+    ]  # fmt: skip
+    async with asgi_client(build_app(build_service(models.tensor), settings)) as client:
+        for request, setting in cases:
+            response = await client.post("/predict", **request)
+            assert response.status_code == 413, response.text
+            assert response.json()["setting"] == setting
+            assert response.json()["error"] == "PAYLOAD_TOO_LARGE"
+        assert (await client.post("/predict", json=models.X[:2].tolist())).status_code == 200

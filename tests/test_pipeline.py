@@ -22,13 +22,13 @@ from starlette.applications import Starlette
 
 import tiffin
 from tests.test_serving_support import IRIS_COLUMNS, save_iris_model, store_at
-from tiffin.config import load_settings
+from tiffin.config import ServeSettings, load_settings
 from tiffin.exceptions import InvalidArgument, Overloaded, RunnerError
 from tiffin.io import JSON, Text
 from tiffin.io.base import OFFLOAD_BYTES
 from tiffin.serving.app import build_app
 from tiffin.serving.errors import error_response, mlflow_error_response
-from tiffin.serving.pipeline import pipeline
+from tiffin.serving.pipeline import InFlight, pipeline
 
 pytestmark = [
     pytest.mark.anyio,
@@ -198,8 +198,10 @@ async def test_a_401_comes_before_cors_and_preflights_are_answered_and_logged(
 # -- the steps, one by one -------------------------------------------------------------------
 
 
-def _state(ready: bool = True, limit: int = 100) -> Any:
-    return SimpleNamespace(ready=ready, settings=SimpleNamespace(max_body_size=limit))
+def _state(ready: bool = True, limit: int = 100, **settings: Any) -> Any:
+    return SimpleNamespace(
+        ready=ready, settings=ServeSettings(max_body_size=limit, **settings), in_flight=InFlight()
+    )
 
 
 def _scope(*headers: tuple[bytes, bytes]) -> dict[str, Any]:
@@ -290,7 +292,7 @@ async def test_the_deadline_is_a_504_and_the_calls_own_timeouterror_is_not() -> 
         response = await _pipe(call=slow, timeout=0.05, errors=errors)(_scope(), _receive(b""))
         assert response.status_code == 504 and expected in response.body
         response = await _pipe(call=own, errors=errors)(_scope(), _receive(b""))
-        assert response.status_code in (400, 500) and b"TimeoutError" in response.body
+        assert response.status_code in (400, 500) and b"error_id" in response.body
 
 
 def _mlflow_shape(exc: BaseException, *, where: str, scope: Any) -> Any:
@@ -343,3 +345,173 @@ async def test_each_error_in_each_shape(
     assert (response.status_code, body["error_code"]) == mlflow_answer
     if mlflow_answer[0] == 503:
         assert response.headers["retry-after"] == "1"
+
+
+# -- decode limits, the offload threshold, the deadline from the headers, capacity -------------
+
+
+async def test_the_settings_decode_limits_reach_the_decode_inline_and_in_its_thread() -> None:
+    """Set for each request from the settings, seen by an inline decode and by one in the
+    worker thread (a large body), and reset when the request is done."""
+    from tiffin.io.limits import DECODE_LIMITS, DecodeLimits
+
+    seen: list[tuple[Any, str]] = []
+
+    def decode(body: bytes, content_type: str | None) -> int:
+        seen.append((DECODE_LIMITS.get(), threading.current_thread().name))
+        return len(body)
+
+    state = _state(limit=1 << 20, max_decoded_cells=123, max_columns=7, max_image_pixels=99)
+    pipe = _pipe(state, decode=decode, encode=JSON().to_response)
+    assert (await pipe(_scope(), _receive(b"x"))).status_code == 200
+    assert (await pipe(_scope(), _receive(b"x" * (1 << 19)))).status_code == 200
+    expected = DecodeLimits(max_decoded_cells=123, max_columns=7, max_image_pixels=99)
+    (inline, here), (offloaded, there) = seen
+    assert inline == offloaded == expected
+    assert here == threading.current_thread().name != there
+    assert DECODE_LIMITS.get() is None  # not left behind in the caller's context
+
+
+async def test_bodies_from_256_kib_decode_in_a_worker_thread() -> None:
+    threads: list[str] = []
+
+    def decode(body: bytes, content_type: str | None) -> int:
+        threads.append(threading.current_thread().name)
+        return len(body)
+
+    pipe = _pipe(_state(limit=1 << 20), decode=decode, encode=JSON().to_response)
+    await pipe(_scope(), _receive(b"x" * (256 * 1024 - 1)))
+    await pipe(_scope(), _receive(b"x" * (256 * 1024)))
+    assert OFFLOAD_BYTES == 256 * 1024
+    assert threads[0] == threading.current_thread().name != threads[1]
+
+
+async def test_a_body_too_large_once_decoded_names_the_setting_in_both_shapes() -> None:
+    from tiffin.exceptions import DecodedTooLarge
+
+    def decode(body: bytes, content_type: str | None) -> Any:
+        raise DecodedTooLarge("the table has 60,000 columns, over max_columns=10,000",
+                              setting="max_columns")  # fmt: skip
+
+    response = await _pipe(decode=decode)(_scope(), _receive(b"x"))
+    assert response.status_code == 413
+    assert orjson.loads(response.body) == {
+        "error": "PAYLOAD_TOO_LARGE", "setting": "max_columns",
+        "detail": "the table has 60,000 columns, over max_columns=10,000",
+    }  # fmt: skip
+    response = await _pipe(decode=decode, errors=_mlflow_shape)(_scope(), _receive(b"x"))
+    body = orjson.loads(response.body)
+    assert response.status_code == 413 and "max_columns" in body["message"]
+
+
+async def test_the_deadline_counts_from_the_headers_and_covers_reading_the_body() -> None:
+    """A body that never finishes arriving is a 504 at the timeout, in both shapes."""
+
+    async def trickle() -> dict[str, Any]:
+        await asyncio.sleep(0.01)
+        return {"type": "http.request", "body": b"x", "more_body": True}
+
+    for errors, code in ((error_response, b'"TIMEOUT"'), (_mlflow_shape, b"DEADLINE_EXCEEDED")):
+        pipe = _pipe(_state(limit=1 << 20), timeout=0.2, errors=errors)
+        started = asyncio.get_running_loop().time()
+        response = await asyncio.wait_for(pipe(_scope(), trickle), 5)
+        assert response.status_code == 504 and code in response.body
+        assert 0.2 <= asyncio.get_running_loop().time() - started < 2
+
+
+async def test_the_deadline_covers_a_slow_decode_too() -> None:
+    release = threading.Event()
+
+    def decode(body: bytes, content_type: str | None) -> Any:
+        release.wait(5)  # a large body's decode, in its thread
+        return 1
+
+    pipe = _pipe(_state(limit=1 << 20), decode=decode, timeout=0.2)
+    try:
+        response = await asyncio.wait_for(pipe(_scope(), _receive(b"x" * OFFLOAD_BYTES)), 4)
+    finally:
+        release.set()
+    assert response.status_code == 504
+
+
+async def test_a_blocking_call_gets_the_request_deadline() -> None:
+    import time
+
+    from tiffin.runner.runner import REQUEST_DEADLINE
+
+    seen: list[Any] = []
+
+    async def call(value: Any) -> Any:
+        seen.append(REQUEST_DEADLINE.get())
+        return "ok"
+
+    before = time.monotonic()
+    await _pipe(call=call, timeout=3.0, blocking=True)(_scope(), _receive(b"x"))
+    await _pipe(call=call, timeout=3.0)(_scope(), _receive(b"x"))
+    blocking, not_blocking = seen
+    assert before + 3.0 <= blocking <= time.monotonic() + 3.0
+    assert not_blocking is None and REQUEST_DEADLINE.get() is None
+
+
+async def test_past_max_concurrent_requests_a_503_at_once_before_the_body_is_read() -> None:
+    release = asyncio.Event()
+
+    async def call(value: Any) -> Any:
+        await release.wait()
+        return value
+
+    shapes = ((error_response, "OVERLOADED"), (_mlflow_shape, "TEMPORARILY_UNAVAILABLE"))
+    for errors, code in shapes:
+        state = _state(max_concurrent_requests=2)
+        pipe = _pipe(state, call=call, errors=errors)
+        held = [asyncio.ensure_future(pipe(_scope(), _receive(b"held"))) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        unread = _receive(b"more")
+        refused = await asyncio.wait_for(pipe(_scope(), unread), 1)
+        assert refused.status_code == 503 and unread.read == []  # type: ignore[attr-defined]
+        assert refused.headers["retry-after"] == "1"
+        body = orjson.loads(refused.body)
+        assert code in (body.get("error"), body.get("error_code"))
+        assert "max_concurrent_requests" in (body.get("detail") or body.get("message"))
+        release.set()
+        assert [r.status_code for r in await asyncio.gather(*held)] == [200, 200]
+        assert state.in_flight.count == 0
+        assert (await pipe(_scope(), _receive(b"again"))).body == b"again"
+        release.clear()
+
+
+async def test_a_restarting_runner_is_a_503_with_retry_after_in_both_shapes() -> None:
+    from tiffin.exceptions import RunnerUnavailable
+
+    async def call(value: Any) -> Any:
+        raise RunnerUnavailable("runner 'iris' is restarting")
+
+    response = await _pipe(call=call)(_scope(), _receive(b"x"))
+    assert response.status_code == 503 and response.headers["retry-after"] == "1"
+    assert orjson.loads(response.body)["error"] == "RUNNER_UNAVAILABLE"
+    response = await _pipe(call=call, errors=_mlflow_shape)(_scope(), _receive(b"x"))
+    assert response.status_code == 503 and response.headers["retry-after"] == "1"
+    assert orjson.loads(response.body)["error_code"] == "TEMPORARILY_UNAVAILABLE"
+
+
+async def test_a_server_side_failure_keeps_its_text_in_the_log_in_both_shapes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A 500, or a model that raised on /invocations: the class and the error id, never the
+    exception's text (paths, data, secrets), which the log has under that id."""
+
+    async def call(value: Any) -> Any:
+        raise ValueError("cannot read /srv/secret/features.db as admin:hunter2")
+
+    async def fails(value: Any) -> Any:
+        raise RunnerError("the runner failed: hunter2 leaked")
+
+    for failing in (call, fails):
+        for errors in (error_response, _mlflow_shape):
+            response = await _pipe(call=failing, errors=errors)(_scope(), _receive(b"x"))
+            body = orjson.loads(response.body)
+            assert response.status_code in (400, 500)
+            assert b"hunter2" not in response.body and b"/srv/secret" not in response.body
+            error_id = _ID.search(body.get("detail") or body["message"]).group(0)  # type: ignore[union-attr]
+            logged = [r for r in caplog.records if error_id in r.getMessage()]
+            assert logged and "hunter2" in repr(logged[0].exc_info[1])  # type: ignore[index]

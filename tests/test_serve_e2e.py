@@ -545,7 +545,7 @@ def test_a_service_whose_runner_cannot_load_exits_non_zero(tmp_path: Path) -> No
 def test_reload_serves_the_edited_file(tmp_path: Path) -> None:
     source = (
         "import tiffin\nfrom tiffin.io import JSON\nsvc = tiffin.Service('live')\n"
-        "@svc.api(input=JSON(), output=JSON())\ndef version(x):\n    return {VERSION}\n"
+        "@svc.api(input=JSON(), output=JSON())\ndef app_version(x):\n    return {VERSION}\n"
     )
     work = tmp_path / "work"  # the watched tree: the server's own log stays outside it
     (work / "app").mkdir(parents=True)
@@ -554,7 +554,7 @@ def test_reload_serves_the_edited_file(tmp_path: Path) -> None:
     srv = start_tiffin(["serve", "app/live.py:svc", "--reload"], cwd=work,
                        env=server_env(tmp_path / "home"), log=tmp_path / "log")
     try:
-        assert post_json(srv, "/version", {}).json() == 1
+        assert post_json(srv, "/app_version", {}).json() == 1
         # a different length as well as content: Python trusts a .pyc whose source has the same
         # size and mtime second, and this edit comes within a second of the first write
         edited = source.replace("{VERSION}", "22")
@@ -567,7 +567,7 @@ def test_reload_serves_the_edited_file(tmp_path: Path) -> None:
                 path.write_text(edited)
                 next_write = time.monotonic() + 1.0
             try:
-                if post_json(srv, "/version", {}).json() == 22:
+                if post_json(srv, "/app_version", {}).json() == 22:
                     break
             except (httpx.TransportError, ValueError):
                 pass

@@ -135,14 +135,44 @@ async def test_the_short_path_for_api_posts_answers_as_the_full_middleware_stack
     assert [status for status, _ in seen["short"]] == [200, 400, 415, 500, 400, 405, 404]
 
 
-async def test_an_mlflow_client_error_is_a_400_and_a_users_timeouterror_is_not_a_504() -> None:
+async def test_an_mlflow_client_error_is_a_400_and_a_users_timeouterror_is_not_a_504(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     async with asgi_client(build_app(make_service())) as client:
         response = await client.post("/mlflow_says_no", json={})
         assert response.status_code == 400
         assert response.json() == {"error": "BAD_REQUEST", "detail": "column 'x' is missing"}
         response = await client.post("/user_timeout", content="hi")
         assert response.status_code == 500
-        assert "TimeoutError" in response.json()["detail"]
+        error_id = response.json()["error_id"]
+    logged = [r for r in caplog.records if error_id in r.getMessage()]
+    assert logged and "TimeoutError" in repr(logged[0].exc_info[1])  # type: ignore[index]
+
+
+async def test_a_500_says_where_to_look_and_nothing_of_the_exception(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The exception's text (paths, data, secrets) is only in the log, under the error id."""
+    svc = Service("leaky")
+
+    @svc.api(input=JSON(), output=JSON())
+    def predict(obj: Any) -> Any:
+        raise RuntimeError("cannot open /srv/secret/weights.bin with password hunter2")
+
+    @svc.api(input=JSON(), output=NumpyNdarray())
+    def bad_output(obj: Any) -> Any:
+        return {"token": "hunter2"}
+
+    async with asgi_client(build_app(svc)) as client:
+        answers = [await client.post(path, json={}) for path in ("/predict", "/bad_output")]
+    for response, code in zip(answers, ("INTERNAL_ERROR", "INVALID_OUTPUT"), strict=True):
+        body = response.json()
+        assert response.status_code == 500 and body["error"] == code
+        assert set(body) == {"error", "detail", "error_id"}
+        assert "hunter2" not in response.text and "/srv/secret" not in response.text
+        assert body["detail"].endswith(f"; see the server log for error_id={body['error_id']}")
+        logged = [r for r in caplog.records if body["error_id"] in r.getMessage()]
+        assert logged and logged[0].exc_info is not None
 
 
 async def test_the_body_limit_applies_before_decoding() -> None:

@@ -87,9 +87,9 @@ def test_api_defaults_to_the_function_name_and_detects_async() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"route": "/livez"}, "reserved"),
-        ({"route": "/metrics"}, "reserved"),
-        ({"route": "/"}, "reserved"),
+        ({"route": "/livez"}, "answers itself"),
+        ({"route": "/metrics"}, "answers itself"),
+        ({"route": "/"}, "answers itself"),
         ({"route": "/a b"}, "not a valid path"),
         ({"route": "/../etc"}, "not a valid path"),
         ({"name": "not-an-identifier"}, "Python identifier"),
@@ -111,7 +111,29 @@ def test_api_rejects_twins_and_non_descriptors() -> None:
     with pytest.raises(InvalidArgument, match=r"input= must be a tiffin\.io descriptor"):
         svc.api(input=dict, output=JSON())  # type: ignore[arg-type]
     assert {"/livez", "/readyz", "/healthz", "/metrics", "/docs.json", "/"} <= RESERVED_ROUTES
-    assert {"/invocations", "/ping", "/health", "/version"} == MLFLOW_ROUTES
+    assert {"/invocations", "/ping", "/health", "/version"} == MLFLOW_ROUTES <= RESERVED_ROUTES
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["health", "ping", "version", "livez", "readyz", "healthz", "metrics", "invocations", "docs"],
+)
+def test_an_api_named_or_routed_like_a_route_of_the_server_is_refused_when_defined(
+    name: str,
+) -> None:
+    """MLflow's routes too, on a service that serves no MLflow model: an API's validity must
+    not depend on the model behind it, and the refusal comes where the API is written."""
+    svc = Service("svc")
+    with pytest.raises(InvalidArgument, match=f"/{name}") as named:
+        svc.api(input=JSON(), output=JSON(), name=name)(lambda x: x)
+    assert "pass name= or route=" in str(named.value)
+    with pytest.raises(InvalidArgument, match=f"route /{name} is one the tiffin server answers"):
+        svc.api(input=JSON(), output=JSON(), name="other", route=f"/{name}")(lambda x: x)
+    with pytest.raises(InvalidArgument, match=f"'{name}' is the name of the server's own route"):
+        svc.api(input=JSON(), output=JSON(), name=name, route="/elsewhere")(lambda x: x)
+    with pytest.raises(InvalidArgument, match="Swagger UI"):
+        svc.api(input=JSON(), output=JSON(), name="x", route="/static/swagger-ui/x")(lambda x: x)
+    assert svc.apis == {}
 
 
 def test_sync_apis_run_off_the_event_loop_thread() -> None:
@@ -179,7 +201,11 @@ async def test_runners_initialise_when_the_server_starts_then_hooks_run_in_order
 
 
 @pytest.mark.anyio
-async def test_a_runner_that_fails_to_load_leaves_the_server_unready_and_says_why() -> None:
+async def test_a_runner_that_fails_to_load_leaves_the_server_unready_and_logs_why(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """/readyz and the APIs say only that the start failed (they are open routes: no paths,
+    no exception text); the log says why, with the user's own frames."""
     svc = Service("svc", runners=[tiffin.Runner(Broken, name="broken")])
     svc.api(input=JSON(), output=JSON(), name="predict")(lambda x: x)
     fatal: list[BaseException] = []
@@ -188,21 +214,59 @@ async def test_a_runner_that_fails_to_load_leaves_the_server_unready_and_says_wh
     async with asgi_client(app, ready=False) as client:
         assert (await client.get("/livez")).status_code == 200
         ready = await client.get("/readyz")
-        assert ready.status_code == 503
-        assert "weights file is corrupt" in ready.text
+        assert (ready.status_code, ready.text) == (503, "failed to start; see the server log\n")
         response = await client.post("/predict", json=[1])
         assert response.status_code == 503
-        assert "weights file is corrupt" in response.json()["detail"]
+        assert response.json() == {
+            "error": "NOT_READY", "detail": "the service failed to start; the server log says why"
+        }
     assert [str(exc) for exc in fatal] == ["weights file is corrupt"]
+    logged = next(r.getMessage() for r in caplog.records if "failed to start" in r.getMessage())
+    assert "RuntimeError: weights file is corrupt" in logged
+    assert f'File "{__file__}"' in logged and "in __init__" in logged
+    assert "/tiffin/" not in logged and "asyncio" not in logged
 
 
 @pytest.mark.anyio
-async def test_a_failing_startup_hook_also_fails_the_start() -> None:
+async def test_a_failing_startup_hook_also_fails_the_start(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     svc = Service("svc")
 
     @svc.on_startup
     async def boom() -> None:
-        raise ValueError("no database")
+        raise ValueError("no database at postgres://admin:hunter2@db")
 
     async with asgi_client(build_app(svc), ready=False) as client:
-        assert "no database" in (await client.get("/readyz")).text
+        ready = await client.get("/readyz")
+        assert ready.status_code == 503 and "hunter2" not in ready.text
+    logged = next(r.getMessage() for r in caplog.records if "failed to start" in r.getMessage())
+    assert "ValueError: no database" in logged and "in boom" in logged
+
+
+@pytest.mark.anyio
+async def test_a_start_that_fails_before_serving_tells_the_server_in_one_line() -> None:
+    """An API worker loads before it listens: its failed start reaches uvicorn as one line
+    with the user's file and line, not Starlette's traceback of tiffin's frames."""
+    svc = Service("svc", runners=[tiffin.Runner(Broken, name="broken")])
+    app = build_app(svc, load_before_serving=True)
+    sent: list[Any] = []
+    messages = [{"type": "lifespan.startup"}]
+
+    async def receive() -> Any:
+        if messages:
+            return messages.pop(0)
+        await asyncio.sleep(30)
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
+    with pytest.raises(Exception, match="the service failed to start"):
+        await asyncio.wait_for(app(scope, receive, send), 10)
+    [failed] = sent
+    assert failed["type"] == "lifespan.startup.failed"
+    assert failed["message"].startswith(
+        "the service failed to start: RuntimeError: weights file is corrupt ("
+    )
+    assert f"{__file__}, line " in failed["message"] and "\n" not in failed["message"]

@@ -40,6 +40,8 @@ they enter, with ``raise ... from exc``.
 
 from __future__ import annotations
 
+from typing import Self
+
 __all__ = [
     "AddressInUse",
     "AlreadyExists",
@@ -81,6 +83,14 @@ class TiffinError(Exception):
     @property
     def message(self) -> str:
         return str(self)
+
+    def prefixed(self, prefix: str) -> Self:
+        """A copy of this error (same class and fields) whose message starts with ``prefix``."""
+        import copy
+
+        error = copy.copy(self)
+        error.args = (f"{prefix}{self}",)
+        return error
 
 
 class NotFound(TiffinError):

@@ -6,9 +6,9 @@ import io
 from typing import Any
 
 from tiffin.exceptions import (
+    DecodedTooLarge,
     InvalidArgument,
     InvalidOutput,
-    PayloadTooLarge,
     TiffinError,
     missing_dependency,
 )
@@ -23,6 +23,7 @@ from tiffin.io.base import (
 )
 from tiffin.io.file import OCTET_TYPE, file_payload, file_request_body, pick_file_part
 from tiffin.io.limits import check_image
+from tiffin.io.limits import current as current_limits
 
 __all__ = [
     "Image",
@@ -78,8 +79,13 @@ def read_image(data: bytes, content_type: str | None) -> Any:
         image = pil.open(io.BytesIO(data))  # reads the header only
         check_image(*image.size)
         image.load()
-    except pil.DecompressionBombError as exc:
-        raise PayloadTooLarge(f"image rejected: {exc}") from exc
+    except pil.DecompressionBombError as exc:  # Pillow's own bound, far above ours
+        limit = current_limits().max_image_pixels
+        raise DecodedTooLarge(
+            f"the image is over Pillow's decompression-bomb bound ({exc}), far over "
+            f"max_image_pixels={limit:,}; send a smaller image",
+            setting="max_image_pixels",
+        ) from exc
     except (pil.UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         reason = "no known image format" if isinstance(exc, pil.UnidentifiedImageError) else exc
         raise InvalidArgument(

@@ -76,7 +76,7 @@ class Multipart(IODescriptor):
             try:
                 values[name] = descriptor.decode_part(parts[name])
             except InvalidArgument as exc:
-                raise type(exc)(f"part {name!r}: {exc}") from exc
+                raise exc.prefixed(f"part {name!r}: ") from exc
         return values
 
     def _encode(self, obj: Any, error: type[TiffinError], request: bool) -> tuple[bytes, str]:

@@ -4,6 +4,9 @@ and ``tiffin serve-model`` share.
 JSON forms accepted: an array of rows (numbers, nested arrays -> ndarray; objects ->
 DataFrame), an object of columns (-> DataFrame), or one of MLflow's envelopes
 (``dataframe_split``, ``dataframe_records``, ``instances``, ``inputs``).
+
+What a payload declares is measured (:mod:`tiffin.io.limits`) before it is built: the whole
+value, and each envelope's payload (:func:`check_envelope`, which ``/invocations`` uses too).
 """
 
 from __future__ import annotations
@@ -13,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from tiffin.exceptions import InvalidArgument, NotFound, missing_dependency
-from tiffin.io.limits import check_json_table
+from tiffin.io.limits import check_array, check_json_table, nested_shape
 
 __all__ = [
+    "ENVELOPES",
     "SUFFIXES",
+    "check_envelope",
     "from_json",
     "read_file",
     "to_csv",
@@ -24,7 +29,7 @@ __all__ = [
 ]
 
 SUFFIXES = (".json", ".csv", ".npy", ".parquet")
-_ENVELOPES = ("dataframe_split", "dataframe_records", "instances", "inputs")
+ENVELOPES = ("dataframe_split", "dataframe_records", "instances", "inputs")
 
 
 def _pandas() -> Any:
@@ -50,16 +55,30 @@ def _ndarray(value: Any) -> Any:
     return array
 
 
+def check_envelope(key: str, body: Any) -> None:
+    """Refuse (DecodedTooLarge) the payload of MLflow's envelope ``key`` if it declares more
+    than the decode limits allow: the table it makes, and, for an object of named inputs,
+    each input's nested lists."""
+    what = f"the {key} input"
+    check_json_table(body, what)
+    if isinstance(body, dict) and key != "dataframe_split":
+        for name, value in body.items():
+            if isinstance(value, list):
+                check_array(nested_shape(value), f"{what} {name!r}")
+
+
 def from_json(value: Any) -> Any:
     """A model payload from parsed JSON (pandas is imported only for a table)."""
     check_json_table(value, "the input")
     if isinstance(value, dict):
-        keys = [k for k in _ENVELOPES if k in value]
+        keys = [k for k in ENVELOPES if k in value]
         if len(keys) > 1:
-            raise InvalidArgument(f"input names more than one of {list(_ENVELOPES)}: {keys}")
+            raise InvalidArgument(f"input names more than one of {list(ENVELOPES)}: {keys}")
         if keys:
             key = keys[0]
             body = value[key]
+            if key == "dataframe_split" or isinstance(body, dict):
+                check_envelope(key, body)  # the others are measured when from_json recurses
             if key == "dataframe_split":
                 if not isinstance(body, dict) or "data" not in body:
                     raise InvalidArgument("dataframe_split must be {columns, data, index?}")

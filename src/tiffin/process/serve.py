@@ -16,6 +16,7 @@ from tiffin.process.logs import configure_logging, flush_logs
 from tiffin.process.targets import resolve_service
 from tiffin.process.uvicorn_glue import exit_zero_after_graceful_stop, uvicorn_options
 from tiffin.serving.app import build_app
+from tiffin.serving.errors import failure_line
 
 __all__ = ["run_app", "serve"]
 
@@ -26,7 +27,9 @@ _SETTINGS_ENV = "TIFFIN_SETTINGS_JSON"
 def run_app(app: Any, settings: ServeSettings, *, reload_target: str | None = None) -> None:
     """Serve ``app`` with uvicorn until interrupted (SIGINT/SIGTERM shut down gracefully).
 
-    If the app's runners fail to load, the server stops and this raises the error.
+    If the app's runners (or start-up hooks) fail, the server stops and this raises the
+    error in one line (the log has the user's frames: :func:`~tiffin.serving.errors.
+    describe_failure`).
     """
     import uvicorn
 
@@ -62,8 +65,7 @@ def run_app(app: Any, settings: ServeSettings, *, reload_target: str | None = No
         flush_logs()  # what the last fraction of a second logged (the handler batches lines)
     if state is not None and state.load_error is not None:
         raise RunnerError(
-            f"the service failed to start: {type(state.load_error).__name__}: "
-            f"{state.load_error}"
+            f"the service failed to start: {failure_line(state.load_error)}"
         ) from state.load_error
     if not server.started:
         raise InvalidArgument(

@@ -99,7 +99,15 @@ def runner_main(
     service.apply_settings(settings)
     runner = next(r for r in service.runners if r.name == runner_name)
     started = time.perf_counter()
-    runner.init_local()
+    try:
+        runner.init_local()
+    except Exception as exc:  # the user's frames, not multiprocessing's whole traceback
+        from tiffin.serving.errors import describe_failure
+
+        logger.error("runner %r failed to load: %s", runner.name, describe_failure(exc))
+        logger.debug("runner %r: the whole traceback", runner.name, exc_info=exc)
+        flush_logs()
+        sys.exit(1)
     # as the API process does once loaded (tiffin.server): the ~10^5 objects of the frameworks
     # and the model live as long as the process, and a full collection walking them stalled
     # every call in this process for ~100 ms (the p99 of serve --workers under load)

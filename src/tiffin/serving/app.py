@@ -17,6 +17,9 @@ scoring protocol.
   ``/readyz`` and the APIs answer 503 until every runner is loaded and the start-up hooks
   have run. With ``load_before_serving``, or when every runner lives in its own process,
   start-up waits for them instead.
+* A start-up failure is logged as the user's own frames (:func:`~tiffin.serving.errors.
+  describe_failure`); what the server answers (``/readyz``, the APIs' 503) says only that it
+  failed: an open route must not show paths or exception text.
 """
 
 from __future__ import annotations
@@ -41,14 +44,20 @@ from tiffin.config import ServeSettings
 from tiffin.exceptions import RunnerError
 from tiffin.serving.access_log import AccessLogMiddleware, record_access
 from tiffin.serving.auth import BearerAuthMiddleware, BearerKey
-from tiffin.serving.errors import JSONResponse, error_response, http_error_response
+from tiffin.serving.errors import (
+    JSONResponse,
+    describe_failure,
+    error_response,
+    failure_line,
+    http_error_response,
+)
 from tiffin.serving.metrics import ServerMetrics
-from tiffin.serving.pipeline import Respond, pipeline
+from tiffin.serving.pipeline import InFlight, Respond, pipeline
 from tiffin.serving.routes import MLFLOW_ROUTES, SWAGGER_STATIC, served
 from tiffin.serving.service import API, Service
 
 if TYPE_CHECKING:
-    from starlette.types import ASGIApp, Receive, Scope, Send
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["AppState", "TiffinApp", "api_pipeline", "build_app"]
 
@@ -71,6 +80,8 @@ class AppState:
         self.metrics = ServerMetrics(service)
         #: routes that answer in MLflow's error shape
         self.mlflow_paths: frozenset[str] = frozenset()
+        #: requests in the pipelines now (max_concurrent_requests)
+        self.in_flight = InFlight()
 
     def api_timeout(self, api: str) -> float:
         # environment variables arrive lower-cased: TIFFIN_APIS__PREDICT__TIMEOUT_S
@@ -81,10 +92,7 @@ class AppState:
 
     def not_ready(self) -> Response:
         if self.load_error is not None:
-            detail = (
-                f"the service failed to start ({type(self.load_error).__name__}: "
-                f"{self.load_error}); see the server log"
-            )
+            detail = "the service failed to start; the server log says why"
         else:
             detail = "the server is still loading its runners; retry once /readyz answers 200"
         return JSONResponse(
@@ -103,6 +111,7 @@ def api_pipeline(api: API, state: AppState) -> Respond:
         timeout=state.api_timeout(api.name),
         not_ready=state.not_ready,
         errors=error_response,
+        blocking=not api.is_async,
     )
 
 
@@ -133,7 +142,7 @@ def _own_endpoints(
         if state.ready:
             return PlainTextResponse("runner process unavailable\n", 503)
         if state.load_error is not None:
-            return PlainTextResponse(f"failed: {state.load_error}\n", 503)
+            return PlainTextResponse("failed to start; see the server log\n", 503)
         return PlainTextResponse("loading\n", 503)
 
     async def metrics(request: Request) -> Response:
@@ -206,7 +215,8 @@ def build_app(
                 await _call_hook(hook)
         except Exception as exc:
             state.load_error = exc
-            logger.error("service %r failed to start: %s", service.name, exc, exc_info=exc)
+            logger.error("service %r failed to start: %s", service.name, describe_failure(exc))
+            logger.debug("service %r: the whole traceback", service.name, exc_info=exc)
             if state.on_fatal is not None:
                 state.on_fatal(exc)
             return
@@ -233,7 +243,9 @@ def build_app(
             await asyncio.shield(loading)
             if load_before_serving and state.load_error is not None:
                 # start-up fails (uvicorn exits) before the socket ever listens
-                raise RunnerError(f"the service failed to start: {state.load_error}")
+                raise RunnerError(
+                    f"the service failed to start: {failure_line(state.load_error)}"
+                )
         try:
             yield
         finally:
@@ -317,7 +329,22 @@ class TiffinApp(Starlette):
         ):
             await self._post(scope, receive, send)
             return
+        if scope["type"] == "lifespan":
+            send = self._lifespan_send(send)
         await super().__call__(scope, receive, send)
+
+    def _lifespan_send(self, send: Send) -> Send:
+        """``send`` with a failed start-up said in one line (Starlette would send uvicorn the
+        whole traceback of tiffin's and Starlette's frames; the log has the user's already)."""
+        state = self._tiffin
+
+        async def lifespan_send(message: Message) -> None:
+            if message["type"] == "lifespan.startup.failed" and state.load_error is not None:
+                message = {**message, "message": "the service failed to start: "
+                           + failure_line(state.load_error)}
+            await send(message)
+
+        return lifespan_send
 
     async def _post(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()

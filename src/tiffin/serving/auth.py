@@ -6,7 +6,9 @@ health and readiness routes (``/livez``, ``/readyz``, ``/healthz``, MLflow's ``/
 documentation routes (Swagger UI's files included) only with ``auth_metrics: true``; every
 other route (the APIs, ``/invocations``, any unknown path) answers 401 without
 ``Authorization: Bearer <key>``, compared in constant time. CORS preflights (``OPTIONS``)
-pass without it. The check comes before CORS, so a 401 carries no CORS headers.
+pass without it. The check comes before CORS, so a 401 carries no CORS headers. A tiffin
+server has no WebSocket route: with a key set, a WebSocket without it is closed at once with
+code 1008 (policy violation), before anything else sees it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ __all__ = ["ALWAYS_OPEN", "DOCS", "BearerAuthMiddleware", "BearerKey"]
 ALWAYS_OPEN = paths_with(Access.OPEN)
 DOCS = paths_with(Access.DOCS)
 _STATIC = SWAGGER_STATIC + "/"
+_POLICY_VIOLATION = 1008  # RFC 6455: the WebSocket close code of a refused request
 _BODY = orjson.dumps(
     {
         "error": "UNAUTHORIZED",
@@ -75,6 +78,9 @@ class BearerAuthMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         key = self.key
+        if scope["type"] == "websocket" and not key.authorized(scope):
+            await send({"type": "websocket.close", "code": _POLICY_VIOLATION})
+            return
         if (
             scope["type"] != "http"
             or scope["method"] == "OPTIONS"

@@ -7,6 +7,13 @@ use MLflow's own scoring-server functions, so payload handling matches MLflow's;
 itself goes through the runner's ``predict`` and its adaptive batcher (calls batch together
 only when their ``params`` are equal).
 
+Before MLflow's parsers build anything, what a body declares is measured against the decode
+limits (:mod:`tiffin.io.limits`): each JSON envelope's payload, a CSV body's header and lines,
+a Parquet body's footer; over a limit is a 413 naming the setting. With a column signature,
+the keys of records and of an object of inputs that are not among its columns are dropped
+first (MLflow ignores them anyway), so a body of many junk keys builds neither a 413 nor a
+frame of them.
+
 Two things keep one caller's bad input from failing the others it was batched with: a
 DataFrame is checked against the model's signature before it joins a batch (MLflow's own
 schema enforcement, so the error is MLflow's 400), and a call whose batch failed with an
@@ -22,6 +29,7 @@ answers these routes at all, come from the route table (:mod:`~tiffin.serving.ro
 from __future__ import annotations
 
 import io
+import json
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -31,13 +39,14 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tiffin.exceptions import InvalidArgument
 from tiffin.frameworks.mlflow.loading import MLFLOW_MODEL_FOLDER, MODULE
 from tiffin.frameworks.mlflow.schema import frame_validator, serving_input_example
 from tiffin.io.base import parse_media_type
+from tiffin.io.limits import check_array, check_csv, check_parquet, nested_shape
+from tiffin.io.payloads import ENVELOPES, check_envelope
 from tiffin.serving.errors import mlflow_error, mlflow_error_response
 from tiffin.serving.pipeline import Respond, pipeline
-from tiffin.serving.routes import MLFLOW_ROUTES, ROUTES
+from tiffin.serving.routes import ROUTES
 
 if TYPE_CHECKING:
     from starlette.types import Scope
@@ -47,7 +56,7 @@ if TYPE_CHECKING:
     from tiffin.serving.service import Service
     from tiffin.store.models import Model
 
-__all__ = ["ACCEPTED", "MlflowRoutes", "mlflow_routes", "mlflow_runner"]
+__all__ = ["ACCEPTED", "MlflowRoutes", "mlflow_routes", "mlflow_runner", "screened"]
 
 ACCEPTED = ("application/json", "text/csv", "application/vnd.apache.parquet")
 _INVOCATIONS = next(route for route in ROUTES if route.path == "/invocations")
@@ -110,6 +119,65 @@ def _predictions_json(raw: Any, ss: Any) -> bytes:
     return out.getvalue().encode()
 
 
+#: a small JSON body of the same type as a parsed body that is not an object: MLflow's parser
+#: words its error from the type alone, so a large one need not be parsed again
+_STAND_INS = {list: b"[]", int: b"0", float: b"0.5", str: b'""', bool: b"true"}
+
+
+def _column_names(schema: Any) -> frozenset[str] | None:
+    """The columns of a column signature; None for a tensor signature or none."""
+    if schema is None or schema.is_tensor_spec() or not schema.has_input_names():
+        return None
+    return frozenset(schema.input_names())
+
+
+def _known_only(payload: Any, columns: frozenset[str]) -> Any:
+    """Records, or an object of inputs, without the keys outside ``columns`` (the same object
+    when there are none)."""
+    if type(payload) is dict:
+        if payload.keys() <= columns:
+            return payload
+        return {key: value for key, value in payload.items() if key in columns}
+    if type(payload) is list and payload and type(payload[0]) is dict:
+        if all(type(row) is not dict or row.keys() <= columns for row in payload):
+            return payload
+        return [
+            {key: value for key, value in row.items() if key in columns}
+            if type(row) is dict else row
+            for row in payload
+        ]  # fmt: skip
+    return payload
+
+
+def screened(decoded: dict[str, Any], columns: frozenset[str] | None) -> dict[str, Any]:
+    """``decoded`` with each envelope's payload measured against the decode limits
+    (DecodedTooLarge), after its keys outside a column signature's ``columns`` are dropped."""
+    for key in ENVELOPES:
+        if key not in decoded:
+            continue
+        payload = decoded[key]
+        if columns is not None and key != "dataframe_split":
+            known = _known_only(payload, columns)
+            if known is not payload:
+                decoded = {**decoded, key: known}
+                payload = known
+        check_envelope(key, payload)
+    return decoded
+
+
+def _json_body(body: bytes) -> Any:
+    """The parsed body, NaN and Infinity included (Python's json reads them as MLflow's
+    parser does); the body itself when it is not JSON, for MLflow's parser to word why."""
+    try:
+        decoded: Any = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        try:
+            decoded = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            return body
+    return decoded
+
+
 def _single_tensor_dtype(metadata: Any, schema: Any) -> Any:
     """The numpy dtype of a signature that is one unnamed tensor, else None."""
     if schema is None or not schema.is_tensor_spec() or schema.has_input_names():
@@ -136,12 +204,6 @@ def mlflow_routes(service: Service, state: AppState) -> MlflowRoutes | None:
     found = mlflow_runner(service)
     if found is None:
         return None
-    clash = sorted(a.route for a in service.apis.values() if a.route in MLFLOW_ROUTES)
-    if clash:
-        raise InvalidArgument(
-            f"service {service.name!r} serves an MLflow model, so it answers MLflow's "
-            f"routes {sorted(MLFLOW_ROUTES)}; rename the API route(s) {clash}"
-        )
     runner, model = found
     model_dir = model.path_of(MLFLOW_MODEL_FOLDER)
     cache: dict[str, Any] = {}
@@ -159,6 +221,7 @@ def mlflow_routes(service: Service, state: AppState) -> MlflowRoutes | None:
                 metadata=metadata,
                 schema=schema,
                 tensor_dtype=_single_tensor_dtype(metadata, schema),
+                columns=_column_names(schema),
                 ss=scoring_server,
                 MlflowException=MlflowException,
                 np=__import__("numpy"),
@@ -167,16 +230,14 @@ def mlflow_routes(service: Service, state: AppState) -> MlflowRoutes | None:
         return cache
 
     method = runner.predict
+    max_cells = state.settings.max_decoded_cells  # what DECODE_LIMITS holds for the request
 
     def parse(body: bytes, media_type: str | None) -> tuple[Any, Any]:
         env = cache
         ss = env["ss"]
         params = None
         if media_type == "application/json":
-            try:
-                decoded: Any = orjson.loads(body)
-            except orjson.JSONDecodeError:
-                decoded = body  # let MLflow's parser accept it (NaN) or word the error
+            decoded = _json_body(body)
             dtype = env["tensor_dtype"]
             if dtype is not None and type(decoded) is dict and len(decoded) == 1:
                 # {"inputs": [...]} for a one-tensor signature: MLflow's parser comes down to
@@ -184,18 +245,28 @@ def mlflow_routes(service: Service, state: AppState) -> MlflowRoutes | None:
                 # anything numpy refuses, goes the long way and gets MLflow's own answer
                 value = decoded.get("inputs")
                 if type(value) is list and value and type(value[0]) is not dict:
+                    first = value[0]
+                    if (
+                        type(first) is not list
+                        or (first and type(first[0]) is list)
+                        or len(value) * len(first) > max_cells
+                    ):  # rows of scalars within the limit are the common case: no walk
+                        check_array(nested_shape(value), "the inputs")
                     try:
                         return env["np"].array(value, dtype=dtype), None
                     except (ValueError, TypeError):
                         pass
-            if isinstance(decoded, dict | bytes):
-                parsed = ss._parse_json_data(decoded, env["metadata"], env["schema"])
-            else:  # MLflow's error for a bare list or value
-                parsed = ss._parse_json_data(body, env["metadata"], env["schema"])
+            if type(decoded) is dict:
+                decoded = screened(decoded, env["columns"])
+            elif type(decoded) is not bytes:  # MLflow's error for a bare list or value
+                decoded = _STAND_INS.get(type(decoded), b"null")
+            parsed = ss._parse_json_data(decoded, env["metadata"], env["schema"])
             data, params = parsed.data, parsed.params
         elif media_type == "text/csv":
+            check_csv(body)
             data = ss.parse_csv_input(io.StringIO(body.decode("utf-8")), env["schema"])
         else:
+            check_parquet(body)
             data = ss.parse_parquet_input(io.BytesIO(body))
         if env["validate"] is not None:
             data = env["validate"](data)

@@ -2,7 +2,8 @@
 
 Every signature method becomes ``POST /<method>``. A route accepts a JSON array of rows, a
 JSON object of columns, one of MLflow's JSON envelopes, or an ``.npy`` body for tensors, and
-answers a JSON array. ``predict`` is batched adaptively unless batching is turned off.
+answers a JSON array. What a body declares is measured against the decode limits before it is
+built (:mod:`tiffin.io.limits`). ``predict`` is batched adaptively unless batching is turned off.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from tiffin.exceptions import InvalidArgument, InvalidTag, NotFound
 from tiffin.frameworks.mlflow.schema import frame_validator, serving_input_example
 from tiffin.io import payloads as inputs
 from tiffin.io.base import IODescriptor, check_content_type, require_body
+from tiffin.io.limits import check_npy
 from tiffin.serving.service import Service
 
 if TYPE_CHECKING:
@@ -154,6 +156,7 @@ class ModelRows(IODescriptor):
         if media_type in NPY_TYPES:
             import numpy as np
 
+            check_npy(body)  # the shape its header declares, before numpy allocates it
             try:
                 return np.load(io.BytesIO(body), allow_pickle=False)
             except Exception as exc:

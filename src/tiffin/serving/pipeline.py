@@ -5,17 +5,27 @@ whichever middleware the server has and whichever way it arrived (the app's shor
 Starlette's router):
 
 1. readiness: until every runner has loaded, the route's not-ready answer (503, Retry-After);
-2. the route's content-type check, before any of the body is read (``/invocations``; an API's
+2. capacity: with ``max_concurrent_requests`` requests of this worker already in the pipeline,
+   a 503 with Retry-After at once, before any of the body is read;
+3. the route's content-type check, before any of the body is read (``/invocations``; an API's
    input descriptor checks the content type when it decodes);
-3. the body, read whole; more than ``max_body_size`` bytes is a 413, refused without buffering
+4. the deadline starts: the route's timeout (:mod:`~tiffin.serving.deadlines`) counts from
+   here -- the request's headers have arrived -- and covers steps 5-7; past it, whatever is
+   under way is cancelled and the answer is a 504 (a body that trickles in holds nothing for
+   longer than that);
+5. the body, read whole; more than ``max_body_size`` bytes is a 413, refused without buffering
    the rest;
-4. decode, in a worker thread when the body is at least :data:`~tiffin.io.base.OFFLOAD_BYTES`
-   (so one large payload does not stall the event loop), inline otherwise;
-5. the call, under the route's deadline (:mod:`~tiffin.serving.deadlines`): past it, the call
-   is cancelled and the answer is a 504;
-6. encode.
+6. decode under the server's decode limits (:data:`~tiffin.io.limits.DECODE_LIMITS`, set from
+   the settings for each request), in a worker thread when the body is at least
+   :data:`~tiffin.io.base.OFFLOAD_BYTES` (so one large payload does not stall the event loop;
+   the thread sees the same limits), inline otherwise;
+7. the call; a sync API function also gets the deadline as
+   :data:`~tiffin.runner.runner.REQUEST_DEADLINE`, so a blocking ``runner.<method>.run()``
+   gives up at it (:class:`~tiffin.serving.service.API` runs it in a thread the deadline can
+   abandon);
+8. encode.
 
-Any exception raised in steps 3-6 becomes a response in the route's error shape
+Any exception raised in steps 5-8 becomes a response in the route's error shape
 (:mod:`~tiffin.serving.errors`). A pipeline answers a Response and sends nothing: the app
 sends it and writes the access log line.
 """
@@ -23,14 +33,17 @@ sends it and writes the access log line.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
-from tiffin.exceptions import InvalidArgument, PayloadTooLarge
+from tiffin.exceptions import InvalidArgument, Overloaded, PayloadTooLarge
 from tiffin.io.base import OFFLOAD_BYTES
+from tiffin.io.limits import DECODE_LIMITS, DecodeLimits
+from tiffin.runner.runner import REQUEST_DEADLINE
 from tiffin.serving.deadlines import deadline
 from tiffin.serving.errors import Expired
 
@@ -39,7 +52,7 @@ if TYPE_CHECKING:
 
     from tiffin.serving.app import AppState
 
-__all__ = ["Respond", "pipeline", "read_body"]
+__all__ = ["InFlight", "Respond", "pipeline", "read_body"]
 
 #: a route's pipeline: the request (scope and receive) -> its response
 Respond = Callable[["Scope", "Receive"], Awaitable[Response]]
@@ -56,6 +69,7 @@ def pipeline(
     not_ready: Callable[[], Response],
     errors: Callable[..., Response],
     check: Callable[[str | None], str | Response] | None = None,
+    blocking: bool = False,
 ) -> Respond:
     """One route's request path (see the module docstring).
 
@@ -64,46 +78,90 @@ def pipeline(
     (``accept`` is the request's Accept header). ``check(content_type)``, if given, answers the
     content type ``decode`` gets instead, or a Response that refuses the request.
     ``errors(exc, where=..., scope=...)`` is the route's error shape; ``where`` names the route
-    in errors and in the log. ``not_ready()`` answers until the server is ready.
+    in errors and in the log. ``not_ready()`` answers until the server is ready. ``blocking``:
+    the call blocks a thread (a sync API function), so it gets the deadline as
+    ``REQUEST_DEADLINE``.
     """
-    limit = state.settings.max_body_size
+    settings = state.settings
+    limit = settings.max_body_size
+    limits = DecodeLimits(
+        max_decoded_cells=settings.max_decoded_cells,
+        max_columns=settings.max_columns,
+        max_image_pixels=settings.max_image_pixels,
+    )
+    capacity = settings.max_concurrent_requests
+    gate = state.in_flight
+    set_limits, reset_limits = DECODE_LIMITS.set, DECODE_LIMITS.reset
 
     async def respond(scope: Scope, receive: Receive) -> Response:
         if not state.ready:
             return not_ready()
-        content_type = accept = length = None
-        for name, value in scope["headers"]:  # the first of each, as Headers.get answers
-            if name == b"content-type":
-                if content_type is None:
-                    content_type = value.decode("latin-1")
-            elif name == b"accept":
-                if accept is None:
-                    accept = value.decode("latin-1")
-            elif name == b"content-length" and length is None:
-                length = value.decode("latin-1")
-        if check is not None:
-            checked = check(content_type)
-            if isinstance(checked, Response):
-                return checked
-            content_type = checked
+        if gate.count >= capacity:
+            return errors(gate.refusal(capacity), where=where, scope=scope)
+        gate.count += 1
         try:
-            body = await read_body(receive, length, limit)
-            if len(body) >= OFFLOAD_BYTES:
-                value = await asyncio.to_thread(decode, body, content_type)
-            else:
-                value = decode(body, content_type)
+            content_type = accept = length = None
+            for name, value in scope["headers"]:  # the first of each, as Headers.get answers
+                if name == b"content-type":
+                    if content_type is None:
+                        content_type = value.decode("latin-1")
+                elif name == b"accept":
+                    if accept is None:
+                        accept = value.decode("latin-1")
+                elif name == b"content-length" and length is None:
+                    length = value.decode("latin-1")
+            if check is not None:
+                checked = check(content_type)
+                if isinstance(checked, Response):
+                    return checked
+                content_type = checked
+            # set here, reset below: an in-process client runs the app in its own task
+            limits_token = set_limits(limits)  # a thread the decode runs in copies it
+            deadline_token = (
+                # a thread that waits on a runner gives up when the request does
+                REQUEST_DEADLINE.set(time.monotonic() + timeout) if blocking else None
+            )
             try:
-                async with deadline(timeout) as clock:
-                    result = await call(value)
-            except TimeoutError as exc:
-                if clock.expired():
-                    raise Expired(where, timeout) from exc
-                raise  # the call's own TimeoutError: not the deadline
-            return encode(result, accept=accept)
-        except Exception as exc:
-            return errors(exc, where=where, scope=scope)
+                try:
+                    async with deadline(timeout) as clock:
+                        body = await read_body(receive, length, limit)
+                        if len(body) >= OFFLOAD_BYTES:
+                            value = await asyncio.to_thread(decode, body, content_type)
+                        else:
+                            value = decode(body, content_type)
+                        result = await call(value)
+                except TimeoutError as exc:
+                    if clock.expired():
+                        raise Expired(where, timeout) from exc
+                    raise  # the call's own TimeoutError: not the deadline
+                return encode(result, accept=accept)
+            except Exception as exc:
+                return errors(exc, where=where, scope=scope)
+            finally:
+                reset_limits(limits_token)
+                if deadline_token is not None:
+                    REQUEST_DEADLINE.reset(deadline_token)
+        finally:
+            gate.count -= 1
 
     return respond
+
+
+class InFlight:
+    """The requests one worker has in its pipelines now, against ``max_concurrent_requests``."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    @staticmethod
+    def refusal(capacity: int) -> Overloaded:
+        return Overloaded(
+            f"this server is handling its limit of {capacity} concurrent requests "
+            "(max_concurrent_requests); retry shortly",
+            retry_after=1.0,
+        )
 
 
 async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes:

@@ -2,15 +2,17 @@
 
 Everything that names these routes reads them from :data:`ROUTES`: the app builder (which
 routes to mount), :mod:`~tiffin.serving.auth` (which need the API key), the OpenAPI document
-(their summaries), ``Service.api`` (an API may not take a reserved path), the MLflow clash
-check and the 404 detail. Rules:
+(their summaries), ``Service.api`` (an API may not take a reserved path or name), the metrics
+labels and the 404 detail. Rules:
 
 * Every route here has one fixed path and one method; API routes are always ``POST``.
 * ``access`` says who may call it without the API key: :attr:`Access.OPEN` always (probes
   must reach them), :attr:`Access.DOCS` unless ``auth_metrics: true``, :attr:`Access.KEY`
   never. API routes are :attr:`Access.KEY`.
 * A route with ``mlflow`` set exists only on a server that speaks MLflow's scoring protocol;
-  the others exist on every server and are reserved (no API may take them).
+  the others exist on every server. Every route of the table is reserved, MLflow's too (no
+  API may take its path or be named after it), so whether a service's APIs are valid never
+  depends on the model it serves.
 * A route without a ``summary`` is not in the OpenAPI document (the documentation itself).
 """
 
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "MLFLOW_ROUTES",
+    "RESERVED_NAMES",
     "RESERVED_ROUTES",
     "ROUTES",
     "SWAGGER_STATIC",
@@ -85,7 +88,9 @@ def paths_with(access: Access) -> frozenset[str]:
     return frozenset(route.path for route in ROUTES if route.access is access)
 
 
-#: paths every server answers itself; an API may not take them
-RESERVED_ROUTES = frozenset(route.path for route in ROUTES if not route.mlflow)
-#: paths a server that speaks MLflow's protocol answers; such a service's APIs may not take them
+#: paths a server answers itself (MLflow's only when it speaks the protocol); no API may take one
+RESERVED_ROUTES = frozenset(route.path for route in ROUTES)
+#: their names (``/health``: ``health``); no API may be called so
+RESERVED_NAMES = frozenset(path.strip("/") for path in RESERVED_ROUTES if path != "/")
+#: paths a server that speaks MLflow's protocol answers (reserved on every server)
 MLFLOW_ROUTES = frozenset(route.path for route in ROUTES if route.mlflow)

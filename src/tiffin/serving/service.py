@@ -1,7 +1,15 @@
 """``tiffin.Service``: named APIs over runners, the unit ``tiffin serve`` serves.
 
 An API is ``POST <route>``; its route is a plain path that no other API of the service and
-none of the server's own routes (:data:`~tiffin.serving.routes.RESERVED_ROUTES`) takes.
+none of the server's own routes takes -- any route of the table
+(:data:`~tiffin.serving.routes.RESERVED_ROUTES`), MLflow's included, whether or not this
+service will answer them, and nothing under Swagger UI's files -- and its name is none of
+those routes' names either (``health``, ``metrics``, ``invocations``, ...): refused when it
+is defined.
+
+A sync API function runs in a worker thread that the request's deadline can abandon: past
+it, the request answers 504 at once, whatever the thread is doing (a blocking
+``runner.<method>.run()`` in it gives up at the same deadline).
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from tiffin.exceptions import InvalidArgument
 from tiffin.runner.runner import Runner
-from tiffin.serving.routes import MLFLOW_ROUTES, RESERVED_ROUTES
+from tiffin.serving.routes import MLFLOW_ROUTES, RESERVED_NAMES, RESERVED_ROUTES, SWAGGER_STATIC
 from tiffin.tag import validate_part
 
 if TYPE_CHECKING:
@@ -46,13 +54,28 @@ class API:
         args, kwargs = ((), value) if self.parts_as_kwargs else ((value,), {})
         if self.is_async:
             return await self.func(*args, **kwargs)
-        from starlette.concurrency import run_in_threadpool
+        import functools
 
-        return await run_in_threadpool(self.func, *args, **kwargs)
+        from anyio import to_thread
+
+        return await to_thread.run_sync(
+            functools.partial(self.func, *args, **kwargs), abandon_on_cancel=True
+        )
 
     @property
     def parts_as_kwargs(self) -> bool:
         return type(self.input).__name__ == "Multipart"
+
+
+def _reserved(name: str, route: str) -> str | None:
+    """Why an API may not have ``name`` or ``route`` (see the module docstring), or None."""
+    if route in RESERVED_ROUTES:
+        return f"route {route} is one the tiffin server answers itself"
+    if name in RESERVED_NAMES:
+        return f"{name!r} is the name of the server's own route /{name}"
+    if route == SWAGGER_STATIC or route.startswith(SWAGGER_STATIC + "/"):
+        return f"route {route} is where the server keeps Swagger UI's files"
+    return None
 
 
 class Service:
@@ -117,9 +140,13 @@ class Service:
                 api_route = "/" + api_route
             if not _ROUTE_RE.match(api_route) or ".." in api_route:
                 raise InvalidArgument(f"API {api_name!r}: route {api_route!r} is not a valid path")
-            if api_route in RESERVED_ROUTES:
+            reserved = _reserved(api_name, api_route)
+            if reserved:
                 raise InvalidArgument(
-                    f"API {api_name!r}: route {api_route} is reserved by the tiffin server"
+                    f"API {api_name!r}: {reserved}; the server's own routes are "
+                    f"{', '.join(sorted(RESERVED_ROUTES))} (MLflow's among them, answered when a "
+                    "service serves an MLflow model); pass name= or route= to call it something "
+                    "else"
                 )
             if api_name in self.apis:
                 raise InvalidArgument(f"Service {self.name!r} already has an API {api_name!r}")
