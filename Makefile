@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 # torch first, pinned to the CPU build that lies on disk; the extras then accept it.
 TORCH := torch==2.13.0
 
-.PHONY: demo test lint typecheck bench clean
+.PHONY: demo test test-contended lint typecheck bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,21 @@ typecheck: lint
 
 test: lint
 	$(VENV)/bin/pytest -n 2 --durations=15
+
+# The same tests on a machine with every core busy: one spinning Python process per core
+# (nproc of them, tools/cpu_hog.py) for as long as pytest runs, stopped by PID however it
+# ends (and each exits by itself if this recipe's shell dies); exits with pytest's status.
+# Not part of CI (no lint here: `make test` has it).
+test-contended: $(VENV)/.installed
+	@pids=""; \
+	for _ in $$(seq "$$(nproc)"); do \
+		$(PYTHON) tools/cpu_hog.py & pids="$$pids $$!"; \
+	done; \
+	trap 'kill $$pids 2>/dev/null' EXIT; \
+	trap 'exit 130' INT; trap 'exit 143' TERM; \
+	echo "test-contended: $$(nproc) CPU hogs running (pids$$pids)"; \
+	status=0; $(VENV)/bin/pytest -n 2 --durations=15 || status=$$?; \
+	exit $$status
 
 bench: $(VENV)/.installed
 	$(PY) bench/cli_latency.py

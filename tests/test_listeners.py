@@ -25,7 +25,7 @@ def _accepted(sockets: list[socket.socket], expected: int) -> list[int]:
     for sock in sockets:
         sock.setblocking(False)
     while sum(counts) < expected:
-        ready, _, _ = select.select(sockets, [], [], 5)
+        ready, _, _ = select.select(sockets, [], [], 60)
         assert ready, f"only {sum(counts)} of {expected} connections arrived"
         for sock in ready:
             conn, _ = sock.accept()
@@ -129,7 +129,7 @@ def test_without_spreading_every_worker_accepts_from_one_socket():
     workers = [listeners.for_worker(), listeners.for_worker()]
     try:
         client = socket.create_connection(("127.0.0.1", listeners.port))
-        ready, _, _ = select.select(workers, [], [], 5)
+        ready, _, _ = select.select(workers, [], [], 60)
         assert len(ready) == 2, "both copies see the same queued connection"
         client.close()
     finally:

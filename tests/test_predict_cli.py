@@ -82,7 +82,7 @@ def test_bad_files_are_one_clear_line(model, tmp_path, content, suffix, message)
     path.write_text(content)
     result = subprocess.run(
         [tiffin_exe(), "models", "predict", "iris", "--input", str(path)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert message in result.stderr

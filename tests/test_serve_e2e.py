@@ -23,6 +23,7 @@ pytestmark = pytest.mark.slow
 SERVICE = '''
 import asyncio
 import logging
+import os
 import time
 
 import numpy as np
@@ -31,25 +32,43 @@ import tiffin
 from tiffin.io import JSON, NumpyNdarray
 
 log = logging.getLogger("e2e")
+# E2E_HOLD=<dir>: the test decides when things happen, by creating files in <dir>
+HOLD = os.environ.get("E2E_HOLD")
+
+
+def hold(name):
+    """Say so in HOLD/<name>-held, then wait for HOLD/<name>-go."""
+    open(os.path.join(HOLD, f"{name}-held"), "a").close()
+    deadline = time.monotonic() + 120
+    while not os.path.exists(os.path.join(HOLD, f"{name}-go")):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name} was never let go")
+        time.sleep(0.01)
 
 
 class Doubler(tiffin.Runnable):
     def __init__(self):
-        time.sleep(1.0)  # a model that takes a moment to load
+        if HOLD:
+            hold("load")  # a model that takes a moment to load: until the test says so
         log.warning("doubler loaded")
 
     @tiffin.Runnable.method(batchable=True)
     def predict(self, x):
         if (x < 0).any():
             raise ValueError("negative values break this model")
-        time.sleep(0.005)  # long enough for concurrent calls to queue up behind a batch
+        if HOLD and (x == 4242).any():
+            hold("doubler")  # a batch that lasts until the test says so
+        time.sleep(0.005)
         return x * 2
 
 
 class Sleeper(tiffin.Runnable):
     @tiffin.Runnable.method(batchable=True)
     def predict(self, x):
-        time.sleep(float(x.max()))
+        if HOLD and (x < 0).any():
+            hold("sleeper")  # a batch that lasts until the test says so
+        else:
+            time.sleep(float(x.max()))
         return x
 
 
@@ -111,7 +130,39 @@ log_format: json
 runners:
   sleeper:
     max_latency_ms: 100
+  doubler:
+    max_latency_ms: 600000
+apis:
+  twice:
+    timeout_s: 600
+  busy:
+    timeout_s: 600
 """
+
+
+def _wait_for(path: Path, what: str, timeout: float = 60) -> None:
+    """Until ``path`` exists (a generous bound: a slow machine is no failure)."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{what}: no {path.name} within {timeout} s"
+        time.sleep(0.01)
+
+
+async def _until(condition: Any, what: str, timeout: float = 60) -> None:
+    """Until ``condition()`` is true, letting the event loop's requests go on meanwhile."""
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
+        await asyncio.sleep(0.01)
+
+
+async def _exists(path: Path) -> bool:
+    return path.exists()
+
+
+def _hold(server: ServerProcess) -> Path:
+    """The module server's E2E_HOLD directory."""
+    return server.log.parent / "hold"
 
 
 def post_json(server: ServerProcess, route: str, body: Any, **kwargs: Any) -> httpx.Response:
@@ -137,17 +188,20 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     root = tmp_path_factory.mktemp("serve-e2e")
     (root / "service.py").write_text(SERVICE)
     (root / "tiffin.yaml").write_text(CONFIG)
-    env = server_env(root / "home", TIFFIN_APIS__NAP__TIMEOUT_S="0.5")
+    (root / "hold").mkdir()
+    env = server_env(root / "home", TIFFIN_APIS__NAP__TIMEOUT_S="0.5", E2E_HOLD=str(root / "hold"))
     srv = start_tiffin(
         ["serve", "service.py:svc", "--config", "tiffin.yaml", "--max-body-size", "4096"],
         cwd=root, env=env, log=root / "server.log", ready="/livez",
     )  # fmt: skip
     try:
+        _wait_for(root / "hold" / "load-held", "the doubler loading")
         srv.loading = {  # type: ignore[attr-defined]
             "readyz": httpx.get(srv.url + "/readyz").status_code,
             "healthz": httpx.get(srv.url + "/healthz").status_code,
             "api": httpx.post(srv.url + "/double", json=[[1, 2]]),
         }
+        (root / "hold" / "load-go").touch()
         wait_until(srv, "/readyz", timeout=60)
         yield srv
     finally:
@@ -189,19 +243,41 @@ def test_npy_in_and_npy_out(server: ServerProcess) -> None:
 
 
 def test_concurrent_calls_are_batched_and_each_gets_its_own_rows(server: ServerProcess) -> None:
-    async def main() -> list[httpx.Response]:
-        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
-            return await asyncio.gather(
-                *(client.post("/v1/twice", json=[[i, i + 0.5]]) for i in range(40))
-            )
+    def figures(metrics: str) -> list[float]:
+        """The doubler's calls, rows and batches so far."""
+        return [
+            _sample(metrics, f"tiffin_runner_{name}_total", runner="doubler")
+            for name in ("calls", "rows", "batches")
+        ]
 
-    responses = asyncio.run(main())
+    calls, rows, batches = figures(httpx.get(server.url + "/metrics").text)
+    held = _hold(server)
+
+    async def main() -> tuple[httpx.Response, list[httpx.Response]]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+            # one call holds the model; 40 concurrent calls queue up behind it meanwhile
+            first = asyncio.ensure_future(client.post("/v1/twice", json=[[4242, 0]]))
+            await _until(lambda: _exists(held / "doubler-held"), "the first batch")
+            rest = [
+                asyncio.ensure_future(client.post("/v1/twice", json=[[i, i + 0.5]]))
+                for i in range(40)
+            ]
+
+            async def queued() -> bool:
+                metrics = (await client.get("/metrics")).text
+                return figures(metrics)[1] >= rows + 41
+
+            await _until(queued, "40 calls in the batching queue")
+            (held / "doubler-go").touch()
+            return await first, await asyncio.gather(*rest)
+
+    first, responses = asyncio.run(main())
+    assert first.status_code == 200 and first.json() == [[8484.0, 0.0]]
     assert [r.status_code for r in responses] == [200] * 40
     assert [r.json() for r in responses] == [[[2.0 * i, 2.0 * i + 1]] for i in range(40)]
-    metrics = httpx.get(server.url + "/metrics").text
-    batches = _sample(metrics, "tiffin_runner_batches_total", runner="doubler")
-    calls = _sample(metrics, "tiffin_runner_calls_total", runner="doubler")
-    assert batches < calls, (batches, calls)
+    after = figures(httpx.get(server.url + "/metrics").text)
+    assert after[:2] == [calls + 41, rows + 41]
+    assert after[2] - batches == 2, "the 40 queued calls ran as one batch"
 
 
 def test_readyz_was_503_while_the_runners_loaded_and_livez_answered(
@@ -323,20 +399,24 @@ def test_exception_in_the_model_is_500_and_the_next_request_succeeds(
 
 def test_request_past_its_timeout_is_504(server: ServerProcess) -> None:
     started = time.monotonic()
-    response = post_json(server, "/nap", {"seconds": 3})  # apis.nap.timeout_s=0.5 (env)
+    response = post_json(server, "/nap", {"seconds": 30})  # apis.nap.timeout_s=0.5 (env)
     assert_error(response, 504, "0.5 s")
-    assert time.monotonic() - started < 2.5
+    assert time.monotonic() - started < 10  # long before the nap would have ended
     response = post_json(server, "/slow_sync", {"seconds": 3})  # api_timeout_s=1.5 (file)
     assert_error(response, 504, "1.5 s")
     assert post_json(server, "/nap", {"seconds": 0}).status_code == 200
 
 
 def test_overload_past_max_latency_is_503_with_retry_after(server: ServerProcess) -> None:
+    held = _hold(server)
+
     async def main() -> list[httpx.Response]:
-        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
-            first = asyncio.ensure_future(client.post("/busy", json=[0.6]))
-            await asyncio.sleep(0.15)  # the first batch (0.6 s) is running now
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+            first = asyncio.ensure_future(client.post("/busy", json=[-1.0]))
+            # the first batch runs (until the test lets it go) before the others come
+            await _until(lambda: _exists(held / "sleeper-held"), "the first batch")
             rest = await asyncio.gather(*(client.post("/busy", json=[0.01]) for _ in range(5)))
+            (held / "sleeper-go").touch()
             return [await first, *rest]
 
     responses = asyncio.run(main())
@@ -534,7 +614,7 @@ def test_a_service_whose_runner_cannot_load_exits_non_zero(tmp_path: Path) -> No
     srv = start_tiffin(["serve", "broken.py:svc"], cwd=tmp_path, ready=None,
                        env=server_env(tmp_path / "home"), log=tmp_path / "log")
     try:
-        assert srv.proc.wait(timeout=30) == 1
+        assert srv.proc.wait(timeout=90) == 1
     finally:
         srv.stop()
     assert "tiffin: error: the service failed to start: RuntimeError: weights are missing" in (
@@ -558,7 +638,7 @@ def test_reload_serves_the_edited_file(tmp_path: Path) -> None:
         # a different length as well as content: Python trusts a .pyc whose source has the same
         # size and mtime second, and this edit comes within a second of the first write
         edited = source.replace("{VERSION}", "22")
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60
         next_write = 0.0
         while time.monotonic() < deadline:
             # uvicorn's watcher may not be watching yet when the server first answers: an

@@ -103,13 +103,24 @@ def start_tiffin(
     timeout: float = 90.0,
     port: int | None = None,
 ) -> ServerProcess:
-    """``tiffin ARGS --host 127.0.0.1 --port FREE`` in its own process group."""
-    port = port or free_port()
-    cmd = [tiffin_exe(), *args, "--host", "127.0.0.1", "--port", str(port)]
-    return start_process(
-        cmd, url=f"http://127.0.0.1:{port}", cwd=cwd, env=env, log=log, ready=ready,
-        timeout=timeout,
-    )  # fmt: skip
+    """``tiffin ARGS --host 127.0.0.1 --port FREE`` in its own process group.
+
+    A free port can be taken by someone else (a parallel test's server or client socket)
+    before the server binds it: when the server says so, it starts again on another one
+    (only with ``ready``: otherwise the caller watches the process itself)."""
+    attempts = 5 if port is None and ready is not None else 1
+    for attempt in range(1, attempts + 1):
+        chosen = port or free_port()
+        cmd = [tiffin_exe(), *args, "--host", "127.0.0.1", "--port", str(chosen)]
+        try:
+            return start_process(
+                cmd, url=f"http://127.0.0.1:{chosen}", cwd=cwd, env=env, log=log, ready=ready,
+                timeout=timeout,
+            )  # fmt: skip
+        except RuntimeError as exc:
+            if attempt == attempts or "address already in use" not in str(exc).lower():
+                raise
+    raise AssertionError("unreachable")
 
 
 def wait_until(server: ServerProcess, path: str, *, status: int = 200, timeout: float = 90) -> None:

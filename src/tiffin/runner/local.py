@@ -152,10 +152,9 @@ class LocalBackend:
     def call_blocking(
         self, method: RunnerMethod, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        future = asyncio.run_coroutine_threadsafe(
-            self.call(method, args, kwargs), background_loop()
-        )
-        return wait_result(future, f"runner method '{self.runner.name}.{method.name}'")
+        loop = background_loop()
+        future = asyncio.run_coroutine_threadsafe(self.call(method, args, kwargs), loop)
+        return wait_result(future, loop, f"runner method '{self.runner.name}.{method.name}'")
 
     async def aclose_loop(self) -> None:
         loop = asyncio.get_running_loop()

@@ -246,7 +246,7 @@ class RemoteRunner:
         future = asyncio.run_coroutine_threadsafe(
             self.call_method(method.name, args, kwargs), self.loop
         )
-        return wait_result(future, f"runner method '{self.name}.{method.name}'")
+        return wait_result(future, self.loop, f"runner method '{self.name}.{method.name}'")
 
     async def aclose_loop(self) -> None:
         loop = asyncio.get_running_loop()

@@ -19,7 +19,9 @@ runner gets a local backend in every API worker instead of runner processes.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -46,16 +48,27 @@ logger = logging.getLogger("tiffin.runner")
 REQUEST_DEADLINE: ContextVar[float | None] = ContextVar("tiffin_request_deadline", default=None)
 
 
-def wait_result(future: concurrent.futures.Future[Any], what: str) -> Any:
-    """``future``'s result, waiting no longer than the request's deadline: past it the call
-    is given up (a queued call leaves its queue) and a TimeoutError frees the thread."""
+def wait_result(
+    future: concurrent.futures.Future[Any], loop: asyncio.AbstractEventLoop, what: str
+) -> Any:
+    """``future`` (of a coroutine on ``loop``)'s result, waiting no longer than the request's
+    deadline: past it the call is given up -- once this returns, a queued call has left its
+    queue -- and a TimeoutError frees the thread."""
     deadline = REQUEST_DEADLINE.get()
     timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
     try:
         return future.result(timeout)
     except concurrent.futures.TimeoutError:
-        future.cancel()
+        future.cancel()  # the coroutine's task is cancelled on its loop, a turn later
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(_turns(2), loop).result(timeout=5)
         raise TimeoutError(f"{what} did not finish before the request's deadline") from None
+
+
+async def _turns(count: int) -> None:
+    """Let ``count`` turns of the running loop go by (a cancellation lands meanwhile)."""
+    for _ in range(count):
+        await asyncio.sleep(0)
 
 
 class Backend(Protocol):
