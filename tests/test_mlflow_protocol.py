@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 
 import tiffin
-from tests.conftest import free_port
 from tests.test_serving_support import (
     BIN,
     IRIS_COLUMNS,
@@ -26,7 +25,7 @@ from tests.test_serving_support import (
     iris_frame,
     save_iris_model,
     server_env,
-    start_process,
+    start_on_free_port,
     start_tiffin,
     store_at,
 )
@@ -213,13 +212,11 @@ def both(models: Models) -> Iterator[tuple[ServerProcess, ServerProcess]]:
     """``mlflow models serve --env-manager local`` and ``tiffin serve-model`` on one model."""
     root = models.root / "parity"
     root.mkdir()
-    port = free_port()
     env = server_env(root / "home")
-    theirs = start_process(
-        [str(BIN / "mlflow"), "models", "serve", "-m", str(models.iris_dir),
-         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-        url=f"http://127.0.0.1:{port}", cwd=root, env=env, log=root / "mlflow.log",
-        ready="/ping",
+    theirs = start_on_free_port(
+        lambda port: [str(BIN / "mlflow"), "models", "serve", "-m", str(models.iris_dir),
+                      "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+        cwd=root, env=env, log=root / "mlflow.log", ready="/ping",
     )  # fmt: skip
     try:
         ours = start_tiffin(["serve-model", str(models.iris_dir)], cwd=root, env=env,

@@ -244,9 +244,10 @@ def test_npy_in_and_npy_out(server: ServerProcess) -> None:
 
 def test_concurrent_calls_are_batched_and_each_gets_its_own_rows(server: ServerProcess) -> None:
     def figures(metrics: str) -> list[float]:
-        """The doubler's calls, rows and batches so far."""
+        """The doubler's calls, rows and batches so far (none before its first call: this
+        test may be the module's first to call it)."""
         return [
-            _sample(metrics, f"tiffin_runner_{name}_total", runner="doubler")
+            _sample(metrics, f"tiffin_runner_{name}_total", missing=0.0, runner="doubler")
             for name in ("calls", "rows", "batches")
         ]
 
@@ -444,8 +445,9 @@ def test_every_error_body_is_json(server: ServerProcess) -> None:
 # -- health, metrics, docs, logs -----------------------------------------------------------
 
 
-def _sample(metrics: str, name: str, **labels: str) -> float:
-    """The sum of the samples of ``name`` whose labels include ``labels``."""
+def _sample(metrics: str, name: str, *, missing: float | None = None, **labels: str) -> float:
+    """The sum of the samples of ``name`` whose labels include ``labels`` (``missing`` when
+    there are none yet, if given; else there must be some)."""
     total, found = 0.0, False
     for line in metrics.splitlines():
         if not line.startswith(name + "{") and not line.startswith(name + " "):
@@ -454,6 +456,8 @@ def _sample(metrics: str, name: str, **labels: str) -> float:
         if all(f'{k}="{v}"' in head for k, v in labels.items()):
             total += float(value)
             found = True
+    if not found and missing is not None:
+        return missing
     assert found, f"no sample {name} {labels} in:\n{metrics}"
     return total
 

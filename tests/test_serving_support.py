@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,7 +103,24 @@ def start_tiffin(
     timeout: float = 90.0,
     port: int | None = None,
 ) -> ServerProcess:
-    """``tiffin ARGS --host 127.0.0.1 --port FREE`` in its own process group.
+    """``tiffin ARGS --host 127.0.0.1 --port FREE`` in its own process group."""
+    return start_on_free_port(
+        lambda chosen: [tiffin_exe(), *args, "--host", "127.0.0.1", "--port", str(chosen)],
+        cwd=cwd, env=env, log=log, ready=ready, timeout=timeout, port=port,
+    )  # fmt: skip
+
+
+def start_on_free_port(
+    command: Callable[[int], list[str]],
+    *,
+    cwd: Path,
+    env: dict[str, str],
+    log: Path,
+    ready: str | None = "/readyz",
+    timeout: float = 90.0,
+    port: int | None = None,
+) -> ServerProcess:
+    """``command(port)`` on a free loopback port, in its own process group.
 
     A free port can be taken by someone else (a parallel test's server or client socket)
     before the server binds it: when the server says so, it starts again on another one
@@ -111,11 +128,10 @@ def start_tiffin(
     attempts = 5 if port is None and ready is not None else 1
     for attempt in range(1, attempts + 1):
         chosen = port or free_port()
-        cmd = [tiffin_exe(), *args, "--host", "127.0.0.1", "--port", str(chosen)]
         try:
             return start_process(
-                cmd, url=f"http://127.0.0.1:{chosen}", cwd=cwd, env=env, log=log, ready=ready,
-                timeout=timeout,
+                command(chosen), url=f"http://127.0.0.1:{chosen}", cwd=cwd, env=env, log=log,
+                ready=ready, timeout=timeout,
             )  # fmt: skip
         except RuntimeError as exc:
             if attempt == attempts or "address already in use" not in str(exc).lower():
