@@ -17,7 +17,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +61,30 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: floa
     raise RuntimeError(f"{url} did not answer within {timeout} s:\n{log.read_text()[-3000:]}")
 
 
+def _start(
+    command: Callable[[int], list[str]], cwd: Path, log: Path, env: dict[str, str], ready: str,
+    *, timeout: float,
+) -> tuple[subprocess.Popen[bytes], str]:
+    """``command(port)`` on a free loopback port in its own process group, ready; started
+    again on another port when a parallel test took this one first."""
+    for attempt in range(5):
+        port = _free_port()
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                command(port), stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=env,
+                start_new_session=True,
+            )  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        try:
+            _wait_http(url + ready, proc, log, timeout=timeout)
+            return proc, url
+        except RuntimeError as exc:
+            _stop(proc)
+            if attempt == 4 or "address already in use" not in str(exc).lower():
+                raise
+    raise AssertionError("unreachable")
+
+
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     """Stop the server we started: its own process group, by its PID."""
     if proc.poll() is None:
@@ -93,27 +117,22 @@ class Server:
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """``mlflow server``: sqlite backend store, proxied local artifacts (mlflow-artifacts:/)."""
     root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
-    log = root / "server.log"
-    cmd = [
-        str(BIN / "mlflow"), "server",
-        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-        "--artifacts-destination", str(root / "artifacts"),
-        "--serve-artifacts",
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--workers", "1",
-    ]  # fmt: skip
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, cwd=root,
-            # no background job runner: nothing here needs it, and it slows start and stop
-            env={**_server_env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-            start_new_session=True,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+
+    def command(port: int) -> list[str]:
+        return [
+            str(BIN / "mlflow"), "server",
+            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination", str(root / "artifacts"),
+            "--serve-artifacts",
+            "--host", "127.0.0.1",
+            "--port", str(port),
+            "--workers", "1",
+        ]  # fmt: skip
+
+    # no background job runner: nothing here needs it, and it slows start and stop
+    env = {**_server_env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    proc, url = _start(command, root, root / "server.log", env, "/health", timeout=90)
     try:
-        _wait_http(f"{url}/health", proc, log, timeout=90)
         yield Server(url, root, proc.pid)
     finally:
         _stop(proc)
@@ -123,17 +142,11 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """moto's standalone S3-compatible server on loopback."""
     root = tmp_path_factory.mktemp("moto-server")
-    port = _free_port()
-    log = root / "moto.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-            stdout=out, stderr=subprocess.STDOUT, cwd=root, env=_server_env(),
-            start_new_session=True,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    proc, url = _start(
+        lambda port: [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        root, root / "moto.log", _server_env(), "/moto-api/", timeout=60,
+    )  # fmt: skip
     try:
-        _wait_http(f"{url}/moto-api/", proc, log, timeout=60)
         yield Server(url, root, proc.pid)
     finally:
         _stop(proc)
