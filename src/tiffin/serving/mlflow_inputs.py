@@ -1,0 +1,157 @@
+"""An MLflow model's request bodies as its inputs: tiffin's parser, inside the decode limits.
+
+:class:`~tiffin.frameworks.mlflow.inputs.InputSchema` (the frameworks layer) turns parsed
+values into what the model's signature declares; the decode limits
+(:mod:`tiffin.io.limits`) live in the io layer above it, so the bodies are read here, where
+both can be imported, and each is measured before anything is built from it: a JSON body and
+its envelope's payload (:func:`~tiffin.io.payloads.check_envelope`), an ``.npy`` header, a CSV
+body's header and lines, a Parquet footer. With a column signature, the keys of records and of
+an object of columns that are not among its columns are dropped before they are measured
+(they would be dropped anyway), so junk keys build neither a 413 nor a table.
+
+Each function returns the model's input, or :data:`FALLBACK` where MLflow's parser must read
+the body instead: a signature tiffin leaves to MLflow (``needs_mlflow``); for
+``/invocations``, a body that is not an object with exactly one of MLflow's envelopes, or that
+carries ``params`` or one of MLflow's LLM keys (``messages``, ``prompt``, ``input``), so
+MLflow's own error and parameter handling apply. ``schema=None`` is a model without a
+signature (:func:`~tiffin.frameworks.mlflow.inputs.unsigned`).
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from tiffin.exceptions import InvalidArgument
+from tiffin.frameworks.mlflow.inputs import (
+    ENVELOPES,
+    FALLBACK,
+    InputSchema,
+    unsigned,
+    unsigned_envelope,
+)
+from tiffin.io.limits import (
+    check_array,
+    check_csv,
+    check_json_table,
+    check_npy,
+    check_parquet,
+    nested_shape,
+)
+from tiffin.io.payloads import check_envelope
+
+__all__ = [
+    "FALLBACK",
+    "LLM_KEYS",
+    "from_csv",
+    "from_invocation",
+    "from_json",
+    "from_npy",
+    "from_parquet",
+]
+
+#: keys that make MLflow read a body as an LLM request (chat, completions, embeddings)
+LLM_KEYS = frozenset({"messages", "prompt", "input"})
+
+
+def _known(payload: Any, columns: frozenset[str]) -> Any:
+    """Records, or an object of columns, without keys outside ``columns`` (the same object
+    when there are none)."""
+    if type(payload) is dict:
+        if payload.keys() <= columns:
+            return payload
+        return {key: value for key, value in payload.items() if key in columns}
+    if type(payload) is list and payload and type(payload[0]) is dict:
+        if all(type(row) is not dict or row.keys() <= columns for row in payload):
+            return payload
+        return [
+            {key: value for key, value in row.items() if key in columns}
+            if type(row) is dict
+            else row
+            for row in payload
+        ]
+    return payload
+
+
+def _envelope(key: str, payload: Any, schema: InputSchema | None) -> Any:
+    if schema is not None and schema.kind == "columns" and key != "dataframe_split":
+        payload = _known(payload, schema.name_set)
+    check_envelope(key, payload)
+    if schema is None:
+        return unsigned_envelope(key, payload)
+    return schema.from_envelope(key, payload)
+
+
+def from_invocation(decoded: Any, schema: InputSchema | None) -> Any:
+    """The input in a parsed ``/invocations`` JSON body, or :data:`FALLBACK`."""
+    if type(decoded) is not dict or decoded.get("params") or not LLM_KEYS.isdisjoint(decoded):
+        return FALLBACK
+    if schema is not None and schema.needs_mlflow:
+        return FALLBACK
+    keys = [key for key in ENVELOPES if key in decoded]
+    if len(keys) != 1:
+        return FALLBACK
+    return _envelope(keys[0], decoded[keys[0]], schema)
+
+
+def from_json(value: Any, schema: InputSchema | None) -> Any:
+    """The input in a parsed JSON body of rows, records, an object of columns (or inputs),
+    or one of MLflow's envelopes (``serve-model``, ``tiffin models predict``)."""
+    if schema is not None and schema.needs_mlflow:
+        return FALLBACK
+    if isinstance(value, dict):
+        keys = [key for key in ENVELOPES if key in value]
+        if len(keys) > 1:
+            raise InvalidArgument(f"input names more than one of {list(ENVELOPES)}: {keys}")
+        if keys:
+            return _envelope(keys[0], value[keys[0]], schema)
+    if schema is not None and schema.kind == "columns":
+        value = _known(value, schema.name_set)
+    check_json_table(value, "the input")
+    if isinstance(value, dict):  # an object of arrays: each one's nested lists too
+        for name, column in value.items():
+            if isinstance(column, list):
+                check_array(nested_shape(column), f"the input {name!r}")
+    return unsigned(value) if schema is None else schema.from_inputs(value)
+
+
+def from_npy(body: bytes, schema: InputSchema | None) -> Any:
+    """An ``.npy`` body."""
+    import numpy as np
+
+    check_npy(body)
+    try:
+        array = np.load(io.BytesIO(body), allow_pickle=False)
+    except Exception as exc:  # numpy's own words for a malformed file
+        raise InvalidArgument(f"request body is not a valid .npy array: {exc}") from exc
+    return array if schema is None else schema.from_array(array)
+
+
+def from_csv(body: bytes, schema: InputSchema | None) -> Any:
+    """A CSV body (a header line, then rows); string columns are read as text, as MLflow
+    reads them, the others as pandas infers them and then cast exactly."""
+    import pandas as pd
+
+    if schema is not None and schema.needs_mlflow:
+        return FALLBACK
+    check_csv(body)
+    dtypes = {name: object for name in schema.string_columns} if schema is not None else None
+    try:
+        frame = pd.read_csv(io.StringIO(body.decode("utf-8")), dtype=dtypes)
+    except Exception as exc:  # pandas' own words for a malformed body
+        raise InvalidArgument(f"request body is not a valid CSV table: {exc}") from exc
+    return frame if schema is None else schema.from_frame(frame)
+
+
+def from_parquet(body: bytes, schema: InputSchema | None) -> Any:
+    """A Parquet body."""
+    import pandas as pd
+
+    if schema is not None and schema.needs_mlflow:
+        return FALLBACK
+    check_parquet(body)
+    try:
+        frame = pd.read_parquet(io.BytesIO(body))
+    except Exception as exc:  # pyarrow's own words for a malformed file
+        raise InvalidArgument(f"request body is not a valid Parquet file: {exc}") from exc
+    return frame if schema is None else schema.from_frame(frame)
