@@ -115,7 +115,8 @@ class Model:
     options and when it started.
 
     Payloads are lists of row ids; the result multiplies each id by 10, so every caller can
-    check it got exactly its own rows back.
+    check it got exactly its own rows back. A batch for which ``fail_if(rows)`` holds takes its
+    time, then raises a ValueError naming its rows: a caller blamed alone sees only its own.
     """
 
     def __init__(self, clock: FakeClock, a: float = 0.0, b: float = 0.0) -> None:
@@ -139,7 +140,7 @@ class Model:
         try:
             await self.clock.sleep(self.a * len(rows) + self.b)
             if self.fail_if(rows):
-                raise ValueError("model exploded")
+                raise ValueError(f"model exploded on rows {rows}")
             return [row * 10 for row in rows]
         finally:
             self.running -= 1
@@ -349,7 +350,7 @@ def test_retry_after_is_the_time_the_queue_from_each_call_on_would_take() -> Non
     run(main)
 
 
-def test_a_failed_batch_is_rerun_apart_so_only_the_bad_call_fails() -> None:
+def test_a_failed_batch_is_isolated_so_only_the_bad_call_fails() -> None:
     clock = FakeClock()
     model = Model(clock, b=0.02)
     model.fail_if = lambda rows: 666 in rows
@@ -362,14 +363,15 @@ def test_a_failed_batch_is_rerun_apart_so_only_the_bad_call_fails() -> None:
         outcomes = await clock.run_until(asyncio.gather(*batch, return_exceptions=True))
         assert first.result() == [10]
         assert outcomes[0] == [20] and outcomes[2] == [30]
-        assert isinstance(outcomes[1], ValueError)
+        assert str(outcomes[1]) == "model exploded on rows [666]"  # it failed alone
         assert await clock.run_until(dispatcher.submit([4])) == [40]
-        assert dispatcher.stats.failed_batches == 1
-        assert dispatcher.stats.isolated_calls == 3
+        stats = dispatcher.stats
+        assert (stats.batches, stats.isolation_runs, stats.failed_batches) == (5, 2, 2)
+        assert stats.isolated_calls == 3
 
     run(main)
-    assert model.batches[:2] == [[1], [2, 666, 3]] and model.batches[-1] == [4]
-    assert [666] in model.batches[2:-1]  # re-run without the batch, the bad call failed alone
+    # the middle call alone first (it fails: its error), then the others together
+    assert model.batches == [[1], [2, 666, 3], [666], [2, 3], [4]]
 
 
 def test_without_isolation_a_failed_batch_fails_all_its_calls() -> None:
@@ -389,26 +391,6 @@ def test_without_isolation_a_failed_batch_fails_all_its_calls() -> None:
 
     run(main)
     assert model.batches == [[1], [2, 666, 3]]
-
-
-def test_a_model_that_always_fails_fails_every_call_and_keeps_serving() -> None:
-    clock = FakeClock()
-    model = Model(clock, b=0.02)
-    model.fail_if = lambda rows: any(r < 100 for r in rows)
-
-    async def main() -> None:
-        dispatcher = Dispatcher(model, clock=clock)
-        first = spawn(dispatcher.submit([100]))
-        await clock.advance(0.005)
-        batch = [spawn(dispatcher.submit(rows)) for rows in ([1], [2], [3])]
-        outcomes = await clock.run_until(asyncio.gather(*batch, return_exceptions=True))
-        assert first.result() == [1000]
-        assert all(isinstance(o, ValueError) for o in outcomes)
-        assert await clock.run_until(dispatcher.submit([200])) == [2000]
-
-    run(main)
-    assert model.batches[:2] == [[100], [1, 2, 3]] and model.batches[-1] == [200]
-    assert all([row] in model.batches for row in (1, 2, 3))  # each failed alone
 
 
 def test_wrong_row_count_from_the_model_is_a_runner_error() -> None:
@@ -803,3 +785,405 @@ def test_bad_calls_and_settings_are_invalid_arguments() -> None:
     ):
         with pytest.raises(InvalidArgument):
             Dispatcher(Model(FakeClock()), **kwargs)
+
+
+# -- failure isolation: a failed batch is bisected while the model keeps serving ---------------
+
+
+def failing_batch(rows: list[int], bad: set[int], **settings: Any) -> tuple[list[Any], Model]:
+    """``rows`` queued as one-row calls behind a running call, so they run as one batch that
+    fails when it holds a ``bad`` row; the outcome of each call, and the model."""
+    clock = FakeClock()
+    model = Model(clock, b=0.01)
+    model.fail_if = lambda batch: any(row in bad for row in batch)
+
+    async def main() -> list[Any]:
+        dispatcher = Dispatcher(model, clock=clock, **settings)
+        first = spawn(dispatcher.submit([-1]))
+        await settle()
+        calls = [spawn(dispatcher.submit([row])) for row in rows]
+        outcomes = await clock.run_until(asyncio.gather(*calls, return_exceptions=True))
+        assert first.result() == [-10]
+        assert await clock.run_until(dispatcher.submit([-2])) == [-20]  # and it serves on
+        return outcomes
+
+    outcomes = run(main)
+    for row, outcome in zip(rows, outcomes, strict=True):
+        if row in bad:  # blamed alone: its error names its own row only
+            assert (
+                isinstance(outcome, ValueError)
+                and str(outcome) == f"model exploded on rows [{row}]"
+            )
+        else:
+            assert outcome == [row * 10], (row, outcome)
+    assert model.batches[1] == rows and model.batches[-1] == [-2]
+    return outcomes, model
+
+
+def test_one_bad_call_among_64_costs_at_most_the_bisection_bound() -> None:
+    """The failed batch, then per halving one step when the tested (middle) half passes, two
+    when it fails: at most 1 + 2·log2(64) = 13 model calls, and 1 + log2(64) + 1 = 8 when the
+    bad call is first or last (where a caller that keeps failing comes back)."""
+    costs = []
+    for bad in range(64):
+        _, model = failing_batch(list(range(64)), {bad})
+        costs.append(len(model.batches) - 2)  # less the call before, and the call after
+    assert max(costs) <= 13, costs
+    assert costs[0] == costs[63] == 8, costs
+    assert sum(costs) / len(costs) <= 11, costs
+
+
+@pytest.mark.parametrize("bad", [(0, 63), (10, 50), (31, 32), (0, 1)])
+def test_two_bad_calls_get_their_own_errors_and_nobody_else_does(bad: tuple[int, int]) -> None:
+    _, model = failing_batch(list(range(64)), set(bad))
+    assert len(model.batches) - 2 <= 2 * 64 - 1
+    if bad == (0, 63):  # the middle halves pass down to the two ends: as cheap as one
+        assert len(model.batches) - 2 == 8
+
+
+def test_a_model_that_fails_every_input_answers_every_call_alone_and_keeps_serving() -> None:
+    """Every call of 16 closed-loop callers fails: each gets its own error (a run of it alone),
+    at most two isolation runs per call isolated, and the dispatcher serves on once the model
+    does."""
+    clock = FakeClock()
+    model = Model(clock, b=0.01)
+    model.fail_if = lambda rows: any(row >= 0 for row in rows)
+    errors: list[str] = []
+
+    async def caller(dispatcher: Dispatcher, k: int) -> None:
+        for i in range(5):
+            row = k * 100 + i
+            with pytest.raises(ValueError) as caught:
+                await dispatcher.submit([row])
+            errors.append(str(caught.value))
+            assert str(caught.value) == f"model exploded on rows [{row}]"
+
+    async def main() -> None:
+        dispatcher = Dispatcher(model, clock=clock)
+        await clock.run_until(asyncio.gather(*(caller(dispatcher, k) for k in range(16))))
+        assert len(errors) == 80
+        assert await clock.run_until(dispatcher.submit([-5])) == [-50]
+        stats = dispatcher.stats
+        assert stats.failed_batches == stats.batches - 1
+        assert stats.batches - stats.isolation_runs <= 80  # batches from the queue
+        assert stats.isolation_runs <= 2 * stats.isolated_calls
+        assert not dispatcher.isolating_rows and not dispatcher.queued_rows
+
+    run(main)
+    alone = [rows for rows in model.batches if len(rows) == 1 and rows[0] >= 0]
+    assert sorted(row for (row,) in alone) == sorted(
+        k * 100 + i for k in range(16) for i in range(5)
+    )
+
+
+def test_calls_arriving_during_an_isolation_ride_its_steps_fifo_and_nobody_is_blamed() -> None:
+    """A failed batch of 16 is isolated while one call a millisecond keeps arriving, one of them
+    bad too: the steps carry the arrivals (oldest first, within max_batch_size), only the two
+    bad calls get errors, each its own, and every other call its rows."""
+    clock = FakeClock()
+    model = Model(clock, b=0.01)
+    bad = {5, 1007}
+    model.fail_if = lambda rows: any(row in bad for row in rows)
+    max_rows = 24
+    taken: list[int] = []
+    outcomes: dict[int, Any] = {}
+
+    def check(rows: list[int]) -> None:
+        assert len(rows) <= max_rows
+        arrivals = [row for row in rows if row >= 1000 and row not in taken]
+        taken.extend(arrivals)  # first rides in arrival order, oldest waiting first
+        assert taken == sorted(taken)
+
+    model.on_batch = check
+
+    async def one(dispatcher: Dispatcher, row: int) -> None:
+        try:
+            outcomes[row] = await dispatcher.submit([row])
+        except ValueError as exc:
+            outcomes[row] = str(exc)
+
+    async def main() -> None:
+        dispatcher = Dispatcher(model, max_batch_size=max_rows, clock=clock)
+        first = spawn(dispatcher.submit([-1]))
+        await settle()
+        pending = [spawn(one(dispatcher, row)) for row in range(16)]
+
+        async def arrivals() -> None:
+            for row in range(1000, 1040):
+                pending.append(spawn(one(dispatcher, row)))
+                await clock.sleep(0.001)
+
+        await clock.run_until(arrivals())
+        await clock.run_until(asyncio.gather(*pending))
+        assert first.result() == [-10]
+
+    run(main)
+    for row in bad:
+        assert outcomes.pop(row) == f"model exploded on rows [{row}]"
+    assert outcomes == {
+        row: [row * 10] for row in (*range(16), *range(1000, 1040)) if row not in bad
+    }
+    batches = model.batches
+    failed = set(batches[1])  # the first batch: the 16, and the arrivals of its first 10 ms
+    assert 5 in failed and 1007 in failed
+    # its steps carried later arrivals: not one isolation holding the model until it is done
+    assert any(set(rows) & failed and set(rows) - failed for rows in batches[2:])
+    assert [5] in batches and [1007] in batches
+
+
+def test_a_stream_with_a_bad_call_keeps_every_good_callers_rows() -> None:
+    clock = FakeClock()
+    model = Model(clock, b=0.01)
+    model.fail_if = lambda rows: 1013 in rows
+    outcomes: dict[int, Any] = {}
+
+    async def one(dispatcher: Dispatcher, row: int) -> None:
+        try:
+            outcomes[row] = await dispatcher.submit([row])
+        except ValueError as exc:
+            outcomes[row] = str(exc)
+
+    async def arrivals(dispatcher: Dispatcher) -> None:
+        pending = []
+        for row in range(1000, 1060):
+            pending.append(spawn(one(dispatcher, row)))
+            await clock.sleep(0.0007)
+        await asyncio.gather(*pending)
+
+    async def main() -> None:
+        await clock.run_until(arrivals(Dispatcher(model, clock=clock)))
+
+    run(main)
+    assert outcomes.pop(1013) == "model exploded on rows [1013]"
+    assert outcomes == {row: [row * 10] for row in range(1000, 1060) if row != 1013}
+
+
+def test_a_caller_that_goes_away_during_an_isolation_is_not_run_again() -> None:
+    clock = FakeClock()
+    model = Model(clock, b=0.01)
+    model.fail_if = lambda rows: 666 in rows
+
+    async def main() -> None:
+        dispatcher = Dispatcher(model, clock=clock)
+        first = spawn(dispatcher.submit([1]))
+        await settle()
+        calls = [spawn(dispatcher.submit([row])) for row in (2, 666, 3, 4)]
+        await clock.advance(0.025)  # the batch failed at 20 ms; its middle half [666, 3] runs
+        assert model.batches == [[1], [2, 666, 3, 4], [666, 3]]
+        calls[3].cancel()
+        outcomes = await clock.run_until(asyncio.gather(*calls[:3], return_exceptions=True))
+        assert first.result() == [10] and outcomes[0] == [20] and outcomes[2] == [30]
+        assert str(outcomes[1]) == "model exploded on rows [666]"
+        assert dispatcher.stats.cancelled == 1 and not dispatcher.isolating_rows
+
+    run(main)
+    # [2, 4] was next (untested, likely innocent) but 4's caller had gone: [2] alone
+    assert model.batches == [[1], [2, 666, 3, 4], [666, 3], [2], [666], [3]]
+
+
+def test_calls_that_cannot_ride_take_turns_with_the_isolation() -> None:
+    """A call with other options cannot share a step: it runs between two steps, not after the
+    whole isolation."""
+    clock = FakeClock()
+    model = Model(clock, b=0.01)
+    model.fail_if = lambda rows: 666 in rows
+
+    async def main() -> None:
+        dispatcher = Dispatcher(model, clock=clock)
+        first = spawn(dispatcher.submit([1]))
+        await settle()
+        failed = [spawn(dispatcher.submit([row])) for row in (*range(2, 9), 666)]
+        await clock.advance(0.025)  # the batch failed at 20 ms, the first step runs
+        other = spawn(dispatcher.submit([100], params={"t": 1}))
+        assert await clock.run_until(other) == [1000]
+        outcomes = await clock.run_until(asyncio.gather(*failed, return_exceptions=True))
+        assert first.result() == [10]
+        assert str(outcomes[-1]) == "model exploded on rows [666]"
+        assert outcomes[:-1] == [[row * 10] for row in range(2, 9)]
+
+    run(main)
+    at = model.batches.index([100])
+    assert model.kwargs[at] == {"params": {"t": 1}}
+    assert at == 3 and len(model.batches) > at + 1  # after one step, before the others
+
+
+def test_a_failed_passenger_is_not_blamed_and_keeps_its_deadline() -> None:
+    """A call that rode a failed step goes back to the queue at its place, with its deadline:
+    past it, it is answered Overloaded, never with the model's error."""
+    clock = FakeClock()
+    model = Model(clock, b=0.03)
+    model.fail_if = lambda rows: 666 in rows
+
+    async def main() -> None:
+        dispatcher = Dispatcher(model, max_latency_ms=50, clock=clock, hold=False)
+        first = spawn(dispatcher.submit([1]))
+        await settle()
+        failed = [spawn(dispatcher.submit([row])) for row in (2, 3, 666, 4)]
+        await clock.advance(0.035)  # the batch runs (30 to 60 ms); a call comes at 35 ms
+        rider = spawn(dispatcher.submit([5]))
+        await clock.advance(0.03)  # at 60 ms the step [3, 666] runs, [5] riding along
+        assert model.batches[-1] == [3, 666, 5]
+        outcomes = await clock.run_until(asyncio.gather(*failed, return_exceptions=True))
+        assert str(outcomes[2]) == "model exploded on rows [666]"
+        assert isinstance(rider.exception(), Overloaded)  # back at 90 ms, past its 85 ms
+        assert dispatcher.stats.overloaded == 1
+        assert first.result() == [10] and outcomes[:2] + outcomes[3:] == [[20], [30], [40]]
+
+    run(main)
+    assert sum(rows.count(5) for rows in model.batches) == 1
+
+
+def test_a_passenger_rides_at_most_once() -> None:
+    """A bad call that rode a failed step is struck: it never rides again (it would fail every
+    step it rode), it leads a batch of its own, and fails there alone."""
+    clock = FakeClock()
+    model = Model(clock, b=0.01)
+    model.fail_if = lambda rows: 666 in rows or 777 in rows
+
+    async def main() -> None:
+        dispatcher = Dispatcher(model, clock=clock, hold=False)
+        first = spawn(dispatcher.submit([1]))
+        await settle()
+        failed = [spawn(dispatcher.submit([row])) for row in (2, 3, 666, 4)]
+        await clock.advance(0.015)  # the batch runs (10 to 20 ms); a bad call comes meanwhile
+        bad = spawn(dispatcher.submit([777]))
+        outcomes = await clock.run_until(asyncio.gather(*failed, return_exceptions=True))
+        assert str(await clock.run_until(asyncio.gather(bad, return_exceptions=True))) == (
+            "[ValueError('model exploded on rows [777]')]"
+        )
+        assert first.result() == [10] and outcomes[:2] + outcomes[3:] == [[20], [30], [40]]
+
+    run(main)
+    # it rode the first step only; the next step ([2, 4], untested) ran without it
+    assert [rows for rows in model.batches if 777 in rows] == [[3, 666, 777], [777]]
+    assert [2, 4] in model.batches
+
+
+def test_no_batch_starts_beside_an_isolation_that_holds_a_full_batch() -> None:
+    """Two model calls may run at a time, but while the isolation holds max_batch_size rows
+    the second is not an ordinary batch: calls that cannot ride wait (and their deadline runs)."""
+    clock = FakeClock()
+    model = Model(clock, b=0.02)
+    model.fail_if = lambda rows: 666 in rows
+
+    async def main() -> None:
+        dispatcher = Dispatcher(model, max_batch_size=4, max_concurrency=2, clock=clock, hold=False)
+        failed = [spawn(dispatcher.submit([row])) for row in (2, 666, 3, 4)]
+        await clock.advance(0.025)  # the batch failed at 20 ms: the middle [666, 3] runs
+        other = spawn(dispatcher.submit([100], params={"t": 1}))
+        await clock.advance(0.01)
+        assert dispatcher.isolating_rows == 4 and model.running == 1 and not other.done()
+        outcomes = await clock.run_until(asyncio.gather(*failed, return_exceptions=True))
+        assert str(outcomes[1]) == "model exploded on rows [666]"
+        assert await clock.run_until(other) == [1000]
+
+    run(main)
+    assert model.batches.index([100]) > model.batches.index([666, 3])
+
+
+def test_queued_calls_wait_for_an_isolation_that_holds_a_full_batch() -> None:
+    """While failed batches being isolated hold max_batch_size rows, no other batch starts: a
+    queued call that cannot ride is answered Overloaded at its deadline."""
+    clock = FakeClock()
+    model = Model(clock, b=0.02)
+    model.fail_if = lambda rows: 666 in rows
+
+    async def main() -> None:
+        dispatcher = Dispatcher(model, max_batch_size=4, max_latency_ms=50, clock=clock)
+        first = spawn(dispatcher.submit([1]))
+        await settle()
+        failed = [spawn(dispatcher.submit([row])) for row in (2, 666, 3, 4)]
+        await clock.advance(0.025)  # the batch of 4 runs (20 to 40 ms)
+        other = spawn(dispatcher.submit([100], params={"t": 1}))
+        await clock.advance(0.0499)
+        assert not other.done() and dispatcher.isolating_rows == 4
+        await clock.advance(0.0002)
+        assert isinstance(other.exception(), Overloaded)  # at its deadline, 75 ms
+        outcomes = await clock.run_until(asyncio.gather(*failed, return_exceptions=True))
+        assert str(outcomes[1]) == "model exploded on rows [666]"
+        assert first.result() == [10] and outcomes[0] == [20] and outcomes[2:] == [[30], [40]]
+
+    run(main)
+    assert [100] not in model.batches
+
+
+def test_isolation_with_batches_side_by_side() -> None:
+    clock = FakeClock()
+    model = Model(clock, b=0.01)
+    model.fail_if = lambda rows: any(row % 10 == 7 for row in rows)
+
+    async def main() -> None:
+        dispatcher = Dispatcher(model, max_batch_size=8, max_concurrency=2, clock=clock)
+        calls = [spawn(dispatcher.submit([row])) for row in range(40)]
+        outcomes = await clock.run_until(asyncio.gather(*calls, return_exceptions=True))
+        for row, outcome in enumerate(outcomes):
+            if row % 10 == 7:
+                assert str(outcome) == f"model exploded on rows [{row}]"
+            else:
+                assert outcome == [row * 10]
+
+    run(main)
+    assert model.most_running == 2 and max(model.sizes()) <= 8
+
+
+def test_aclose_lets_an_isolation_finish() -> None:
+    clock = FakeClock()
+    model = Model(clock, b=0.01)
+    model.fail_if = lambda rows: 666 in rows
+
+    async def main() -> None:
+        dispatcher = Dispatcher(model, clock=clock)
+        first = spawn(dispatcher.submit([1]))
+        await settle()
+        failed = [spawn(dispatcher.submit([row])) for row in (2, 666, 3)]
+        await clock.advance(0.025)  # the batch failed at 20 ms; isolating
+        closing = spawn(dispatcher.aclose())
+        outcomes = await clock.run_until(asyncio.gather(*failed, return_exceptions=True))
+        assert outcomes[0] == [20] and outcomes[2] == [30]
+        assert str(outcomes[1]) == "model exploded on rows [666]"
+        await clock.run_until(closing)
+        assert first.result() == [10]
+
+    run(main)
+
+
+@pytest.mark.parametrize("turnaround", [0.0, 0.00005])
+def test_one_failing_caller_among_64_keeps_half_the_throughput(turnaround: float) -> None:
+    """64 closed-loop callers, one of which always sends a row the model rejects (a failed
+    batch costs what a good one does): the 63 others keep at least half the rows per second of
+    64 good callers, and the failing one gets its own error every time; also when the callers
+    take up to 0.15 ms to come back (steps wait for them as batches do)."""
+    a, b, seconds = 4.4e-6, 1.5e-3, 0.5
+
+    def good_rows_per_second(failing: set[int]) -> float:
+        clock = FakeClock()
+        model = Model(clock, a=a, b=b)
+        model.fail_if = lambda rows: any(row < 0 for row in rows)
+        answered = errors = 0
+
+        async def caller(dispatcher: Dispatcher, k: int, end: float) -> None:
+            nonlocal answered, errors
+            for i in itertools.count():
+                if clock.now() >= end:
+                    return
+                if k in failing:
+                    with pytest.raises(ValueError, match=rf"rows \[-{k * 10000 + i + 1}\]$"):
+                        await dispatcher.submit([-(k * 10000 + i + 1)])
+                    errors += 1
+                else:
+                    row = k * 10000 + i
+                    assert await dispatcher.submit([row]) == [row * 10]
+                    answered += 1
+                await clock.sleep(turnaround * (k % 4))
+
+        async def main() -> None:
+            dispatcher = Dispatcher(model, clock=clock)
+            end = clock.now() + seconds
+            await clock.run_until(asyncio.gather(*(caller(dispatcher, k, end) for k in range(64))))
+
+        run(main)
+        assert errors > 10 or not failing
+        return answered / seconds
+
+    ratio = good_rows_per_second({17}) / good_rows_per_second(set())
+    assert ratio >= 0.5, ratio

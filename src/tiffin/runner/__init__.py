@@ -5,10 +5,12 @@
   :mod:`~tiffin.runner.local` (loaded in this process) or :mod:`~tiffin.runner.remote`
   (in runner processes, reached over :mod:`~tiffin.runner.wire`; their side is
   :mod:`~tiffin.runner.runner_server`);
-* :mod:`~tiffin.runner.batching` -- the adaptive dispatcher (pure asyncio, takes a clock),
-  whose hold decision is :mod:`~tiffin.runner.hold`; :mod:`~tiffin.runner.coalescer` merges
-  an API worker's calls per event-loop turn; both merge and split through
-  :mod:`~tiffin.runner.merging` and :mod:`~tiffin.runner.containers`;
+* :mod:`~tiffin.runner.batching` -- the adaptive dispatcher (pure asyncio, takes a clock):
+  its queue (:mod:`~tiffin.runner.queueing`), its hold decision (:mod:`~tiffin.runner.hold`)
+  and how a failed batch finds the calls at fault while the model keeps serving
+  (:mod:`~tiffin.runner.isolation`); :mod:`~tiffin.runner.coalescer` merges an API worker's
+  calls per event-loop turn; both merge and split through :mod:`~tiffin.runner.merging` and
+  :mod:`~tiffin.runner.containers`;
 * :mod:`~tiffin.runner.stats` -- what a dispatcher counts.
 
 May import: the store layer, ``tag``, ``config``, ``batch_settings``, ``exceptions``. Nothing

@@ -20,9 +20,9 @@ splits the result. Plain asyncio, no threads; all its time comes from a :class:`
 * ``max_latency_ms`` is a deadline that sheds load, not a wait window: a call still queued that
   long is answered at once with :class:`~tiffin.exceptions.Overloaded` (HTTP 503, ``Retry-After``
   the time the queue would take by the cost model). A started batch is never cancelled.
-* Failures are isolated: when ``infer`` raises on a batch of several calls, they are run again
-  apart (:mod:`~tiffin.runner.merging`): a call at fault gets its own exception, the others
-  their results.
+* Failures are isolated: when ``infer`` raises on a batch of several calls, they are bisected
+  while the model keeps serving the queue (:mod:`~tiffin.runner.isolation`): a call gets the
+  model's exception only when it failed alone, the others their results.
 * Cancellation: a cancelled caller (its client hung up) leaves the queue and its rows never
   reach the model; if its batch had started, its result is dropped.
 * Event loops: a dispatcher binds to the loop of its first ``submit``. Another running loop is an
@@ -33,9 +33,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import math
-from collections import deque
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,94 +43,32 @@ from tiffin import batch_settings as settings
 from tiffin.exceptions import InvalidArgument, Overloaded, RunnerError
 from tiffin.runner import containers
 from tiffin.runner.hold import Clock, HoldTracker, LoopClock, TimerHandle
-from tiffin.runner.merging import Call, run_merged, same_options
+from tiffin.runner.isolation import Isolation, Step
+from tiffin.runner.merging import attempt, fail, isolates
+from tiffin.runner.queueing import CallQueue, Entry
 from tiffin.runner.stats import BatchStats
 
 __all__ = ["Clock", "Dispatcher", "LoopClock", "TimerHandle"]
 
 
 @dataclass(eq=False, slots=True)
-class _Entry(Call):
-    """One queued call (or one chunk of an oversize call)."""
+class _Run:
+    """One model call: a batch from the queue, or an isolation step with passengers."""
 
-    key: Hashable = None
-    enqueued: float = 0.0
-    queued: bool = True  # read and written by _Queue only
-
-
-class _Queue:
-    """The FIFO of waiting entries and the ``rows`` still queued. Leaving is lazy: a discarded
-    entry stays in the deque, skipped, until it reaches the front."""
-
-    __slots__ = ("_entries", "rows")
-
-    def __init__(self) -> None:
-        self._entries: deque[_Entry] = deque()
-        self.rows = 0
-
-    def append(self, entry: _Entry) -> None:
-        self._entries.append(entry)
-        self.rows += entry.rows
-
-    def discard(self, entry: _Entry) -> None:
-        """Take ``entry`` out of the queue, if it is still in it."""
-        if entry.queued:
-            entry.queued = False
-            self.rows -= entry.rows
-
-    def head(self) -> _Entry | None:
-        """The oldest entry still queued."""
-        entries = self._entries
-        while entries and not entries[0].queued:
-            entries.popleft()
-        return entries[0] if entries else None
-
-    def take_batch(self, max_rows: int) -> list[_Entry]:
-        """The head, then the entries with its batch key, in order, while within ``max_rows``."""
-        head = self.head()
-        assert head is not None, "take_batch() on an empty queue"
-        entries = self._entries
-        batch, rows, skipped = [entries.popleft()], head.rows, []
-        while entries and rows < max_rows:
-            entry = entries[0]
-            if not entry.queued:
-                entries.popleft()
-            elif entry.key == head.key and same_options(entry.kwargs, head.kwargs):
-                if rows + entry.rows > max_rows:
-                    break
-                batch.append(entries.popleft())
-                rows += entry.rows
-            else:
-                skipped.append(entries.popleft())
-        entries.extendleft(reversed(skipped))
-        for entry in batch:
-            self.discard(entry)
-        return batch
-
-    def expire(self, when: float, limit: float) -> list[_Entry]:
-        """Take out, oldest first, the entries with ``enqueued + limit <= when``."""
-        expired = []
-        while (head := self.head()) is not None and head.enqueued + limit <= when:
-            self.discard(self._entries.popleft())
-            expired.append(head)
-        return expired
-
-    def drain(self, exc: BaseException) -> None:
-        """Take out every entry still queued and answer it with ``exc``."""
-        while self._entries:
-            entry = self._entries.popleft()
-            if entry.queued:
-                self.discard(entry)
-                if not entry.future.done():
-                    entry.future.set_exception(exc)
+    calls: list[Entry]
+    rows: int
+    taken: list[Entry]  # those taken from the queue
+    taken_rows: int
+    step: Step[Entry] | None = None
 
 
 class Dispatcher:
     """Batches the calls of one runner method by the rules above: ``infer(*merged_payloads,
     **options)`` is awaited once per batch. ``batch_dim``: the dimension payloads are merged
     along, or an ``(input_dim, output_dim)`` pair. ``hold=False`` never holds a free model back;
-    ``isolate(exc)`` says whether a failed batch of several calls is re-run apart (default:
-    always). ``clock``: default, the clock of the loop the dispatcher binds to."""
+    ``isolate(exc)`` says whether a failed batch of several calls is isolated (default:
+    always; else every call gets the error). ``clock``: default, the clock of the loop the
+    dispatcher binds to."""
 
     def __init__(
         self,
@@ -166,13 +104,16 @@ class Dispatcher:
         self._given_clock = clock  # None: the clock of the loop it binds to
         self._closed = False
         self._bound: asyncio.AbstractEventLoop | None = None
+        self._seq = itertools.count()  # submission order
         self._reset()
 
     def _reset(self) -> None:
         """Fresh per-loop state (also when rebinding after the old loop closed)."""
-        self._queue = _Queue()
+        self._queue = CallQueue()
+        self._isolation: Isolation[Entry] = Isolation()
         self._in_flight = 0
-        self._running_rows = 0
+        self._running_rows = 0  # rows taken from the queue into runs not yet over
+        self._stepped = False  # the last run started was an isolation step
         self._holds.started = None
         self._wake: asyncio.Event = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -185,8 +126,13 @@ class Dispatcher:
         return self._queue.rows
 
     @property
+    def isolating_rows(self) -> int:
+        """Rows of failed batches being isolated now."""
+        return self._isolation.rows
+
+    @property
     def in_flight(self) -> int:
-        """Batches running now."""
+        """Model calls running now (batches and isolation steps)."""
         return self._in_flight
 
     def population(self) -> int:
@@ -214,13 +160,22 @@ class Dispatcher:
         self.stats.calls += 1
         self.stats.rows += rows
         self._holds.arrivals.add(now, rows)
+        seq = self._seq
         if rows <= size:
-            entries = [_Entry(args, kwargs, rows, loop.create_future(), key, now)]
+            entries = [Entry(args, kwargs, rows, loop.create_future(), key, now, next(seq))]
         else:
             sizes = [size] * (rows // size) + ([rows % size] if rows % size else [])
             pieces = [containers.split(arg, sizes, dim) for arg in args]
             entries = [
-                _Entry(tuple(p[i] for p in pieces), kwargs, n, loop.create_future(), key, now)
+                Entry(
+                    tuple(p[i] for p in pieces),
+                    kwargs,
+                    n,
+                    loop.create_future(),
+                    key,
+                    now,
+                    next(seq),
+                )
                 for i, n in enumerate(sizes)
             ]
         for entry in entries:
@@ -266,13 +221,14 @@ class Dispatcher:
             self._task = loop.create_task(self._run(), name=f"tiffin-dispatcher-{self.name}")
         return loop
 
-    def _enqueue(self, entry: _Entry) -> None:
+    def _enqueue(self, entry: Entry) -> None:
         self._queue.append(entry)
-        self._holds.population.note(self._queue.rows + self._running_rows)
+        # rows in the dispatcher: queued, running and being isolated
+        self._holds.population.note(self._queue.rows + self._running_rows + self._isolation.rows)
         if self._timer is None:
             self._arm_timer(entry.enqueued + self._limit)
 
-    def _drop(self, entry: _Entry) -> None:
+    def _drop(self, entry: Entry) -> None:
         """The caller is done with ``entry``: out of the queue, its future settled and read."""
         self._queue.discard(entry)
         future = entry.future
@@ -310,80 +266,121 @@ class Dispatcher:
         )
 
     async def _run(self) -> None:
-        wake, queue = self._wake, self._queue
+        wake = self._wake
         try:
-            while True:
-                head = queue.head()
-                if head is None or self._in_flight >= self.max_concurrency:
-                    wake.clear()
+            while not (self._closed and not self._isolation.pieces and not self._in_flight):
+                choice = self._choose() if self._in_flight < self.max_concurrency else None
+                if isinstance(choice, _Run):
+                    self._start(choice)
+                    continue
+                wake.clear()
+                timer = None if choice is None else self._clock.call_at(choice, wake.set)
+                try:
                     await wake.wait()
-                    continue
-                now = self._clock.now()
-                until = self._holds.until(now, queue.rows, head.enqueued) if self.hold else None
-                if until is not None:
-                    wake.clear()
-                    timer = self._clock.call_at(until, wake.set)
-                    try:
-                        await wake.wait()
-                    finally:
+                finally:
+                    if timer is not None:
                         timer.cancel()
-                    continue
-                self._start_batch()
         except Exception as exc:  # a bug here must not leave callers waiting forever
             error = RunnerError(f"the batching loop of runner method '{self.name}' failed: {exc}")
             error.__cause__ = exc
             self._queue.drain(error)
+            fail(self._isolation.drain(), error, self.name)
             raise
 
-    def _start_batch(self) -> None:
-        now = self._clock.now()
-        self._holds.batch_starts(self._queue.rows + self._running_rows)
-        batch = self._queue.take_batch(self.max_batch_size)
-        for entry in batch:
-            self.stats.queue_wait.observe(now - entry.enqueued)
+    def _choose(self) -> _Run | float | None:
+        """What to start now: a run; or the time to hold the queued calls until; or ``None``,
+        nothing (:mod:`~tiffin.runner.isolation` says when steps and batches take turns)."""
+        queue, isolation, size = self._queue, self._isolation, self.max_batch_size
+        head, step = queue.head(), isolation.next_step() if isolation.pieces else None
+        if step is not None:
+            tested = sum(call.rows for call in step.calls)
+            room = size - tested
+            rides = not step.alone and queue.rides_with(step.calls[0], room)
+            if head is None or rides or not self._stepped or isolation.rows >= size:
+                if self.hold and not step.alone:
+                    waiting = min(step.calls[0].enqueued, head.enqueued if head else math.inf)
+                    here = queue.rows + isolation.rows
+                    until = self._holds.until(self._clock.now(), here, waiting)
+                    if until is not None:
+                        return until
+                isolation.begin(step)
+                taken = queue.take_batch(room, riders=True) if rides else []
+                rows = sum(entry.rows for entry in taken)
+                return _Run([*step.calls, *taken], tested + rows, taken, rows, step)
+        if head is None or isolation.rows >= size:
+            return None
+        if self.hold and not isolation.pieces:
+            until = self._holds.until(self._clock.now(), queue.rows, head.enqueued)
+            if until is not None:
+                return until
+        batch = queue.take_batch(size)
         rows = sum(entry.rows for entry in batch)
-        self._running_rows += rows
+        return _Run(batch, rows, batch, rows)
+
+    def _start(self, run: _Run) -> None:
+        now, observe = self._clock.now(), self.stats.queue_wait.observe
+        for entry in run.taken:
+            if not entry.struck:  # a struck one waited for a step before
+                observe(now - entry.enqueued)
+        self._running_rows += run.taken_rows
+        self._holds.batch_starts(self._queue.rows + self._running_rows + self._isolation.rows)
+        self._stepped = run.step is not None
         self._in_flight += 1
-        task = asyncio.get_running_loop().create_task(self._run_batch(batch, rows))
+        task = asyncio.get_running_loop().create_task(self._execute(run))
         self._batches.add(task)
         task.add_done_callback(self._batches.discard)
 
-    async def _run_batch(self, batch: list[_Entry], rows: int) -> None:
-        clock, stats = self._clock, self.stats
+    async def _execute(self, run: _Run) -> None:
+        clock, stats, calls, rows = self._clock, self.stats, run.calls, run.rows
         stats.batches += 1
+        stats.isolation_runs += run.step is not None
         stats.batch_rows.observe(rows)
+
         elapsed = 0.0
 
-        async def infer(payloads: tuple[Any, ...], kwargs: dict[str, Any], calls: int) -> Any:
-            nonlocal elapsed
+        async def infer(payloads: tuple[Any, ...], kwargs: dict[str, Any], n: int) -> Any:
+            nonlocal elapsed  # the model's time, without merging and splitting
             started = clock.now()
             result = await self._infer(*payloads, **kwargs)
             elapsed = clock.now() - started
             return result
 
         try:
-            outcome = await run_merged(
-                infer,
-                batch,
-                input_dim=self.input_dim,
-                output_dim=self.output_dim,
-                name=self.name,
-                isolate=self._isolate,
-            )
+            error = await attempt(infer, calls, self.input_dim, self.output_dim, self.name)
         finally:
             self._in_flight -= 1
-            self._running_rows -= rows
+            self._running_rows -= run.taken_rows
             self._wake.set()
-        if outcome == "ok":
+        step = run.step
+        if error is None:
             stats.run_time.observe(elapsed)
             self.cost.add(rows, elapsed)
+            if step is not None:
+                self._isolation.passed(step)
             return
         stats.failed_batches += 1
-        if outcome == "isolated":
-            stats.isolated_calls += len(batch)
+        if len(calls) > 1 and isolates(error, self._isolate):
+            if step is None:
+                self._isolation.add(calls)
+                stats.isolated_calls += len(calls)
+            else:  # the passengers are not blamed: back to the queue
+                self._isolation.failed(step, answered=False)
+                self._requeue(run.taken)
+            return
+        if step is not None:  # failed alone, or an error that is not isolated
+            self._isolation.failed(step, answered=True)
+        fail(calls, error, self.name)
+
+    def _requeue(self, entries: list[Entry]) -> None:
+        """Passengers of a failed step back in the queue, their deadlines still set."""
+        self._queue.put_back(entries)
+        if self._timer is not None:
+            self._timer.cancel()
+        self._expire(self._clock.now())  # answers those past it, sets the timer for the head
 
     async def aclose(self) -> None:
-        """Stop the loop; queued calls get a RunnerError, running batches finish first."""
+        """Queued calls get a RunnerError; running batches and the isolation of failed ones
+        finish first."""
         if self._closed:
             return
         self._closed = True
@@ -392,9 +389,9 @@ class Dispatcher:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._wake.set()
         task, self._task = self._task, None
         if task is not None and not task.done():
-            task.cancel()
             await asyncio.wait([task])
         if self._batches:
             await asyncio.gather(*self._batches, return_exceptions=True)

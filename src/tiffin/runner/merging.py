@@ -14,7 +14,8 @@ Rules:
   A result whose rows do not add up is a :class:`~tiffin.exceptions.RunnerError` for all.
 * When a merged call fails and ``isolate(exc)`` says so (default: always), the calls are
   bisected: each half runs merged, a half that fails is split again, until the calls at fault
-  fail alone and get their own errors; the others get their answers.
+  fail alone and get their own errors; the others get their answers. (The dispatcher isolates
+  its failed batches its own way, sharing the model meanwhile: :mod:`~tiffin.runner.isolation`.)
 * A call whose caller went away (its future already done) is left alone.
 """
 
@@ -30,16 +31,22 @@ from tiffin.runner import containers
 
 __all__ = [
     "Call",
+    "Infer",
     "Outcome",
     "answer",
+    "attempt",
     "bisect",
     "fail",
+    "isolates",
     "merge_payloads",
     "run_merged",
     "same_options",
 ]
 
 Outcome = Literal["ok", "isolated", "failed"]
+
+#: ``infer(merged_payloads, kwargs, number_of_calls)``: one model call (or message) for many calls
+Infer = Callable[[tuple[Any, ...], dict[str, Any], int], Awaitable[Any]]
 
 
 @dataclass(eq=False, slots=True)
@@ -84,6 +91,12 @@ def answer(calls: Sequence[Call], result: Any, output_dim: int, name: str) -> No
             call.future.set_result(part)
 
 
+def isolates(error: BaseException, isolate: Callable[[Exception], bool] | None) -> bool:
+    """Whether the calls of a merged call that failed with ``error`` are run apart: an
+    ``Exception`` (not a cancellation) that ``isolate`` accepts (``None``: any)."""
+    return isinstance(error, Exception) and (isolate is None or isolate(error))
+
+
 def fail(calls: Sequence[Call], exc: BaseException, name: str) -> None:
     """Answer every call with ``exc``; re-raise a cancellation after answering."""
     error = exc
@@ -97,7 +110,7 @@ def fail(calls: Sequence[Call], exc: BaseException, name: str) -> None:
 
 
 async def run_merged(
-    infer: Callable[[tuple[Any, ...], dict[str, Any], int], Awaitable[Any]],
+    infer: Infer,
     calls: Sequence[Call],
     *,
     input_dim: int,
@@ -110,10 +123,10 @@ async def run_merged(
     ``"ok"``: every call has its rows. ``"isolated"``: the merged call failed and the calls
     were bisected (see :func:`bisect`). ``"failed"``: every call was answered with the error.
     """
-    error = await _attempt(infer, calls, input_dim, output_dim, name)
+    error = await attempt(infer, calls, input_dim, output_dim, name)
     if error is None:
         return "ok"
-    if isinstance(error, Exception) and len(calls) > 1 and (isolate is None or isolate(error)):
+    if len(calls) > 1 and isolates(error, isolate):
         await bisect(
             infer, calls, input_dim=input_dim, output_dim=output_dim, name=name, isolate=isolate
         )
@@ -123,7 +136,7 @@ async def run_merged(
 
 
 async def bisect(
-    infer: Callable[[tuple[Any, ...], dict[str, Any], int], Awaitable[Any]],
+    infer: Infer,
     calls: Sequence[Call],
     *,
     input_dim: int,
@@ -144,10 +157,10 @@ async def bisect(
         group = [call for call in group if not call.future.done()]
         if not group:
             return
-        error = await _attempt(infer, group, input_dim, output_dim, name)
+        error = await attempt(infer, group, input_dim, output_dim, name)
         if error is None:
             return
-        if len(group) > 1 and isinstance(error, Exception) and (isolate is None or isolate(error)):
+        if len(group) > 1 and isolates(error, isolate):
             await split(group)
         else:
             fail(group, error, name)
@@ -164,8 +177,8 @@ async def bisect(
         raise
 
 
-async def _attempt(
-    infer: Callable[[tuple[Any, ...], dict[str, Any], int], Awaitable[Any]],
+async def attempt(
+    infer: Infer,
     calls: Sequence[Call],
     input_dim: int,
     output_dim: int,

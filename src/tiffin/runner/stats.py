@@ -50,17 +50,20 @@ class Buckets:
 class BatchStats:
     """What one dispatcher did, cumulative since it was made; read it with :meth:`snapshot`.
 
-    Counters: ``calls`` and ``rows`` submitted, ``batches`` run, ``failed_batches`` (infer
-    raised), ``isolated_calls`` (re-run alone after their batch failed), ``overloaded`` calls
-    (answered past max_latency_ms), ``cancelled`` calls.
-    Buckets: ``batch_rows`` (rows per batch), ``queue_wait`` (seconds a call waited for its
-    batch to start) and ``run_time`` (seconds per batch in ``infer``).
+    Counters: ``calls`` and ``rows`` submitted; ``batches``: model calls made (each batch, and
+    each run that isolates a failure), of which ``isolation_runs`` isolated failures;
+    ``failed_batches``: model calls that raised; ``isolated_calls``: calls of failed batches
+    that were run again to find the calls at fault (:mod:`~tiffin.runner.isolation`);
+    ``overloaded`` calls (answered past max_latency_ms); ``cancelled`` calls.
+    Buckets: ``batch_rows`` (rows per model call), ``queue_wait`` (seconds a call waited for its
+    batch to start) and ``run_time`` (seconds per model call in ``infer`` that succeeded).
     """
 
     def __init__(self) -> None:
         self.calls = 0
         self.rows = 0
         self.batches = 0
+        self.isolation_runs = 0
         self.failed_batches = 0
         self.isolated_calls = 0
         self.overloaded = 0
@@ -74,6 +77,7 @@ class BatchStats:
             "calls": self.calls,
             "rows": self.rows,
             "batches": self.batches,
+            "isolation_runs": self.isolation_runs,
             "failed_batches": self.failed_batches,
             "isolated_calls": self.isolated_calls,
             "overloaded": self.overloaded,

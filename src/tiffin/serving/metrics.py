@@ -122,10 +122,11 @@ class RunnerCollector(Collector):
             for key, text in (
                 ("calls", "Calls submitted to the batching queue"),
                 ("rows", "Rows submitted to the batching queue"),
-                ("batches", "Batches run"),
+                ("batches", "Model calls made (batches, and runs isolating a failure)"),
+                ("isolation_runs", "Model calls made to find the calls at fault in a failed batch"),
                 ("overloaded", "Calls refused because they waited past max_latency_ms"),
-                ("failed_batches", "Batches whose model call raised"),
-                ("isolated_calls", "Calls re-run alone after their batch failed"),
+                ("failed_batches", "Model calls that raised"),
+                ("isolated_calls", "Calls of failed batches run again to find the calls at fault"),
                 ("cancelled", "Calls whose caller went away before their batch started"),
             )
         }
