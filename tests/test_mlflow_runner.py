@@ -58,7 +58,7 @@ def test_pyfunc_runner_wrong_width_is_a_clear_error(frame_model):
     runner = tiffin.mlflow.get("clf").to_runner()
     runner.init_local()
     try:
-        with pytest.raises(InvalidArgument, match="expects 4"):
+        with pytest.raises(InvalidArgument, match="the model's 4 columns"):
             runner.predict.run(frame.to_numpy()[:2, :3])
     finally:
         runner.destroy()

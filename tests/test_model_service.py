@@ -153,15 +153,19 @@ async def test_bad_rows_are_400s_that_never_fail_their_neighbours(models: Models
         responses = await asyncio.gather(*(client.post("/predict", json=b) for b in bodies))
         statuses = [r.status_code for r in responses]
         assert statuses == [200] * 10 + [400] + [200] * 20, statuses
-        assert "Can not safely convert" in responses[10].json()["detail"]
+        detail = responses[10].json()["detail"]  # names the column, the row and the value
+        assert "'sepal length (cm)' row 0: 'not a number'" in detail and "float64" in detail
         answers = [r.json()[0] for r in responses[:10] + responses[11:]]
         assert answers == models.sklearn.predict(models.X[:30]).tolist()
 
         response = await client.post("/predict", json=[[1.0, 2.0, 3.0]])
         assert response.status_code == 400
-        assert "3 features per row, but the model expects 4" in response.json()["detail"]
+        assert "row 0 has 3 values, but the model's signature has 4 columns" in (
+            response.json()["detail"]
+        )
         response = await client.post("/predict", json=[[1, 2], [3]])
-        assert response.status_code == 400 and "ragged" in response.json()["detail"]
+        assert response.status_code == 400  # ragged rows: each row against the signature
+        assert "row 0 has 2 values, but the model's signature has 4" in response.json()["detail"]
         response = await client.post("/predict", json=[])
         assert response.status_code == 400 and "empty" in response.json()["detail"]
 

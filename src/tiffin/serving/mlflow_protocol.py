@@ -2,10 +2,13 @@
 ``/version``.
 
 A service with exactly one runner over an imported MLflow model answers these routes the way
-``mlflow models serve`` does, so MLflow clients switch with no change. Parsing and encoding
-use MLflow's own scoring-server functions, so payload handling matches MLflow's; the call
-itself goes through the runner's ``predict`` and its adaptive batcher (calls batch together
-only when their ``params`` are equal).
+``mlflow models serve`` does, so MLflow clients switch with no change. A body is read into
+what the model's signature declares by tiffin's own converter
+(:mod:`~tiffin.serving.mlflow_inputs`), MLflow's scoring-server parsers only where it leaves
+off (Array/Object/Map/AnyType columns, type-hint signatures, ``params``, LLM bodies, bodies
+that are not one envelope); answers are encoded as MLflow encodes them. The call itself goes
+through the runner's ``predict`` and its adaptive batcher (calls batch together only when
+their ``params`` are equal).
 
 Before MLflow's parsers build anything, what a body declares is measured against the decode
 limits (:mod:`tiffin.io.limits`): each JSON envelope's payload, a CSV body's header and lines,
@@ -39,12 +42,14 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from tiffin.frameworks.mlflow.inputs import FALLBACK, InputSchema
 from tiffin.frameworks.mlflow.loading import MLFLOW_MODEL_FOLDER, MODULE
 from tiffin.frameworks.mlflow.schema import frame_validator, serving_input_example
 from tiffin.io.base import parse_media_type
-from tiffin.io.limits import check_array, check_csv, check_parquet, nested_shape
+from tiffin.io.limits import check_csv, check_parquet
 from tiffin.io.payloads import ENVELOPES, check_envelope
 from tiffin.serving.errors import mlflow_error, mlflow_error_response
+from tiffin.serving.mlflow_inputs import from_csv, from_invocation, from_parquet
 from tiffin.serving.pipeline import Respond, pipeline
 from tiffin.serving.routes import ROUTES
 
@@ -178,15 +183,6 @@ def _json_body(body: bytes) -> Any:
     return decoded
 
 
-def _single_tensor_dtype(metadata: Any, schema: Any) -> Any:
-    """The numpy dtype of a signature that is one unnamed tensor, else None."""
-    if schema is None or not schema.is_tensor_spec() or schema.has_input_names():
-        return None
-    if len(schema.inputs) != 1 or getattr(metadata, "_is_signature_from_type_hint", bool)():
-        return None
-    return schema.inputs[0].type
-
-
 @dataclass(frozen=True)
 class MlflowRoutes:
     """What a server that speaks MLflow's protocol answers besides its APIs."""
@@ -220,7 +216,7 @@ def mlflow_routes(service: Service, state: AppState) -> MlflowRoutes | None:
             cache.update(
                 metadata=metadata,
                 schema=schema,
-                tensor_dtype=_single_tensor_dtype(metadata, schema),
+                inputs=InputSchema.from_model(model),
                 columns=_column_names(schema),
                 ss=scoring_server,
                 MlflowException=MlflowException,
@@ -230,42 +226,35 @@ def mlflow_routes(service: Service, state: AppState) -> MlflowRoutes | None:
         return cache
 
     method = runner.predict
-    max_cells = state.settings.max_decoded_cells  # what DECODE_LIMITS holds for the request
 
     def parse(body: bytes, media_type: str | None) -> tuple[Any, Any]:
+        """The model's input (and params): tiffin's converter where the signature allows,
+        else MLflow's own parsers (after the decode limits)."""
         env = cache
         ss = env["ss"]
+        inputs = env["inputs"]
         params = None
         if media_type == "application/json":
             decoded = _json_body(body)
-            dtype = env["tensor_dtype"]
-            if dtype is not None and type(decoded) is dict and len(decoded) == 1:
-                # {"inputs": [...]} for a one-tensor signature: MLflow's parser comes down to
-                # np.array(inputs, dtype=spec dtype) (after a deepcopy); anything else, or
-                # anything numpy refuses, goes the long way and gets MLflow's own answer
-                value = decoded.get("inputs")
-                if type(value) is list and value and type(value[0]) is not dict:
-                    first = value[0]
-                    if (
-                        type(first) is not list
-                        or (first and type(first[0]) is list)
-                        or len(value) * len(first) > max_cells
-                    ):  # rows of scalars within the limit are the common case: no walk
-                        check_array(nested_shape(value), "the inputs")
-                    try:
-                        return env["np"].array(value, dtype=dtype), None
-                    except (ValueError, TypeError):
-                        pass
             if type(decoded) is dict:
+                data = from_invocation(decoded, inputs)
+                if data is not FALLBACK:
+                    return data, None
                 decoded = screened(decoded, env["columns"])
             elif type(decoded) is not bytes:  # MLflow's error for a bare list or value
                 decoded = _STAND_INS.get(type(decoded), b"null")
             parsed = ss._parse_json_data(decoded, env["metadata"], env["schema"])
             data, params = parsed.data, parsed.params
         elif media_type == "text/csv":
+            data = from_csv(body, inputs)
+            if data is not FALLBACK:
+                return data, None
             check_csv(body)
             data = ss.parse_csv_input(io.StringIO(body.decode("utf-8")), env["schema"])
         else:
+            data = from_parquet(body, inputs)
+            if data is not FALLBACK:
+                return data, None
             check_parquet(body)
             data = ss.parse_parquet_input(io.BytesIO(body))
         if env["validate"] is not None:

@@ -16,10 +16,13 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from tiffin.exceptions import InvalidArgument, InvalidTag, NotFound
+from tiffin.frameworks.mlflow.inputs import FALLBACK, InputSchema
+from tiffin.frameworks.mlflow.loading import MODULE
 from tiffin.frameworks.mlflow.schema import frame_validator, serving_input_example
 from tiffin.io import payloads as inputs
 from tiffin.io.base import IODescriptor, check_content_type, require_body
 from tiffin.io.limits import check_npy
+from tiffin.serving.mlflow_inputs import from_json, from_npy
 from tiffin.serving.service import Service
 
 if TYPE_CHECKING:
@@ -124,7 +127,7 @@ def _request_schema(model: Model) -> dict[str, Any]:
 
 def _input_example(model: Model) -> Any:
     """The model's saved input example in this route's form (rows), if it has one."""
-    if model.info.module != "tiffin.mlflow":
+    if model.info.module != MODULE:
         return None
     example = serving_input_example(model)
     if not isinstance(example, dict):
@@ -147,12 +150,23 @@ class ModelRows(IODescriptor):
     request_media_types = (JSON_TYPE, *NPY_TYPES)
     response_media_types = (JSON_TYPE,)
 
-    def __init__(self, schema: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, schema: dict[str, Any] | None = None, *, mlflow_model: bool = False,
+        signature: InputSchema | None = None,
+    ) -> None:  # fmt: skip
         self.schema = schema or {"type": ["array", "object"]}
+        #: an MLflow model's bodies become what its signature declares (None: it has none),
+        #: through tiffin.serving.mlflow_inputs
+        self._mlflow_model = mlflow_model
+        self._signature = signature
 
     def decode_request(self, body: bytes, content_type: str | None) -> Any:
         media_type, _ = check_content_type(content_type, self.request_media_types)
         require_body(body, "a JSON array of rows, an object of columns, or .npy bytes")
+        if self._mlflow_model:
+            converted = self._as_signature(body, media_type)
+            if converted is not FALLBACK:
+                return converted
         if media_type in NPY_TYPES:
             import numpy as np
 
@@ -166,6 +180,15 @@ class ModelRows(IODescriptor):
         except orjson.JSONDecodeError as exc:
             raise InvalidArgument(f"request body is not valid JSON: {exc}") from exc
         return inputs.from_json(value)
+
+    def _as_signature(self, body: bytes, media_type: str) -> Any:
+        if media_type in NPY_TYPES:
+            return from_npy(body, self._signature)
+        try:
+            value = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidArgument(f"request body is not valid JSON: {exc}") from exc
+        return from_json(value, self._signature)
 
     def encode_response(self, obj: Any, *, accept: str | None = None) -> tuple[bytes, str]:
         return orjson.dumps(inputs.to_jsonable(obj), option=orjson.OPT_SERIALIZE_NUMPY), JSON_TYPE
@@ -198,6 +221,9 @@ def build_service(model: Model, *, batching: bool = True) -> Service:
     service = Service(model.tag.name, runners=[runner], models=[model])
     schema = _request_schema(model)
     checks: dict[str, Any] = {"width": expected_width(model), "frame": None}
+    mlflow = model.info.module == MODULE
+    signature = InputSchema.from_model(model) if mlflow else None
+    converted = mlflow and (signature is None or not signature.needs_mlflow)
 
     @service.on_startup
     def learn_checks() -> None:
@@ -207,7 +233,8 @@ def build_service(model: Model, *, batching: bool = True) -> Service:
             native = getattr(getattr(runner.backend, "instance", None), "model", None)
             width = getattr(native, "n_features_in_", None)
             checks["width"] = int(width) if isinstance(width, int) else None
-        checks["frame"] = frame_validator(model)
+        # what tiffin converted meets the signature already; MLflow checks the rest
+        checks["frame"] = None if converted else frame_validator(model)
 
     for method in runner.methods.values():
 
@@ -218,7 +245,8 @@ def build_service(model: Model, *, batching: bool = True) -> Service:
             return await _method.async_run(value)
 
         call.__doc__ = f"{method.name} of model {model.tag} ({model.info.module})"
-        service.api(input=ModelRows(schema), output=ModelRows(), name=method.name)(call)
+        rows = ModelRows(schema, mlflow_model=mlflow, signature=signature)
+        service.api(input=rows, output=ModelRows(), name=method.name)(call)
     return service
 
 

@@ -279,6 +279,8 @@ class InputSchema:
                 return self.columns.from_rows(payload, self.columns.names)  # signature order
             if len(self.specs) == 1:
                 return self.columns.from_dict({self.names[0]: payload})
+        if isinstance(payload, list):
+            raise InvalidArgument("the input is an empty list; send at least one row")
         raise InvalidArgument(
             f"this model takes columns {self.names}: send records, an "
             "object of columns, or rows as lists in that order"

@@ -1,64 +1,56 @@
 """Runnables for imported MLflow models: pyfunc (exact MLflow semantics) and native flavors.
 
-The pyfunc runnable meets callers half-way on container types: when the model's signature
-names columns, an ndarray, a list of rows or a dict of columns becomes a DataFrame with those
-column names, so ``runner.predict.run(np_array)`` works on a model logged from a DataFrame.
+The pyfunc runnable gives the model what its signature declares, whatever container the
+caller used: :class:`~tiffin.frameworks.mlflow.inputs.InputSchema` converts lists, dicts of
+columns, ndarrays and DataFrames exactly (``runner.predict.run(nested_list)`` on a float32
+tensor signature, a dict of columns on a model logged from a DataFrame); without a signature a
+dict of columns or records becomes a DataFrame and nested lists an ndarray. What tiffin
+converted already meets the schema, so the model is called without MLflow checking it a second
+time (unless ``params`` are passed or the model declares a parameter schema, which MLflow
+checks as usual); what tiffin leaves to MLflow (Array/Object/Map columns, type-hint
+signatures, other containers) goes through MLflow's ``predict`` unchanged.
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from tiffin.exceptions import InvalidArgument
+from tiffin.frameworks.mlflow.inputs import FALLBACK, InputSchema, unsigned
 from tiffin.frameworks.mlflow.loading import load_model, load_native
 from tiffin.runner.runnable import Runnable, model_runnable
 
 if TYPE_CHECKING:
     from tiffin.store.models import Model
 
-__all__ = ["coerce_input", "get_runnable"]
+__all__ = ["as_model_input", "get_runnable"]
 
 
-def _column_names(pyfunc_model: Any) -> list[str] | None:
-    """Input column names when the model's signature is column-based (not a tensor spec)."""
-    schema = pyfunc_model.metadata.get_input_schema()
-    if schema is None or schema.is_tensor_spec() or not schema.has_input_names():
+def as_model_input(data: Any, schema: InputSchema | None) -> Any:
+    """``data`` as the model's input, or :data:`FALLBACK` where MLflow must read it."""
+    if schema is None:
+        if isinstance(data, list | dict):
+            return unsigned(data)
+        return FALLBACK
+    if schema.needs_mlflow:
+        return FALLBACK
+    return schema.convert(data)
+
+
+def _checked_once(pyfunc_model: Any) -> Callable[[Any], Any] | None:
+    """The model's own predict function, for inputs tiffin has already made what the
+    signature declares (MLflow would only check them again); None where MLflow must check
+    something itself (a parameter schema, a signature from type hints) or where this MLflow
+    has no such function."""
+    predict = getattr(pyfunc_model, "_predict_fn", None)
+    metadata = getattr(pyfunc_model, "metadata", None)
+    if predict is None or metadata is None or metadata.get_params_schema() is not None:
         return None
-    return list(schema.input_names())
-
-
-def coerce_input(data: Any, columns: list[str] | None) -> Any:
-    """The container the model expects, from what the caller sent."""
-    if columns is None:
-        return data
-    import numpy as np
-    import pandas as pd
-
-    if isinstance(data, list) and data and all(isinstance(row, dict) for row in data):
-        return pd.DataFrame.from_records(data)
-    if (
-        isinstance(data, dict)
-        and all(isinstance(k, str) for k in data)
-        and set(data) <= set(columns)
-    ):
-        try:
-            return pd.DataFrame({k: np.asarray(v) for k, v in data.items()})
-        except ValueError:
-            return data
-    if isinstance(data, list):
-        data = np.asarray(data)
-    if isinstance(data, np.ndarray):
-        if data.ndim == 1 and len(columns) == 1:
-            return pd.DataFrame({columns[0]: data})
-        if data.ndim == 2:
-            if data.shape[1] != len(columns):
-                raise InvalidArgument(
-                    f"input has {data.shape[1]} columns, but the model's signature expects "
-                    f"{len(columns)}: {columns}"
-                )
-            return pd.DataFrame(data, columns=columns)
-    return data
+    if getattr(metadata, "_is_signature_from_type_hint", bool)():
+        return None
+    return predict
 
 
 def get_runnable(model: Model) -> type[Runnable]:
@@ -71,11 +63,16 @@ def get_runnable(model: Model) -> type[Runnable]:
 
         def __init__(self) -> None:
             self.model = load_model(model)
-            self.columns = _column_names(self.model)
+            self.schema = InputSchema.from_model(model)
             self.accepts_params = "params" in inspect.signature(self.model.predict).parameters
+            self.direct = _checked_once(self.model) if self.schema is not None else None
 
         def predict(self, data: Any, params: dict[str, Any] | None = None) -> Any:
-            data = coerce_input(data, self.columns)
+            converted = as_model_input(data, self.schema)
+            if converted is not FALLBACK:
+                if self.direct is not None and not params:
+                    return self.direct(converted)
+                data = converted
             if self.accepts_params:
                 return self.model.predict(data, params=params)
             if params:

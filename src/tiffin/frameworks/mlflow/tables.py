@@ -167,8 +167,13 @@ class Columns:
             table = None
         if table is None or table.ndim != 2 or table.shape[1] != width:
             for i, row in enumerate(rows):
-                if not isinstance(row, list | tuple) or len(row) != width:
+                if not isinstance(row, list | tuple):
                     raise InvalidArgument(f"row {i} is not a list of {width} values")
+                if len(row) != width:
+                    raise InvalidArgument(
+                        f"row {i} has {len(row)} values, but the model's signature has {width} "
+                        f"columns {[s.name for s in present]}"
+                    )
             table = None
         if table is not None and table.dtype.kind in "biuf":  # numbers (and booleans) only
             if self.uniform is not None and present is self.specs:
