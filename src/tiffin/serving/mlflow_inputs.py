@@ -23,6 +23,7 @@ import io
 from typing import Any
 
 from tiffin.exceptions import InvalidArgument
+from tiffin.frameworks.mlflow.cells import csv_frame, typed_cells, unsigned_frame
 from tiffin.frameworks.mlflow.inputs import (
     ENVELOPES,
     FALLBACK,
@@ -30,6 +31,7 @@ from tiffin.frameworks.mlflow.inputs import (
     unsigned,
     unsigned_envelope,
 )
+from tiffin.io.columnar import csv_rows, parquet_columns
 from tiffin.io.limits import (
     check_array,
     check_csv,
@@ -127,13 +129,55 @@ def from_npy(body: bytes, schema: InputSchema | None) -> Any:
     return array if schema is None else schema.from_array(array)
 
 
+def _cells(
+    names: list[str], columns: list[Any], rows: int, schema: InputSchema | None, csv: bool
+) -> Any:
+    """Plain columns read without pandas (:mod:`tiffin.io.columnar`: a CSV body's strings when
+    ``csv``, else a Parquet file's arrays and string lists) as the model's input; None where
+    pandas must read the body after all."""
+    import numpy as np
+
+    if schema is None:
+        if csv:
+            typed = [typed_cells(c, None) for c in columns]
+            if any(t is None for t in typed):
+                return None
+            columns = typed
+        return unsigned_frame(names, columns, rows)
+    if schema.kind == "tensor":
+        kind = schema.specs[0].dtype.kind
+        if csv:
+            if kind not in "iuf":
+                return None
+            table = typed_cells([c for row in zip(*columns, strict=True) for c in row], kind)
+            if table is None:
+                return None
+            return schema.from_table(table.reshape(rows, len(names)), len(names))
+        if any(isinstance(c, list) for c in columns):
+            return None  # strings where a tensor of numbers is declared: pandas' error
+        return schema.from_table(np.column_stack(columns), len(names))
+    if schema.columns is None:
+        return None
+    if csv:
+        return csv_frame(schema.columns, names, columns, rows)
+    return schema.columns.from_dict(dict(zip(names, columns, strict=True)))
+
+
 def from_csv(body: bytes, schema: InputSchema | None) -> Any:
     """A CSV body (a header line, then rows); string columns are read as text, as MLflow
-    reads them, the others as pandas infers them and then cast exactly."""
+    reads them, the others as pandas infers them and then cast exactly. A small plain body
+    is read without pandas, to the same result."""
     import pandas as pd
 
     if schema is not None and schema.needs_mlflow:
         return FALLBACK
+    plain = csv_rows(body)
+    if plain is not None:
+        header, rows = plain
+        converted = _cells(header, [list(c) for c in zip(*rows, strict=True)], len(rows),
+                           schema, csv=True)  # fmt: skip
+        if converted is not None:
+            return converted
     check_csv(body)
     dtypes = {name: object for name in schema.string_columns} if schema is not None else None
     try:
@@ -144,11 +188,16 @@ def from_csv(body: bytes, schema: InputSchema | None) -> Any:
 
 
 def from_parquet(body: bytes, schema: InputSchema | None) -> Any:
-    """A Parquet body."""
+    """A Parquet body; a small one of plain columns is read with pyarrow alone."""
     import pandas as pd
 
     if schema is not None and schema.needs_mlflow:
         return FALLBACK
+    plain = parquet_columns(body)
+    if plain is not None:
+        converted = _cells(*plain, schema, csv=False)
+        if converted is not None:
+            return converted
     check_parquet(body)
     try:
         frame = pd.read_parquet(io.BytesIO(body))

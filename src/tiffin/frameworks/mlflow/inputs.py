@@ -237,7 +237,7 @@ class InputSchema:
             data = [[v] for v in data]  # one value per row
         width = len(columns) if columns is not None else len(data[0]) if data else 0
         if self.columns is None:
-            return self._tensor_table(data, width)
+            return self.from_table(data, width)
         names = columns if columns is not None else list(range(width))
         return self.columns.from_rows(data, names, index)
 
@@ -249,7 +249,7 @@ class InputSchema:
             raise InvalidArgument("the input holds no records")
         if self.columns is None:
             rows, here = records_to_rows(records, None)
-            return self._tensor_table(rows, len(here))
+            return self.from_table(rows, len(here))
         rows, here = records_to_rows(records, self.columns.names)
         return self.columns.from_rows(rows, here)
 
@@ -291,7 +291,7 @@ class InputSchema:
         if self.needs_mlflow or self.kind == "tensors":
             return FALLBACK
         if self.columns is None:
-            return self._tensor_table(frame.to_numpy(), frame.shape[1])
+            return self.from_table(frame.to_numpy(), frame.shape[1])
         return self.columns.from_frame(frame)
 
     def from_array(self, array: Any) -> Any:
@@ -342,8 +342,9 @@ class InputSchema:
             raise InvalidArgument(f"the input is missing the model's inputs {missing}")
         return {s.name: self._tensor(s, payload[s.name], f"input {s.name!r}") for s in self.specs}
 
-    def _tensor_table(self, rows: Any, width: int) -> Any:
-        """A table's cells (scalars) as the one unnamed tensor, as MLflow reads a DataFrame."""
+    def from_table(self, rows: Any, width: int) -> Any:
+        """A table's cells (rows of scalars, or a 2-D array) as the one unnamed tensor, as
+        MLflow reads a DataFrame."""
         import numpy as np
 
         spec = self.specs[0]

@@ -25,7 +25,15 @@ from tiffin.frameworks.mlflow import casting
 if TYPE_CHECKING:
     from tiffin.frameworks.mlflow.inputs import Spec
 
-__all__ = ["FALLBACK", "Columns", "records_to_rows", "split_parts", "unsigned", "unsigned_envelope"]
+__all__ = [
+    "FALLBACK",
+    "Columns",
+    "range_index",
+    "records_to_rows",
+    "split_parts",
+    "unsigned",
+    "unsigned_envelope",
+]
 
 _FEW = 8  # columns of at most this many Python values are cast value by value
 
@@ -53,7 +61,8 @@ def split_parts(split: Any) -> tuple[list[Any], list[Any] | None, Any]:
     return data, columns, split.get("index")
 
 
-def _range(n: int) -> Any:
+def range_index(n: int) -> Any:
+    """The index of a table of ``n`` rows built here: 0 .. n-1."""
     import pandas as pd
 
     return pd.RangeIndex(n)
@@ -140,7 +149,7 @@ class Columns:
             raise InvalidArgument("the input's columns have different lengths")
         arrays = [self.column(s, v) for s, v in zip(present, values, strict=True)]
         rows = lengths.pop() if lengths else 0
-        return frame(self.index([s.name for s in present]), arrays, _range(rows))
+        return frame(self.index([s.name for s in present]), arrays, range_index(rows))
 
     def from_rows(self, rows: list[Any], names: list[Any], index: Any = None) -> Any:
         """Rows of values (lists) under column ``names``."""
@@ -154,7 +163,7 @@ class Columns:
             where = {name: j for j, name in enumerate(names)}
             cols = [where[s.name] for s in present]
         if index is None:
-            index = _range(len(rows))
+            index = range_index(len(rows))
         elif isinstance(index, list) and len(index) == len(rows):
             import pandas as pd
 

@@ -1,0 +1,211 @@
+"""Small CSV and Parquet bodies read without pandas (tiffin.io.columnar) give exactly what the
+pandas readers give, and every body the plain readers are unsure of still goes to pandas."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tiffin.exceptions import InvalidArgument
+from tiffin.frameworks.mlflow.inputs import InputSchema
+from tiffin.io import columnar
+from tiffin.serving import mlflow_inputs
+
+
+def tensor(dtype: str, width: int = 3) -> InputSchema:
+    schema = InputSchema.from_signature(
+        [{"type": "tensor", "tensor-spec": {"dtype": dtype, "shape": [-1, width]}}]
+    )
+    assert schema is not None
+    return schema
+
+
+MIXED = InputSchema.from_signature(
+    [
+        {"type": "long", "name": "n", "required": True},
+        {"type": "integer", "name": "i", "required": True},
+        {"type": "double", "name": "x", "required": True},
+        {"type": "float", "name": "f", "required": True},
+        {"type": "string", "name": "city", "required": True},
+        {"type": "boolean", "name": "ok", "required": True},
+    ]
+)
+
+
+@pytest.fixture
+def pandas_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plain readers turned off: what the pandas path gives."""
+    monkeypatch.setattr(mlflow_inputs, "csv_rows", lambda body: None)
+    monkeypatch.setattr(mlflow_inputs, "parquet_columns", lambda body: None)
+
+
+@pytest.fixture
+def no_pandas(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pandas' readers broken: only the plain readers can answer."""
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise AssertionError("pandas' reader was called")
+
+    monkeypatch.setattr(pd, "read_csv", broken)
+    monkeypatch.setattr(pd, "read_parquet", broken)
+
+
+def parquet(frame: pd.DataFrame) -> bytes:
+    out = io.BytesIO()
+    frame.to_parquet(out, index=False)
+    return out.getvalue()
+
+
+def same(a: object, b: object) -> None:
+    if isinstance(a, pd.DataFrame):
+        assert isinstance(b, pd.DataFrame)
+        pd.testing.assert_frame_equal(a, b)
+    else:
+        assert isinstance(a, np.ndarray) and isinstance(b, np.ndarray)
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_array_equal(a, b)
+
+
+CSV_CASES = [
+    (b"a,b,c\n1.5,2,3\n4,5e3,-6.25\n", "float32"),
+    (b"a,b,c\n1.5,2,3\n", "float64"),
+    (b"a,b,c\n1,2,3\n-4,5,6\n", "int64"),
+    (b"a,b,c\n1,2,3\n", "int32"),
+    (b"a,b,c\n1,2,3\n", "uint8"),
+]
+
+
+@pytest.mark.parametrize(("body", "dtype"), CSV_CASES)
+def test_csv_tensor_matches_pandas(
+    body: bytes, dtype: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    schema = tensor(dtype)
+    plain = mlflow_inputs.from_csv(body, schema)
+    monkeypatch.setattr(mlflow_inputs, "csv_rows", lambda body: None)
+    same(plain, mlflow_inputs.from_csv(body, schema))
+    assert plain.dtype == np.dtype(dtype)
+
+
+MIXED_CSV = b'n,i,x,f,city,ok,extra\n3,4,1.5,2.25,Oslo,True,9\n-7,0,2,1e3,"Lima,Peru",false,8\n'
+
+
+def test_csv_columns_match_pandas(monkeypatch: pytest.MonkeyPatch) -> None:
+    plain = mlflow_inputs.from_csv(MIXED_CSV, MIXED)
+    assert list(plain.columns) == ["n", "i", "x", "f", "city", "ok"]  # extra dropped
+    numeric = [str(plain[c].dtype) for c in ("n", "i", "x", "f", "ok")]
+    assert numeric == ["int64", "int32", "float64", "float32", "bool"]
+    assert plain["city"].tolist() == ["Oslo", "Lima,Peru"]
+    monkeypatch.setattr(mlflow_inputs, "csv_rows", lambda body: None)
+    same(plain, mlflow_inputs.from_csv(MIXED_CSV, MIXED))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"a,b,c\n1,2,3\n4,5,6\n", b"a,b\n1.5,x\n2,y\n", b"a,b\n1,True\n2,false\n", b"a\n1\n2.5\n"],
+)
+def test_csv_without_signature_matches_pandas(body: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    plain = mlflow_inputs.from_csv(body, None)
+    monkeypatch.setattr(mlflow_inputs, "csv_rows", lambda body: None)
+    same(plain, mlflow_inputs.from_csv(body, None))
+
+
+def test_small_plain_csv_never_reaches_pandas(no_pandas: None) -> None:
+    assert mlflow_inputs.from_csv(CSV_CASES[0][0], tensor("float32")).shape == (2, 3)
+    assert len(mlflow_inputs.from_csv(MIXED_CSV, MIXED)) == 2
+    assert mlflow_inputs.from_csv(b"a,b\n1,2\n", None).shape == (1, 2)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"a,b,c\n1,,3\n",  # an empty cell: null to pandas
+        b"a,b,c\n1,NA,3\n",  # a missing-value word
+        b"a,b,c\n1, 2,3\n",  # whitespace
+        b"a,b,c\n1_0,2,3\n",  # Python reads 1_0 as ten, pandas as text
+        b"a,b,c\n1,2\n",  # a short row
+        b"a,a,c\n1,2,3\n",  # duplicate names: pandas renames them
+        b"a,b,c\r\n1,2,3\r\n",  # carriage returns
+        b"a,b,c\n",  # no rows
+    ],
+)
+def test_unsure_csv_goes_to_pandas(body: bytes) -> None:
+    assert columnar.csv_rows(body) is None
+
+
+def test_big_csv_goes_to_pandas() -> None:
+    body = b"a\n" + b"1\n" * columnar.SMALL
+    assert columnar.csv_rows(body) is None
+
+
+def test_csv_value_a_type_cannot_hold_is_still_refused() -> None:
+    with pytest.raises(InvalidArgument, match=r"3\.5"):
+        mlflow_inputs.from_csv(b"a,b,c\n1,2,3.5\n", tensor("int64"))
+    with pytest.raises(InvalidArgument, match="column 'i'"):
+        mlflow_inputs.from_csv(b"n,i,x,f,city,ok\n1,2.5,1,1,a,True\n", MIXED)
+    with pytest.raises(InvalidArgument, match="column 'ok'"):
+        mlflow_inputs.from_csv(b"n,i,x,f,city,ok\n1,2,1,1,a,maybe\n", MIXED)
+
+
+PARQUET_FRAMES = [
+    pd.DataFrame(np.arange(6, dtype="float32").reshape(2, 3), columns=["a", "b", "c"]),
+    pd.DataFrame(np.arange(6, dtype="int64").reshape(2, 3), columns=["a", "b", "c"]),
+]
+
+
+@pytest.mark.parametrize("frame", PARQUET_FRAMES)
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int64"])
+def test_parquet_tensor_matches_pandas(
+    frame: pd.DataFrame, dtype: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    body, schema = parquet(frame), tensor(dtype)
+    try:
+        plain = mlflow_inputs.from_parquet(body, schema)
+    except InvalidArgument as exc:  # float32 -> int64 is refused both ways
+        monkeypatch.setattr(mlflow_inputs, "parquet_columns", lambda body: None)
+        with pytest.raises(InvalidArgument):
+            mlflow_inputs.from_parquet(body, schema)
+        assert "int64" in str(exc)
+        return
+    monkeypatch.setattr(mlflow_inputs, "parquet_columns", lambda body: None)
+    same(plain, mlflow_inputs.from_parquet(body, schema))
+
+
+MIXED_FRAME = pd.DataFrame(
+    {
+        "n": np.array([3, -7], dtype="int64"),
+        "i": np.array([4, 0], dtype="int32"),
+        "x": [1.5, 2.0],
+        "f": np.array([2.25, 1e3], dtype="float32"),
+        "city": ["Oslo", "Lima"],
+        "ok": [True, False],
+    }
+)
+
+
+def test_parquet_columns_and_unsigned_match_pandas(monkeypatch: pytest.MonkeyPatch) -> None:
+    body = parquet(MIXED_FRAME)
+    plain_mixed = mlflow_inputs.from_parquet(body, MIXED)
+    plain_unsigned = mlflow_inputs.from_parquet(body, None)
+    monkeypatch.setattr(mlflow_inputs, "parquet_columns", lambda body: None)
+    same(plain_mixed, mlflow_inputs.from_parquet(body, MIXED))
+    same(plain_unsigned, mlflow_inputs.from_parquet(body, None))
+
+
+def test_small_plain_parquet_never_reaches_pandas(no_pandas: None) -> None:
+    assert mlflow_inputs.from_parquet(parquet(MIXED_FRAME), MIXED).shape == (2, 6)
+    assert mlflow_inputs.from_parquet(parquet(PARQUET_FRAMES[0]), tensor("float32")).shape == (2, 3)
+
+
+def test_unsure_parquet_goes_to_pandas() -> None:
+    with_null = pd.DataFrame({"a": [1.0, None], "s": ["x", None]})
+    indexed = pd.DataFrame({"a": [1.0, 2.0]}, index=pd.Index(["r1", "r2"], name="row"))
+    dates = pd.DataFrame({"d": pd.to_datetime(["2026-01-01"])})
+    out = io.BytesIO()
+    indexed.to_parquet(out)
+    assert columnar.parquet_columns(parquet(with_null)) is None
+    assert columnar.parquet_columns(out.getvalue()) is None
+    assert columnar.parquet_columns(parquet(dates)) is None
+    assert columnar.parquet_columns(b"not parquet at all") is None
