@@ -303,6 +303,11 @@ class CostModel:
     def predict(self, rows: int) -> float:
         return self.a * rows + self.b
 
+    @property
+    def runs(self) -> int:
+        """Batches the fit has seen (at most its window)."""
+        return len(self._samples)
+
     def drain_seconds(self, rows: int, max_batch_size: int, in_flight: int) -> float:
         """How long ``in_flight`` running batches and ``rows`` queued take, by this model."""
         batches = math.ceil(rows / max_batch_size) + in_flight
