@@ -209,3 +209,51 @@ def test_unsure_parquet_goes_to_pandas() -> None:
     assert columnar.parquet_columns(out.getvalue()) is None
     assert columnar.parquet_columns(parquet(dates)) is None
     assert columnar.parquet_columns(b"not parquet at all") is None
+
+
+# -- serving's columnar mode: dicts of columns, one frame per batch ----------------------------
+
+MIXED_SPECS = [
+    {"type": "long", "name": "n", "required": True},
+    {"type": "integer", "name": "i", "required": True},
+    {"type": "double", "name": "x", "required": True},
+    {"type": "float", "name": "f", "required": True},
+    {"type": "string", "name": "city", "required": True},
+    {"type": "boolean", "name": "ok", "required": True},
+]
+ROWS = [[3, 4, 1.5, 2.25, "Oslo", True], [-7, 0, 2.0, 1e3, "Lima", False]]
+
+
+def test_columnar_mode_gives_typed_dicts_a_runner_merges_into_one_frame() -> None:
+    from tiffin.runner import containers
+
+    served = InputSchema.from_signature(MIXED_SPECS, columnar=True)
+    runner_side = InputSchema.from_signature(MIXED_SPECS)
+    assert served is not None and runner_side is not None
+    names = [s["name"] for s in MIXED_SPECS]
+    one = mlflow_inputs.from_invocation(
+        {"dataframe_split": {"columns": names, "data": ROWS[:1]}}, served
+    )
+    two = mlflow_inputs.from_invocation(
+        {"dataframe_records": [dict(zip(names, ROWS[1], strict=True))]}, served
+    )
+    for part in (one, two):
+        assert isinstance(part, dict) and list(part) == names
+        assert all(isinstance(v, np.ndarray) and v.ndim == 1 for v in part.values())
+    assert one["i"].dtype == np.int32 and one["f"].dtype == np.float32
+    assert containers.batch_key(one, 0) == containers.batch_key(two, 0)  # they share a batch
+    merged = containers.concat([one, two], 0)
+    expected = runner_side.from_inputs(ROWS)  # what the model got before: one frame of both
+    same(runner_side.convert(merged), expected)
+    # a frame still where an index was sent (the model may answer with it)
+    indexed = mlflow_inputs.from_invocation(
+        {"dataframe_split": {"columns": names, "data": ROWS, "index": [7, 9]}}, served
+    )
+    assert isinstance(indexed, pd.DataFrame) and indexed.index.tolist() == [7, 9]
+
+
+def test_columnar_mode_for_small_csv_bodies() -> None:
+    served = InputSchema.from_signature(MIXED_SPECS, columnar=True)
+    out = mlflow_inputs.from_csv(MIXED_CSV, served)
+    assert isinstance(out, dict) and out["city"].tolist() == ["Oslo", "Lima,Peru"]
+    assert out["ok"].tolist() == [True, False]

@@ -216,7 +216,9 @@ def mlflow_routes(service: Service, state: AppState) -> MlflowRoutes | None:
             cache.update(
                 metadata=metadata,
                 schema=schema,
-                inputs=InputSchema.from_model(model),
+                inputs=InputSchema.from_model(
+                    model, columnar=not model.info.options.get("native_flavor")
+                ),
                 columns=_column_names(schema),
                 ss=scoring_server,
                 MlflowException=MlflowException,

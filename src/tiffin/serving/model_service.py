@@ -222,7 +222,10 @@ def build_service(model: Model, *, batching: bool = True) -> Service:
     schema = _request_schema(model)
     checks: dict[str, Any] = {"width": expected_width(model), "frame": None}
     mlflow = model.info.module == MODULE
-    signature = InputSchema.from_model(model) if mlflow else None
+    # dicts of columns where the pyfunc runnable makes the frame per batch (a native flavor
+    # gets its input as it is)
+    columnar = not model.info.options.get("native_flavor")
+    signature = InputSchema.from_model(model, columnar=columnar) if mlflow else None
     converted = mlflow and (signature is None or not signature.needs_mlflow)
 
     @service.on_startup

@@ -92,4 +92,4 @@ def csv_frame(columns: Columns, names: list[str], cells: list[list[str]], rows: 
         if typed is None:
             return None
         arrays.append(columns.column(spec, typed))
-    return frame(columns.index([s.name for s in present]), arrays, range_index(rows))
+    return columns.build([s.name for s in present], arrays, None, rows)

@@ -147,7 +147,9 @@ class InputSchema:
     ``"columns"``; ``reason`` says why MLflow must parse the inputs (None: tiffin does).
     """
 
-    def __init__(self, specs: list[Spec], reason: str | None = None) -> None:
+    def __init__(
+        self, specs: list[Spec], reason: str | None = None, columnar: bool = False
+    ) -> None:
         self.specs = specs
         self.names = [s.name for s in specs if s.name is not None]
         self.reason = reason or next(filter(None, (s.unsupported() for s in specs)), None)
@@ -157,11 +159,16 @@ class InputSchema:
             self.reason = self.reason or "tensors mixed with columns"
         elif len(specs) != 1 if self.kind == "tensor" else len(self.names) != len(specs):
             self.reason = self.reason or "tensors without names"
-        self.columns = Columns(specs) if self.kind == "columns" and not self.reason else None
+        ok = self.kind == "columns" and not self.reason
+        self.columns = Columns(specs, columnar) if ok else None
 
     @classmethod
-    def from_signature(cls, inputs: Any, *, type_hints: bool = False) -> InputSchema | None:
-        """From MLflow's JSON input schema (a list, or its JSON text); None when empty."""
+    def from_signature(
+        cls, inputs: Any, *, type_hints: bool = False, columnar: bool = False
+    ) -> InputSchema | None:
+        """From MLflow's JSON input schema (a list, or its JSON text); None when empty.
+        ``columnar``: columns come as dicts of arrays where no index is given
+        (:meth:`~tiffin.frameworks.mlflow.tables.Columns.build`; serving asks for it)."""
         try:
             if isinstance(inputs, str):
                 inputs = json.loads(inputs)
@@ -170,14 +177,15 @@ class InputSchema:
             specs = [Spec(entry) for entry in inputs]
         except (KeyError, TypeError, ValueError, AttributeError):
             return cls([], "an unreadable signature")
-        return cls(specs, "a signature from type hints" if type_hints else None)
+        return cls(specs, "a signature from type hints" if type_hints else None, columnar)
 
     @classmethod
-    def from_model(cls, model: Model) -> InputSchema | None:
+    def from_model(cls, model: Model, *, columnar: bool = False) -> InputSchema | None:
         """The model's recorded input signature (``model.yaml``); None when it has none."""
         signature = (model.info.context.get("mlflow") or {}).get("signature") or {}
         inputs = signature.get("inputs")
-        return cls.from_signature(inputs, type_hints=bool(inputs) and _hinted(model))
+        hinted = bool(inputs) and _hinted(model)
+        return cls.from_signature(inputs, type_hints=hinted, columnar=columnar)
 
     @property
     def needs_mlflow(self) -> bool:

@@ -82,8 +82,10 @@ def frame(names: Any, arrays: list[Any], index: Any) -> Any:
 class Columns:
     """A column signature's specs, and the frames built for them."""
 
-    def __init__(self, specs: list[Spec]) -> None:
+    def __init__(self, specs: list[Spec], columnar: bool = False) -> None:
         self.specs = specs
+        #: build dicts of columns where no index was given (see :meth:`build`)
+        self.columnar = columnar
         self.names = [str(s.name) for s in specs]
         self.name_set = frozenset(self.names)
         dtypes = {str(s.dtype) for s in specs}
@@ -102,6 +104,21 @@ class Columns:
             if len(self._indexes) < 64:
                 self._indexes[key] = found
         return found
+
+    def build(self, names: list[Any], arrays: list[Any], index: Any, rows: int) -> Any:
+        """The frame of ``arrays`` under column ``names`` (``index`` None: 0 .. rows-1); when
+        ``columnar`` and no index was given, a dict of 1-D arrays instead (strings as object
+        arrays), which a runner merges column by column and the model's runnable makes one
+        frame of per batch: a frame per request, and concatenating frames, cost more than the
+        rest of a request."""
+        if self.columnar and index is None:
+            import numpy as np
+
+            return {
+                name: a if type(a) is np.ndarray else np.asarray(a, dtype=object)
+                for name, a in zip(names, arrays, strict=True)
+            }
+        return frame(self.index(names), arrays, range_index(rows) if index is None else index)
 
     def present(self, names: Any) -> list[Spec]:
         """The specs among ``names``, refusing the absence of a required one."""
@@ -149,7 +166,7 @@ class Columns:
             raise InvalidArgument("the input's columns have different lengths")
         arrays = [self.column(s, v) for s, v in zip(present, values, strict=True)]
         rows = lengths.pop() if lengths else 0
-        return frame(self.index([s.name for s in present]), arrays, range_index(rows))
+        return self.build([s.name for s in present], arrays, None, rows)
 
     def from_rows(self, rows: list[Any], names: list[Any], index: Any = None) -> Any:
         """Rows of values (lists) under column ``names``."""
@@ -163,7 +180,7 @@ class Columns:
             where = {name: j for j, name in enumerate(names)}
             cols = [where[s.name] for s in present]
         if index is None:
-            index = range_index(len(rows))
+            pass
         elif isinstance(index, list) and len(index) == len(rows):
             import pandas as pd
 
@@ -193,8 +210,12 @@ class Columns:
                     self.specs[0].label,
                     lambda: rows,
                 )
+                if self.columnar and index is None:
+                    return self.build(self.names, list(array.T), None, len(rows))
                 import pandas as pd
 
+                if index is None:
+                    index = range_index(len(rows))
                 return pd.DataFrame(array, index=index, columns=self.index(self.names), copy=False)
             arrays = [
                 self.column(
@@ -209,7 +230,7 @@ class Columns:
             arrays = [
                 self.column(s, list(transposed[j])) for s, j in zip(present, cols, strict=True)
             ]
-        return frame(self.index([s.name for s in present]), arrays, index)
+        return self.build([s.name for s in present], arrays, index, len(rows))
 
     def from_frame(self, data: Any) -> Any:
         """A DataFrame (CSV, Parquet, a runner call); string columns are kept as they came
