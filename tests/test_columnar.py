@@ -257,3 +257,41 @@ def test_columnar_mode_for_small_csv_bodies() -> None:
     out = mlflow_inputs.from_csv(MIXED_CSV, served)
     assert isinstance(out, dict) and out["city"].tolist() == ["Oslo", "Lima,Peru"]
     assert out["ok"].tolist() == [True, False]
+
+
+def test_unsigned_tables_stay_columns_until_the_runnable_frames_them() -> None:
+    from tiffin.frameworks.mlflow.tables import unsigned
+    from tiffin.runner import containers
+
+    records = [{"a": 1, "b": 2.5, "c": "x"}, {"a": 3, "b": 4.0, "c": "y"}]
+    bodies = [
+        {"dataframe_records": records},
+        {"dataframe_split": {"columns": ["a", "b", "c"], "data": [[1, 2.5, "x"], [3, 4.0, "y"]]}},
+        {"inputs": records},
+        {"instances": {"a": [1, 3], "b": [2.5, 4.0], "c": ["x", "y"]}},
+    ]
+    parts = [mlflow_inputs.from_invocation(body, None, columnar=True) for body in bodies]
+    for part in parts:
+        assert part == {"a": [1, 3], "b": [2.5, 4.0], "c": ["x", "y"]}
+    merged = containers.concat(parts[:2], 0)
+    same(unsigned(merged), pd.DataFrame(records + records))
+    assert isinstance(mlflow_inputs.from_invocation(bodies[0], None), pd.DataFrame)  # not asked
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"dataframe_split": {"columns": ["a"], "data": [[1]], "index": [5]}},  # an index
+        {"dataframe_records": [{"a": 1}, {"b": 2}]},  # records with other keys
+        {"dataframe_records": [{"a": [1, 2]}]},  # a cell holding a list
+        {"inputs": {"a": [1, 2], "b": [3]}},  # columns of different lengths (400 below)
+        {"inputs": [[1, 2], [3, 4]]},  # nested lists: an ndarray, as MLflow
+    ],
+)
+def test_unsigned_tables_that_are_not_plain_columns_are_built_as_before(body: dict) -> None:
+    try:
+        out = mlflow_inputs.from_invocation(body, None, columnar=True)
+    except InvalidArgument:
+        assert "inputs" in body
+        return
+    assert not isinstance(out, dict)

@@ -23,7 +23,12 @@ import io
 from typing import Any
 
 from tiffin.exceptions import InvalidArgument
-from tiffin.frameworks.mlflow.cells import csv_frame, typed_cells, unsigned_frame
+from tiffin.frameworks.mlflow.cells import (
+    csv_frame,
+    typed_cells,
+    unsigned_columns,
+    unsigned_frame,
+)
 from tiffin.frameworks.mlflow.inputs import (
     ENVELOPES,
     FALLBACK,
@@ -75,17 +80,28 @@ def _known(payload: Any, columns: frozenset[str]) -> Any:
     return payload
 
 
-def _envelope(key: str, payload: Any, schema: InputSchema | None) -> Any:
+def _unsigned(key: str | None, payload: Any, columnar: bool) -> Any:
+    if columnar:
+        table_key = key if key in ("dataframe_split", "dataframe_records") else None
+        columns = unsigned_columns(table_key, payload)
+        if columns is not None:
+            return columns
+    return unsigned(payload) if key is None else unsigned_envelope(key, payload)
+
+
+def _envelope(key: str, payload: Any, schema: InputSchema | None, columnar: bool) -> Any:
     if schema is not None and schema.kind == "columns" and key != "dataframe_split":
         payload = _known(payload, schema.name_set)
     check_envelope(key, payload)
     if schema is None:
-        return unsigned_envelope(key, payload)
+        return _unsigned(key, payload, columnar)
     return schema.from_envelope(key, payload)
 
 
-def from_invocation(decoded: Any, schema: InputSchema | None) -> Any:
-    """The input in a parsed ``/invocations`` JSON body, or :data:`FALLBACK`."""
+def from_invocation(decoded: Any, schema: InputSchema | None, columnar: bool = False) -> Any:
+    """The input in a parsed ``/invocations`` JSON body, or :data:`FALLBACK`. ``columnar``:
+    the pyfunc runnable will make the frame, so a table for a model without a signature may
+    stay a dict of columns (:func:`~tiffin.frameworks.mlflow.cells.unsigned_columns`)."""
     if type(decoded) is not dict or decoded.get("params") or not LLM_KEYS.isdisjoint(decoded):
         return FALLBACK
     if schema is not None and schema.needs_mlflow:
@@ -93,10 +109,10 @@ def from_invocation(decoded: Any, schema: InputSchema | None) -> Any:
     keys = [key for key in ENVELOPES if key in decoded]
     if len(keys) != 1:
         return FALLBACK
-    return _envelope(keys[0], decoded[keys[0]], schema)
+    return _envelope(keys[0], decoded[keys[0]], schema, columnar)
 
 
-def from_json(value: Any, schema: InputSchema | None) -> Any:
+def from_json(value: Any, schema: InputSchema | None, columnar: bool = False) -> Any:
     """The input in a parsed JSON body of rows, records, an object of columns (or inputs),
     or one of MLflow's envelopes (``serve-model``, ``tiffin models predict``)."""
     if schema is not None and schema.needs_mlflow:
@@ -106,7 +122,7 @@ def from_json(value: Any, schema: InputSchema | None) -> Any:
         if len(keys) > 1:
             raise InvalidArgument(f"input names more than one of {list(ENVELOPES)}: {keys}")
         if keys:
-            return _envelope(keys[0], value[keys[0]], schema)
+            return _envelope(keys[0], value[keys[0]], schema, columnar)
     if schema is not None and schema.kind == "columns":
         value = _known(value, schema.name_set)
     check_json_table(value, "the input")
@@ -114,7 +130,7 @@ def from_json(value: Any, schema: InputSchema | None) -> Any:
         for name, column in value.items():
             if isinstance(column, list):
                 check_array(nested_shape(column), f"the input {name!r}")
-    return unsigned(value) if schema is None else schema.from_inputs(value)
+    return _unsigned(None, value, columnar) if schema is None else schema.from_inputs(value)
 
 
 def from_npy(body: bytes, schema: InputSchema | None) -> Any:

@@ -212,13 +212,14 @@ def mlflow_routes(service: Service, state: AppState) -> MlflowRoutes | None:
             from mlflow.pyfunc import scoring_server
 
             metadata = MlflowModel.load(model_dir)
+            # the pyfunc runnable makes frames of dicts of columns (a native flavor would not)
+            columnar = not model.info.options.get("native_flavor")
             schema = metadata.get_input_schema()
             cache.update(
                 metadata=metadata,
                 schema=schema,
-                inputs=InputSchema.from_model(
-                    model, columnar=not model.info.options.get("native_flavor")
-                ),
+                inputs=InputSchema.from_model(model, columnar=columnar),
+                columnar=columnar,
                 columns=_column_names(schema),
                 ss=scoring_server,
                 MlflowException=MlflowException,
@@ -239,7 +240,7 @@ def mlflow_routes(service: Service, state: AppState) -> MlflowRoutes | None:
         if media_type == "application/json":
             decoded = _json_body(body)
             if type(decoded) is dict:
-                data = from_invocation(decoded, inputs)
+                data = from_invocation(decoded, inputs, env["columnar"])
                 if data is not FALLBACK:
                     return data, None
                 decoded = screened(decoded, env["columns"])

@@ -152,13 +152,14 @@ class ModelRows(IODescriptor):
 
     def __init__(
         self, schema: dict[str, Any] | None = None, *, mlflow_model: bool = False,
-        signature: InputSchema | None = None,
+        signature: InputSchema | None = None, columnar: bool = False,
     ) -> None:  # fmt: skip
         self.schema = schema or {"type": ["array", "object"]}
         #: an MLflow model's bodies become what its signature declares (None: it has none),
         #: through tiffin.serving.mlflow_inputs
         self._mlflow_model = mlflow_model
         self._signature = signature
+        self._columnar = columnar  # tables may stay dicts of columns (the runnable frames them)
 
     def decode_request(self, body: bytes, content_type: str | None) -> Any:
         media_type, _ = check_content_type(content_type, self.request_media_types)
@@ -188,7 +189,7 @@ class ModelRows(IODescriptor):
             value = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             raise InvalidArgument(f"request body is not valid JSON: {exc}") from exc
-        return from_json(value, self._signature)
+        return from_json(value, self._signature, self._columnar)
 
     def encode_response(self, obj: Any, *, accept: str | None = None) -> tuple[bytes, str]:
         return orjson.dumps(inputs.to_jsonable(obj), option=orjson.OPT_SERIALIZE_NUMPY), JSON_TYPE
@@ -248,7 +249,7 @@ def build_service(model: Model, *, batching: bool = True) -> Service:
             return await _method.async_run(value)
 
         call.__doc__ = f"{method.name} of model {model.tag} ({model.info.module})"
-        rows = ModelRows(schema, mlflow_model=mlflow, signature=signature)
+        rows = ModelRows(schema, mlflow_model=mlflow, signature=signature, columnar=columnar)
         service.api(input=rows, output=ModelRows(), name=method.name)(call)
     return service
 

@@ -16,7 +16,7 @@ from typing import Any
 from tiffin.frameworks.mlflow import casting
 from tiffin.frameworks.mlflow.tables import Columns, frame, range_index
 
-__all__ = ["csv_frame", "typed_cells", "unsigned_frame"]
+__all__ = ["csv_frame", "typed_cells", "unsigned_columns", "unsigned_frame"]
 
 _TRUE = frozenset({"True", "true", "TRUE"})
 _BOOL_WORDS = _TRUE | {"False", "false", "FALSE"}
@@ -93,3 +93,47 @@ def csv_frame(columns: Columns, names: list[str], cells: list[list[str]], rows: 
             return None
         arrays.append(columns.column(spec, typed))
     return columns.build([s.name for s in present], arrays, None, rows)
+
+
+_SCALARS = (int, float, str)  # bool is an int
+
+
+def _scalars(column: list[Any]) -> bool:
+    return all(type(v) in _SCALARS or type(v) is bool for v in column)
+
+
+def unsigned_columns(key: str | None, payload: Any) -> dict[str, list[Any]] | None:
+    """For a model without a signature, served through the pyfunc runnable (which makes a frame
+    of a dict of columns per batch): the payload of envelope ``key`` (None: a bare body) as a
+    dict of equal-length lists of numbers and strings -- records sharing their keys, an object of
+    columns, ``dataframe_split`` without an index; None for anything else, which becomes a
+    frame per request as before."""
+    if key == "dataframe_split":
+        if not isinstance(payload, dict) or set(payload) != {"columns", "data"}:
+            return None
+        names, rows = payload["columns"], payload["data"]
+        if not (isinstance(names, list) and isinstance(rows, list) and rows):
+            return None
+        if not all(type(n) is str for n in names) or len(set(names)) != len(names):
+            return None
+        if not all(type(r) is list and len(r) == len(names) for r in rows):
+            return None
+        columns = {n: [r[j] for r in rows] for j, n in enumerate(names)}
+    elif key == "dataframe_records" or (type(payload) is list and payload):
+        if type(payload) is not list or not payload or type(payload[0]) is not dict:
+            return None
+        names = list(payload[0])
+        if not all(type(r) is dict and list(r) == names for r in payload):
+            return None
+        columns = {n: [r[n] for r in payload] for n in names}
+    elif type(payload) is dict and payload:
+        columns = payload
+        if not all(type(v) is list and v for v in columns.values()):
+            return None
+        if len({len(v) for v in columns.values()}) != 1:
+            return None
+    else:
+        return None
+    if not all(type(n) is str and _scalars(v) for n, v in columns.items()):
+        return None
+    return columns
