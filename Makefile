@@ -26,7 +26,7 @@ lint: $(VENV)/.installed
 typecheck: lint
 
 test: lint
-	$(VENV)/bin/pytest -n 2 --dist loadgroup --durations=15
+	$(VENV)/bin/pytest -n 2 --durations=15
 
 # The same tests on a machine with every core busy: one spinning Python process per core
 # (nproc of them, tools/cpu_hog.py) for as long as pytest runs, stopped by PID however it
@@ -40,7 +40,7 @@ test-contended: $(VENV)/.installed
 	trap 'kill $$pids 2>/dev/null' EXIT; \
 	trap 'exit 130' INT; trap 'exit 143' TERM; \
 	echo "test-contended: $$(nproc) CPU hogs running (pids$$pids)"; \
-	status=0; $(VENV)/bin/pytest -n 2 --dist loadgroup --durations=15 || status=$$?; \
+	status=0; $(VENV)/bin/pytest -n 2 --durations=15 || status=$$?; \
 	exit $$status
 
 bench: $(VENV)/.installed
