@@ -13,6 +13,8 @@ they enter, with ``raise ... from exc``.
     ├── InvalidArgument               400  exit 2  bad input, option or setting
     │   ├── InvalidTag                              a name or version breaks the rule
     │   ├── InvalidArchive                          a truncated, corrupt or unsafe archive
+    │   ├── SignatureMismatch                       an input's shape or columns are not
+    │   │                                           the model's signature
     │   ├── UnsupportedMediaType      415
     │   └── PayloadTooLarge           413
     │       └── DecodedTooLarge                     too big once decoded (names the setting)
@@ -64,6 +66,7 @@ __all__ = [
     "RunnerError",
     "RunnerUnavailable",
     "ServerError",
+    "SignatureMismatch",
     "StoreError",
     "TiffinError",
     "UnknownFramework",
@@ -115,6 +118,14 @@ class InvalidTag(InvalidArgument):
 
 class InvalidArchive(InvalidArgument):
     """An exported model archive is truncated, corrupt, or holds unsafe members."""
+
+
+class SignatureMismatch(InvalidArgument):
+    """An input whose shape, columns or form are not what the model's signature declares
+    (its values are another matter: those are ``InvalidArgument``). MLflow's scoring protocol
+    answers it with ``INVALID_PARAMETER_VALUE``, as ``mlflow models serve`` does."""
+
+    mlflow_error_code = "INVALID_PARAMETER_VALUE"
 
 
 class UnsupportedMediaType(InvalidArgument):

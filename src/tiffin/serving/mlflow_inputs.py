@@ -15,6 +15,9 @@ the body instead: a signature tiffin leaves to MLflow (``needs_mlflow``); for
 carries ``params`` or one of MLflow's LLM keys (``messages``, ``prompt``, ``input``), so
 MLflow's own error and parameter handling apply. ``schema=None`` is a model without a
 signature (:func:`~tiffin.frameworks.mlflow.inputs.unsigned`).
+
+A Parquet value the signature's type cannot hold is a ``SignatureMismatch``, as MLflow finds it
+when it enforces the schema on the frame (a JSON or CSV value is a parse error there).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from tiffin.exceptions import InvalidArgument
+from tiffin.exceptions import InvalidArgument, SignatureMismatch
 from tiffin.frameworks.mlflow.cells import (
     csv_frame,
     typed_cells,
@@ -211,7 +214,12 @@ def from_parquet(body: bytes, schema: InputSchema | None) -> Any:
         return FALLBACK
     plain = parquet_columns(body)
     if plain is not None:
-        converted = _cells(*plain, schema, csv=False)
+        try:
+            converted = _cells(*plain, schema, csv=False)
+        except SignatureMismatch:
+            raise
+        except InvalidArgument as exc:  # as for the frame below
+            raise SignatureMismatch(str(exc)) from exc
         if converted is not None:
             return converted
     check_parquet(body)
@@ -219,4 +227,11 @@ def from_parquet(body: bytes, schema: InputSchema | None) -> Any:
         frame = pd.read_parquet(io.BytesIO(body))
     except Exception as exc:  # pyarrow's own words for a malformed file
         raise InvalidArgument(f"request body is not a valid Parquet file: {exc}") from exc
-    return frame if schema is None else schema.from_frame(frame)
+    if schema is None:
+        return frame
+    try:
+        return schema.from_frame(frame)
+    except SignatureMismatch:
+        raise
+    except InvalidArgument as exc:  # MLflow checks a Parquet frame's values as its schema
+        raise SignatureMismatch(str(exc)) from exc

@@ -24,7 +24,9 @@ after MLflow's own parsing and schema enforcement, so that enforcement finds not
   and records -> a DataFrame, nested lists -> an ndarray (``np.array``, as MLflow).
 
 Values are cast exactly (:mod:`~tiffin.frameworks.mlflow.casting`): what the declared type
-cannot hold is an ``InvalidArgument`` (400) naming the column or position and the value.
+cannot hold is an ``InvalidArgument`` (400) naming the column or position and the value; an
+input of another shape or form, or missing a required column, is a ``SignatureMismatch`` (400;
+MLflow's protocol names it ``INVALID_PARAMETER_VALUE``, as MLflow's schema enforcement does).
 Where MLflow answers otherwise, on purpose:
 
 * it truncates or wraps what the type cannot hold (3.5 -> 3 and 2**40 -> 0 for an integer,
@@ -57,7 +59,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tiffin.exceptions import InvalidArgument
+from tiffin.exceptions import InvalidArgument, SignatureMismatch
 from tiffin.frameworks.mlflow import casting
 from tiffin.frameworks.mlflow.loading import MLFLOW_MODEL_FOLDER
 from tiffin.frameworks.mlflow.tables import (
@@ -254,7 +256,7 @@ class InputSchema:
         if self.needs_mlflow or self.kind == "tensors":
             return FALLBACK
         if not records:
-            raise InvalidArgument("the input holds no records")
+            raise SignatureMismatch("the input holds no records")
         if self.columns is None:
             rows, here = records_to_rows(records, None)
             return self.from_table(rows, len(here))
@@ -268,7 +270,7 @@ class InputSchema:
         records = bool(isinstance(payload, list) and payload and isinstance(payload[0], dict))
         if self.kind == "tensor":
             if isinstance(payload, dict) or records:
-                raise InvalidArgument(
+                raise SignatureMismatch(
                     "this model takes one unnamed tensor: send nested lists, not objects"
                 )
             return self._tensor(self.specs[0], payload, "input")
@@ -288,8 +290,8 @@ class InputSchema:
             if len(self.specs) == 1:
                 return self.columns.from_dict({self.names[0]: payload})
         if isinstance(payload, list):
-            raise InvalidArgument("the input is an empty list; send at least one row")
-        raise InvalidArgument(
+            raise SignatureMismatch("the input is an empty list; send at least one row")
+        raise SignatureMismatch(
             f"this model takes columns {self.names}: send records, an "
             "object of columns, or rows as lists in that order"
         )
@@ -314,7 +316,7 @@ class InputSchema:
         if array.ndim == 1 and len(self.specs) == 1:
             return self.columns.from_dict({self.names[0]: array})
         if array.ndim != 2 or array.shape[1] != len(self.specs):
-            raise InvalidArgument(
+            raise SignatureMismatch(
                 f"an array of shape {list(array.shape)} is not rows of the "
                 f"model's {len(self.specs)} columns {self.names}"
             )
@@ -328,7 +330,7 @@ class InputSchema:
         if array.ndim != len(shape) or any(
             s not in (-1, n) for s, n in zip(shape, array.shape, strict=True)
         ):
-            raise InvalidArgument(
+            raise SignatureMismatch(
                 f"{what} has shape {list(array.shape)}; the model takes "
                 f"{list(shape)} (-1: any length)"
             )
@@ -342,12 +344,12 @@ class InputSchema:
         elif len(self.specs) == 1 and not isinstance(payload, dict):
             payload = {self.names[0]: payload}
         if not isinstance(payload, dict):
-            raise InvalidArgument(
+            raise SignatureMismatch(
                 f"this model takes named inputs {self.names}: send an object of arrays"
             )
         missing = [name for name in self.names if name not in payload]
         if missing:
-            raise InvalidArgument(f"the input is missing the model's inputs {missing}")
+            raise SignatureMismatch(f"the input is missing the model's inputs {missing}")
         return {s.name: self._tensor(s, payload[s.name], f"input {s.name!r}") for s in self.specs}
 
     def from_table(self, rows: Any, width: int) -> Any:
@@ -368,7 +370,7 @@ class InputSchema:
         if width == 1 and spec.shape in ((-1,), (-1, 1)):
             return array.reshape(spec.shape)
         if spec.shape != (-1, width):
-            raise InvalidArgument(
+            raise SignatureMismatch(
                 f"a table of {width} columns cannot be the model's input of "
                 f"shape {list(spec.shape or ())}"
             )

@@ -19,7 +19,7 @@ from __future__ import annotations
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Final
 
-from tiffin.exceptions import InvalidArgument
+from tiffin.exceptions import InvalidArgument, SignatureMismatch
 from tiffin.frameworks.mlflow import casting
 
 if TYPE_CHECKING:
@@ -125,7 +125,7 @@ class Columns:
         have = set(names)
         missing = [s.name for s in self.specs if s.required and s.name not in have]
         if missing:
-            raise InvalidArgument(f"the input is missing required columns {missing}")
+            raise SignatureMismatch(f"the input is missing required columns {missing}")
         return [s for s in self.specs if s.name in have]
 
     def column(self, spec: Spec, values: Any, source: Any = None) -> Any:
@@ -163,7 +163,7 @@ class Columns:
             return None
         lengths = {len(v) for v in values}
         if len(lengths) > 1:
-            raise InvalidArgument("the input's columns have different lengths")
+            raise SignatureMismatch("the input's columns have different lengths")
         arrays = [self.column(s, v) for s, v in zip(present, values, strict=True)]
         rows = lengths.pop() if lengths else 0
         return self.build([s.name for s in present], arrays, None, rows)
@@ -292,7 +292,7 @@ def records_to_rows(
         rows = [tuple(r.get(n) for n in here) for r in records]
     if all_required and names is not None and len(here) != len(names):
         missing = [n for n in names if n not in here]
-        raise InvalidArgument(f"the records are missing the model's inputs {missing}")
+        raise SignatureMismatch(f"the records are missing the model's inputs {missing}")
     return rows, here
 
 
