@@ -41,7 +41,7 @@ __all__ = ["LocalBackend", "background_loop", "native_threads"]
 
 RUNNER_THREADS_ENV = "TIFFIN_RUNNER_THREADS"
 #: a batch the model is expected to run in less than this (seconds) runs inline
-INLINE_BELOW_S = 0.0003
+INLINE_BELOW_S = 0.001
 #: ... once this many of the method's calls were timed
 INLINE_AFTER = 8
 
