@@ -50,6 +50,12 @@ def test_pytorch_model_imports_and_runs_through_pyfunc(fmt: str, tmp_path: Path)
         out = native(torch.from_numpy(x))
     np.testing.assert_allclose(out.numpy(), expected, rtol=1e-5, atol=1e-6)
 
-    # PyTorch native runs (with devices) are not part of this import yet: say so clearly.
-    with pytest.raises(InvalidArgument, match="no flavor tiffin runs natively"):
-        tiffin.mlflow.import_model("mlflow_pytorch_mlp", info.model_uri, flavor="native")
+    # natively too: the module itself, on the runner's device
+    native_model = tiffin.mlflow.import_model(
+        "mlflow_pytorch_mlp", info.model_uri, flavor="native"
+    )
+    assert native_model.info.options["native_flavor"] == "pytorch"
+    module = tiffin.mlflow.load_native(native_model)
+    with torch.no_grad():
+        np.testing.assert_allclose(module(torch.from_numpy(x)).numpy(), expected, rtol=1e-5,
+                                   atol=1e-6)

@@ -1,6 +1,7 @@
 """The framework layer: one module per framework on one contract, and their registry.
 
-Each framework module (``tiffin.frameworks.sklearn``, ``.picklable_model``, ``.mlflow``)
+Each framework module (``tiffin.frameworks.sklearn``, ``.picklable_model``, ``.pytorch``,
+``.mlflow``)
 offers ``save_model`` (``import_model`` for MLflow), ``load_model``, ``get`` and
 ``get_runnable``: how to write a model into the store, read it back, and call it through a
 runner. ``model.yaml`` records ``module: tiffin.<framework>``; it is resolved through the
@@ -50,6 +51,8 @@ def runner_for(
     max_latency_ms: float | None = None,
     method_configs: Mapping[str, Mapping[str, Any]] | None = None,
     embedded: bool = False,
+    device: str | None = None,
+    precision: str | None = None,
 ) -> Runner:
     """What ``model.to_runner()`` returns: a Runner whose methods are the model's signatures."""
     return Runner(
@@ -60,4 +63,6 @@ def runner_for(
         max_latency_ms=max_latency_ms,
         method_configs=method_configs,
         embedded=embedded,
+        device=device,
+        precision=precision,
     )
