@@ -10,7 +10,6 @@ import pytest
 import torch
 
 import tiffin
-from tiffin.exceptions import InvalidArgument
 
 pytestmark = pytest.mark.usefixtures("mlflow_env")
 
