@@ -299,9 +299,10 @@ async def test_what_a_body_declares_is_measured_before_it_is_built(models: Model
 def _native_estimators(store: Any = None) -> dict[str, Any]:
     """A classifier (predict, predict_proba, predict_log_proba, decision_function) and a PCA
     (transform, score_samples), saved with tiffin.sklearn and signatures="all"."""
-    import tiffin
     from sklearn.decomposition import PCA
     from sklearn.linear_model import LogisticRegression
+
+    import tiffin
 
     X, y = iris_frame()
     X = X.to_numpy()
