@@ -8,9 +8,10 @@
 * Every call runs under ``torch.inference_mode()``.
 * Inputs (ndarrays, nested lists, DataFrames, tensors, and tuples/dicts of them) go to the
   device; floating ones take the model's floating dtype (a float64 JSON batch reaches a
-  float32 model as float32), integer ones stay integers (token ids, class indices). A batch arrives stacked once (the dispatcher merged the callers'
-  rows); on a GPU it is copied once more, into a pinned host buffer that is reused from batch
-  to batch, and from there to the device without blocking (:class:`HostStaging`).
+  float32 model as float32), integer ones stay integers (token ids, class indices). A batch
+  arrives stacked once (the dispatcher merged the callers' rows); on a GPU it is copied once
+  more, into a pinned host buffer that is reused from batch to batch, and from there to the
+  device without blocking (:class:`HostStaging`).
 * Outputs come back to the host: tensors as ndarrays (``float16``/``bfloat16`` as
   ``float32``, which numpy can hold), or as CPU tensors when the caller passed tensors.
 * Out of GPU memory: a batchable method's batch is split in halves along its batch dimension
