@@ -5,9 +5,9 @@ Each framework module (``tiffin.frameworks.sklearn``, ``.picklable_model``, ``.p
 ``get_runnable``: how to write a model into the store, read it back, and call it through a
 runner. PyTorch's files, its runnable and what runs around a module on a device are
 ``pytorch_formats``, ``pytorch_runnable`` and ``pytorch_runtime``, shared with MLflow's
-native PyTorch flavor. ``model.yaml`` records ``module: tiffin.<framework>``; it is resolved through the
-fixed table below, never imported as an arbitrary string, so a hand-edited store cannot make
-tiffin import code of its choosing.
+native PyTorch flavor. ``model.yaml`` records ``module: tiffin.<framework>``; it is resolved
+through the fixed table below, never imported as an arbitrary string, so a hand-edited store
+cannot make tiffin import code of its choosing.
 
 May import: the runner layer, the store layer, ``tag``, ``config``, ``batch_settings``,
 ``device_settings``, ``exceptions``; ML libraries only inside functions (they are optional extras).
