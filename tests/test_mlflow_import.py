@@ -381,6 +381,12 @@ def test_signature_naming_a_missing_method(sk_model: Path, tiffin_home: Path) ->
     assert store_is_empty(tiffin_home)
 
 
+def test_a_native_flavor_the_model_lacks_is_refused(sk_model: Path, tiffin_home: Path) -> None:
+    with pytest.raises(InvalidArgument, match="has no 'pytorch' flavor"):
+        tiffin.mlflow.import_model("m", sk_model, flavor="pytorch")
+    assert store_is_empty(tiffin_home)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
@@ -391,12 +397,6 @@ def test_signature_naming_a_missing_method(sk_model: Path, tiffin_home: Path) ->
         ({"metadata": {"x": object()}}, "JSON-able"),
     ],
 )
-def test_a_native_flavor_the_model_lacks_is_refused(sk_model: Path, tiffin_home: Path) -> None:
-    with pytest.raises(InvalidArgument, match="has no 'pytorch' flavor"):
-        tiffin.mlflow.import_model("m", sk_model, flavor="pytorch")
-    assert store_is_empty(tiffin_home)
-
-
 def test_bad_arguments_fail_before_copying(
     sk_model: Path, tiffin_home: Path, kwargs: dict, match: str
 ) -> None:
