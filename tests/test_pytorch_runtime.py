@@ -213,6 +213,7 @@ def test_host_staging_reuses_one_buffer_per_input_and_casts_on_the_copy() -> Non
     again = staging.put(np.full((1, 3), 7.0), torch.float32)
     assert again.data_ptr() == pointer and again.tolist() == [[7.0, 7.0, 7.0]]
     assert len(staging.buffers) == 2
+    assert staging.put(np.array(3, dtype=np.int32)).tolist() == 3  # a 0-d input
 
 
 def test_the_runtime_shares_memory_with_numpy_on_the_cpu() -> None:

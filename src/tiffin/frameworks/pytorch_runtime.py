@@ -90,9 +90,11 @@ class HostStaging:
             tensor = torch.from_numpy(array)
             return tensor if dtype is None or tensor.dtype == dtype else tensor.to(dtype)
         # stage in the wanted dtype when numpy has it (the cast rides on the one copy)
+        import numpy as np
+
         host_dtype = dtype if dtype in (torch.float16, torch.float32, torch.float64) else None
         if host_dtype is None:
-            host_dtype = torch.from_numpy(array[:0].reshape(0)).dtype
+            host_dtype = torch.from_numpy(np.empty(0, dtype=array.dtype)).dtype
         key = (self._slot, host_dtype)
         self._slot += 1
         size = int(array.size)
@@ -102,8 +104,6 @@ class HostStaging:
             buffer = torch.empty(capacity, dtype=host_dtype, pin_memory=self.pin)
             self.buffers[key] = buffer
         view = buffer[:size].view(array.shape)
-        import numpy as np
-
         np.copyto(view.numpy(), array, casting="same_kind")
         moved = view.to(self.device, non_blocking=self.pin)
         if self.pin:
