@@ -39,14 +39,17 @@ class Hungry(torch.nn.Module):
     """Runs out of "device memory" on batches of more than ``limit`` rows, and on any batch
     holding a row of 666s."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, library: bool = False) -> None:
         super().__init__()
         self.limit = limit
+        self.library = library  # fail as a CUDA library does: a RuntimeError saying so
         self.sizes: list[int] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.sizes.append(x.shape[0])
         if x.shape[0] > self.limit or bool((x == 666).all(dim=1).any()):
+            if self.library:
+                raise RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling ...")
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return x * 2
 
@@ -123,8 +126,9 @@ def test_device_and_precision_settings_are_checked(recorder) -> None:
         sk.to_runner(precision="float16")
 
 
-def test_an_out_of_memory_batch_is_split_and_the_runner_keeps_serving() -> None:
-    model = tiffin.pytorch.save_model("hungry", Hungry(limit=4),
+@pytest.mark.parametrize("library", [False, True], ids=["torch", "cuda-library"])
+def test_an_out_of_memory_batch_is_split_and_the_runner_keeps_serving(library: bool) -> None:
+    model = tiffin.pytorch.save_model("hungry", Hungry(limit=4, library=library),
                                       signatures={"forward": {"batchable": True}})
     runner = _runner(model, device="cpu")
     try:
@@ -140,6 +144,17 @@ def test_an_out_of_memory_batch_is_split_and_the_runner_keeps_serving() -> None:
         np.testing.assert_array_equal(runner.forward.run(x[:3]), x[:3] * 2)
     finally:
         runner.destroy()
+
+
+def test_other_errors_are_not_taken_for_out_of_memory() -> None:
+    runtime = TorchRuntime("cpu")
+
+    def broken(x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        runtime.run(broken, (np.ones((4, 2), dtype=np.float32),), {}, 0)
+    assert runtime.oom_splits == 0
 
 
 def test_a_method_that_is_not_batchable_is_never_split() -> None:

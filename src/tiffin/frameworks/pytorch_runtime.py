@@ -51,10 +51,20 @@ def torch_dtype(precision: str | None) -> Any:
     return getattr(import_torch(), precision)
 
 
-def _out_of_memory_errors(torch: Any) -> tuple[type[BaseException], ...]:
-    found = {getattr(torch, "OutOfMemoryError", None),
-             getattr(torch.cuda, "OutOfMemoryError", None)}
-    return tuple(error for error in found if isinstance(error, type))
+#: what CUDA libraries say when an allocation of their own fails (a RuntimeError, not torch's
+#: OutOfMemoryError): the same condition, split the same way
+_OOM_TEXTS = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED")
+
+
+def _is_out_of_memory(torch: Any, exc: BaseException) -> bool:
+    errors = tuple(
+        error for error in (getattr(torch, "OutOfMemoryError", None),
+                            getattr(torch.cuda, "OutOfMemoryError", None))
+        if isinstance(error, type)
+    )
+    if isinstance(exc, errors):
+        return True
+    return isinstance(exc, RuntimeError) and any(text in str(exc) for text in _OOM_TEXTS)
 
 
 class HostStaging:
@@ -106,9 +116,9 @@ class HostStaging:
         view = buffer[:size].view(array.shape)
         np.copyto(view.numpy(), array, casting="same_kind")
         moved = view.to(self.device, non_blocking=self.pin)
-        if self.pin:
+        if self.pin:  # on the stream of the device the copy went to (not the current one)
             self._copied = torch.cuda.Event()
-            self._copied.record()
+            self._copied.record(torch.cuda.current_stream(self.device))
         return moved if dtype is None or moved.dtype == dtype else moved.to(dtype)
 
 
@@ -124,7 +134,6 @@ class TorchRuntime:
         self.float_dtype: Any = self.precision
         on_gpu = self.device.type == "cuda"
         self.staging = HostStaging(torch, self.device, pin=on_gpu, buffered=on_gpu)
-        self._oom = _out_of_memory_errors(torch)
         #: batches split because the device ran out of memory
         self.oom_splits = 0
 
@@ -212,7 +221,9 @@ class TorchRuntime:
         None: not a batch, never split)."""
         try:
             return self.call(fn, args, kwargs)
-        except self._oom as exc:
+        except RuntimeError as exc:
+            if not _is_out_of_memory(self.torch, exc):
+                raise
             # leave the except block first: the traceback holds the failed run's tensors
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "out of memory"
         self.free_cache()
