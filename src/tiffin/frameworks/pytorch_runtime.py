@@ -203,7 +203,10 @@ class TorchRuntime:
         """``fn`` once on the device, under inference mode, the result on the host."""
         torch = self.torch
         as_tensor = any(isinstance(arg, torch.Tensor) for arg in args)
-        with torch.inference_mode():
+        # the calling thread's current GPU is the runner's (cuDNN/cuBLAS handles, streams)
+        on_device = torch.cuda.device(self.device) if self.device.type == "cuda" else (
+            contextlib.nullcontext())
+        with on_device, torch.inference_mode():
             self.staging.begin()
             moved = tuple(self.to_device(arg) for arg in args)
             options = {key: self.to_device(value) for key, value in kwargs.items()}
