@@ -168,7 +168,7 @@ def models_import(path: str) -> None:
               help="A label to attach (repeatable).")
 @click.option("--batchable", is_flag=True, help="Allow adaptive batching of predict calls.")
 @click.option("--flavor", default=None, metavar="FLAVOR",
-              help="How to run it: pyfunc (default), native, or a flavor such as sklearn.")
+              help="How to run it: pyfunc (default), native, or a flavor: sklearn, pytorch.")
 def models_import_mlflow(
     name: str, model_uri: str, labels: tuple[str, ...], batchable: bool, flavor: str | None
 ) -> None:
