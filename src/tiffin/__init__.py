@@ -15,7 +15,7 @@ from tiffin.tag import Tag
 if TYPE_CHECKING:
     from tiffin import exceptions, io, models
     from tiffin.client import AsyncClient, Client
-    from tiffin.frameworks import mlflow, picklable_model, sklearn
+    from tiffin.frameworks import mlflow, picklable_model, pytorch, sklearn
     from tiffin.runner.runnable import Runnable
     from tiffin.runner.runner import Runner
     from tiffin.serving.service import Service
@@ -32,6 +32,7 @@ _LAZY: dict[str, str] = {
     "mlflow": "tiffin.frameworks.mlflow",
     "models": "tiffin.models",
     "picklable_model": "tiffin.frameworks.picklable_model",
+    "pytorch": "tiffin.frameworks.pytorch",
     "sklearn": "tiffin.frameworks.sklearn",
 }
 
@@ -64,5 +65,6 @@ __all__ = [
     "mlflow",
     "models",
     "picklable_model",
+    "pytorch",
     "sklearn",
 ]

@@ -168,7 +168,7 @@ def models_import(path: str) -> None:
               help="A label to attach (repeatable).")
 @click.option("--batchable", is_flag=True, help="Allow adaptive batching of predict calls.")
 @click.option("--flavor", default=None, metavar="FLAVOR",
-              help="How to run it: pyfunc (default), native, or a flavor such as sklearn.")
+              help="How to run it: pyfunc (default), native, or a flavor: sklearn, pytorch.")
 def models_import_mlflow(
     name: str, model_uri: str, labels: tuple[str, ...], batchable: bool, flavor: str | None
 ) -> None:
@@ -285,9 +285,9 @@ def _settings(config_file: str | None, **overrides: Any) -> Any:
 def serve(target: str, config_file: str | None, reload: bool, **overrides: Any) -> None:
     """Serve a tiffin.Service: TARGET is module:attr or path/to/file.py:attr."""
     settings = _settings(config_file, **overrides)
-    if settings.workers > 1:
+    if settings.runner_processes:
         if reload:
-            raise click.UsageError("--reload works with one worker only")
+            raise click.UsageError("--reload works with one worker and runners in-process only")
         sys.exit(_serve_workers(settings, target=target))
     from tiffin.process.serve import serve as run_serve
 
@@ -305,7 +305,7 @@ def serve_model(target: str, config_file: str | None, no_batching: bool, **overr
     settings = _settings(config_file, **overrides)
     model = resolve_model(target)
     click.echo(f"serving model '{model.tag}' ({model.info.module})", err=True)
-    if settings.workers > 1:
+    if settings.runner_processes:
         sys.exit(_serve_workers(settings, model_tag=str(model.tag), batching=not no_batching))
     from tiffin.process.serve import run_app
     from tiffin.serving.app import build_app

@@ -12,6 +12,7 @@ they enter, with ``raise ... from exc``.
     ├── NotFound                      404  exit 1  a model, tiffin, run or file
     ├── InvalidArgument               400  exit 2  bad input, option or setting
     │   ├── InvalidTag                              a name or version breaks the rule
+    │   ├── DeviceUnavailable                       a device this machine does not have
     │   ├── InvalidArchive                          a truncated, corrupt or unsafe archive
     │   ├── SignatureMismatch                       an input's shape or columns are not
     │   │                                           the model's signature
@@ -28,6 +29,7 @@ they enter, with ``raise ... from exc``.
     ├── LoadFailed                                  a stored model could not be loaded
     ├── RunnerError                                 a runner used wrongly, or its model raised
     │   ├── PredictFailed                           ``tiffin models predict``: the model raised
+    │   ├── OutOfDeviceMemory         503           one row does not fit in GPU memory
     │   └── FrameError                              a message between processes did not decode
     ├── InvalidOutput                 500           an API returned what its descriptor
     │                                               cannot encode (a server-side bug)
@@ -49,6 +51,7 @@ __all__ = [
     "AlreadyExists",
     "CorruptEntry",
     "DecodedTooLarge",
+    "DeviceUnavailable",
     "ExportFailed",
     "FrameError",
     "ImportFailed",
@@ -59,6 +62,7 @@ __all__ = [
     "LoadFailed",
     "MissingDependency",
     "NotFound",
+    "OutOfDeviceMemory",
     "Overloaded",
     "PayloadTooLarge",
     "PredictFailed",
@@ -114,6 +118,11 @@ class InvalidArgument(TiffinError):
 
 class InvalidTag(InvalidArgument):
     """A tag, name or version breaks the naming rule."""
+
+
+class DeviceUnavailable(InvalidArgument):
+    """A runner or ``load_model`` asked for a device this machine does not have (``cuda``
+    with no visible GPU, ``cuda:N`` past the last one, a runnable that runs only on the CPU)."""
 
 
 class InvalidArchive(InvalidArgument):
@@ -197,6 +206,14 @@ class RunnerError(TiffinError):
 
 class PredictFailed(RunnerError):
     """``tiffin models predict``: the model raised on the given input."""
+
+
+class OutOfDeviceMemory(RunnerError):
+    """A model ran out of GPU memory on a batch it could not split further (one row, or a
+    method that is not batchable); the runner keeps serving."""
+
+    http_status = 503
+    error_code = "OUT_OF_DEVICE_MEMORY"
 
 
 class FrameError(RunnerError):

@@ -13,6 +13,10 @@ The worker thread's native pools (OpenMP, BLAS) use one thread unless the runnab
 ``SUPPORTS_CPU_MULTI_THREADING`` and ``TIFFIN_RUNNER_THREADS`` asks for more: a batch already
 amortises the model's fixed cost, and extra OpenMP threads fight the event loop (and other
 processes) for the same cores, which shows up as long latency tails.
+
+The runner's ``device`` setting is resolved here, before the runnable is made
+(:func:`~tiffin.runner.devices.resolve_device`: a GPU that is not there is a one-line error);
+a runnable whose ``__init__`` takes ``device`` / ``precision`` gets them.
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ from typing import TYPE_CHECKING, Any
 from tiffin.exceptions import InvalidArgument, Overloaded, RunnerError
 from tiffin.runner import containers
 from tiffin.runner.batching import BUSY, Dispatcher
+from tiffin.runner.devices import resolve_device
 from tiffin.runner.hold import CostModel
+from tiffin.runner.runnable import placement_parameters
 from tiffin.runner.runner import wait_result
 from tiffin.runner.stats import BatchStats
 
@@ -67,8 +73,18 @@ class LocalBackend:
 
     def __init__(self, runner: Runner) -> None:
         self.runner = runner
+        #: the device the runnable runs on: "cpu" or "cuda:N"
+        self.device = resolve_device(
+            runner.device, supports_gpu=runner.supports_gpu, what=f"runner {runner.name!r}"
+        )
+        params = dict(runner.runnable_init_params)
+        accepted = placement_parameters(runner.runnable_class)
+        if "device" in accepted:
+            params.setdefault("device", self.device)
+        if "precision" in accepted and runner.precision is not None:
+            params.setdefault("precision", runner.precision)
         try:
-            self.instance: Runnable = runner.runnable_class(**runner.runnable_init_params)
+            self.instance: Runnable = runner.runnable_class(**params)
         except TypeError as exc:
             raise RunnerError(f"cannot initialise runner {runner.name!r}: {exc}") from exc
         self.executor = concurrent.futures.ThreadPoolExecutor(

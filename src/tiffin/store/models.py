@@ -57,7 +57,7 @@ CUSTOM_OBJECTS_FILE = "custom_objects.pkl"
 CUSTOM_OBJECTS_SHA256 = "custom_objects_sha256"  # key in options
 #: the frameworks a model may name in model.yaml as ``module: tiffin.<name>`` (their code
 #: lives in tiffin.frameworks, whose registry maps each name to its module)
-FRAMEWORKS = ("mlflow", "picklable_model", "sklearn")
+FRAMEWORKS = ("mlflow", "picklable_model", "pytorch", "sklearn")
 
 
 def file_sha256(path: Path) -> str:
@@ -166,11 +166,15 @@ class Model:
         max_latency_ms: float | None = None,
         method_configs: Mapping[str, Mapping[str, Any]] | None = None,
         embedded: bool = False,
+        device: str | None = None,
+        precision: str | None = None,
     ) -> Runner:
         """A :class:`tiffin.Runner` for this model; its methods are the model's signatures.
 
         ``embedded=True``: under ``--workers N`` the runner loads in every API worker instead
-        of in runner processes the workers share (see :class:`tiffin.Runner`).
+        of in runner processes the workers share (see :class:`tiffin.Runner`). ``device``
+        (``auto``, ``cpu``, ``cuda``, ``cuda:N``) and ``precision`` (``float16``,
+        ``bfloat16``) place a model that can run on a GPU (PyTorch ones).
         """
         # the one import up the layers (a documented exception of the layers contract): the
         # store runs nothing itself; a model's runner is built by the framework that saved it
@@ -183,6 +187,8 @@ class Model:
             max_latency_ms=max_latency_ms,
             method_configs=method_configs,
             embedded=embedded,
+            device=device,
+            precision=precision,
         )
 
     def __eq__(self, other: object) -> bool:
