@@ -1,7 +1,7 @@
 """``lock_packages: true``: the whole resolved set of a build's requirements, pinned.
 
 pip resolves them as it would install them, without installing anything: ``pip install
---dry-run --ignore-installed --report FILE -r requirements.in``, against whatever index this
+--dry-run --ignore-installed --report FILE REQUIREMENT...``, against whatever index this
 machine's pip is configured with (``pip.conf``, ``PIP_*`` variables), plus the tiffinfile's
 ``index_url`` / ``extra_index_url`` and ``--find-links`` to the build's own wheels. Every
 package of the report becomes ``name==version`` (a direct URL stays ``name @ URL``). The set
@@ -11,6 +11,7 @@ is resolved for the Python that runs the build.
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -49,16 +50,16 @@ def lock(
     if not [line for line in lines if not line.startswith("-")]:
         return []
     with tempfile.TemporaryDirectory(prefix="tiffin-lock-") as tmp:
-        source = Path(tmp) / "requirements.in"
-        source.write_text("\n".join(lines) + "\n", encoding="utf-8")
         report_file = Path(tmp) / "report.json"
         command = [
             python, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
             "--disable-pip-version-check", "--no-input", "--report", str(report_file),
-            "-r", str(source),
         ]  # fmt: skip
         for folder in find_links:
             command += ["--find-links", str(folder)]
+        # on the command line, not in a file: pip's messages then name the requirements
+        for line in lines:
+            command += shlex.split(line) if line.startswith("-") else [line]
         try:
             run_tool(command, what="cannot lock the packages (pip)", timeout=LOCK_TIMEOUT_S)
         except ToolFailed as exc:

@@ -33,7 +33,8 @@ PROBE_TIMEOUT_S = 5.0
 def _last_words(text: str) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("ERROR")]
-    return (errors or lines or ["(no output)"])[-1]
+    # pip's first ERROR line is the cause; its last one may only point at its documentation
+    return errors[0] if errors else (lines or ["(no output)"])[-1]
 
 
 def run_tool(
