@@ -286,3 +286,26 @@ def test_an_archive_is_refused_by_the_model_archive_rules(
     assert result.exit_code == 2 and "not a built tiffin" in result.stderr
     assert store_entries(tmp_path / "fresh") == []
     assert os.environ["TIFFIN_HOME"].endswith("fresh")
+
+
+def test_long_steps_tell_their_progress(clf_project: Path, tmp_path: Path) -> None:
+    from tiffin.building.builder import build_tiffin
+    from tiffin.building.tiffinfile import load_tiffinfile
+    from tiffin.store.archive import export_tiffin, import_tiffin
+
+    seen: list[tuple[str, int, int]] = []
+    report = build_tiffin(load_tiffinfile(clf_project / "tiffinfile.yaml"),
+                          build_ctx=clf_project, progress=lambda *a: seen.append(a))  # fmt: skip
+    copied = [(done, total) for step, done, total in seen if step == "copying models"]
+    assert copied[-1] == (report.models_bytes, report.models_bytes) and report.models_bytes > 0
+    assert [done for done, _ in copied] == sorted(done for done, _ in copied)
+    told: list[tuple[int, int]] = []
+    archive = export_tiffin(report.tiffin.tag, tmp_path, progress=lambda *a: told.append(a))
+    assert told[-1][0] == told[-1][1] > report.models_bytes
+    report.tiffin.path.rename(tmp_path / "moved")  # so that the import is not a duplicate
+    told.clear()
+    import_tiffin(archive, progress=lambda *a: told.append(a))
+    assert told[-1][0] == told[-1][1] > 0
+    # -q: nothing but the result
+    result = invoke("build", "-q")
+    assert result.exit_code == 0 and result.stderr == ""

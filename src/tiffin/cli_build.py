@@ -83,6 +83,17 @@ def build(build_ctx: str, tiffinfile: str | None, version: str | None, output: s
         f"model(s), {report.files} file(s), {human_size(built.size_bytes())}) in "
         f"{report.seconds['total']:.2f} s (models copied in {report.seconds['copy_models']:.2f} s)"
     ))  # fmt: skip
+    from tiffin.building.requirements import installed_from
+
+    origin = installed_from()
+    bundled = any(w.startswith("tiffin-") for w in built.info.python.get("wheels") or [])
+    if origin is not None and not bundled:
+        _note(quiet, (
+            f"note: this tiffin ({built.info.tiffin_version}) is installed from {origin}, not "
+            f"from a package index; env/python/requirements.txt asks for tiffin=="
+            f"{built.info.tiffin_version}: where no index has it, list a wheel of it under "
+            "python.wheels"
+        ))  # fmt: skip
     if output == "tag":
         click.echo(str(built.tag))
     elif output == "path":
@@ -93,7 +104,7 @@ def build(build_ctx: str, tiffinfile: str | None, version: str | None, output: s
         emit({"tag": str(built.tag), "path": str(built.path), "seconds": report.seconds,
               **built.info.to_dict()}, "json")  # fmt: skip
     if containerize:
-        _containerize(str(built.tag), None, quiet)
+        _containerize(str(built.tag), None)
 
 
 @click.command("list")
@@ -178,7 +189,7 @@ def import_(path: str, quiet: bool) -> None:
     click.echo(f"imported tiffin '{built.tag}'")
 
 
-def _containerize(tag: str, image: str | None, quiet: bool) -> None:
+def _containerize(tag: str, image: str | None) -> None:
     from tiffin.building.containerize import containerize as run
 
     click.echo(run(tag, image=image))
@@ -187,10 +198,9 @@ def _containerize(tag: str, image: str | None, quiet: bool) -> None:
 @click.command("containerize")
 @click.argument("tag")
 @click.option("-t", "--image-tag", default=None, help="The image's name [default: NAME:VERSION].")
-@_QUIET
-def containerize(tag: str, image_tag: str | None, quiet: bool) -> None:
-    """Build a built tiffin's container image with docker or podman."""
-    _containerize(tag, image_tag, quiet)
+def containerize(tag: str, image_tag: str | None) -> None:
+    """Build a built tiffin's container image with docker or podman (its output on stderr)."""
+    _containerize(tag, image_tag)
 
 
 COMMANDS = [build, list_, get, delete, export, import_, containerize]

@@ -4,8 +4,9 @@
    is expanded and must exist.
 2. The service is imported once, from the build context (also the working directory for the
    moment), to check that it loads and to record its APIs and runners; an error shows the
-   user's own frames. The user's modules are forgotten afterwards, so that the next build in
-   the same process imports its own.
+   user's own frames. Installed packages it imports load when first used
+   (:mod:`~tiffin.building.lazy`). The user's modules are forgotten afterwards, so that the
+   next build in the same process imports its own.
 3. The models are the runners' (and the service's ``models=``) and the tiffinfile's
    ``models``, ``latest`` resolved to the version it names now.
 4. Everything is written into the store's staging directory -- ``src/``, ``models/`` (copies),
@@ -32,6 +33,7 @@ import yaml
 from tiffin._version import __version__
 from tiffin.building import files as build_files
 from tiffin.building.environment import Progress, conda_env, docker_env, python_env
+from tiffin.building.lazy import lazy_packages, module_file
 from tiffin.building.record import apis_of, model_record, readme, runners_of
 from tiffin.building.tiffinfile import (
     TiffinFile,
@@ -103,8 +105,8 @@ def build(
 
 
 def _under(module: Any, root: str) -> bool:
-    file = getattr(module, "__file__", None)
-    return isinstance(file, str) and os.path.realpath(file).startswith(root)
+    file = module_file(module)  # not getattr: that would load a lazy package
+    return file is not None and os.path.realpath(file).startswith(root)
 
 
 @contextlib.contextmanager
@@ -143,8 +145,7 @@ def _service_file(target: str, ctx: Path) -> Path | None:
     module_part = target.partition(":")[0]
     if module_part.endswith(".py") or "/" in module_part:
         return (ctx / module_part).resolve()
-    module = sys.modules.get(module_part)
-    file = getattr(module, "__file__", None)
+    file = module_file(sys.modules.get(module_part))
     return Path(os.path.realpath(file)) if file else None
 
 
@@ -249,7 +250,7 @@ def build_tiffin(
     _check_paths(config, ctx)
     description = _description(config, ctx)
     labels = validate_labels(config.labels)
-    with _users_modules(ctx, config.service):
+    with _users_modules(ctx, config.service), lazy_packages(ctx):
         service = resolve_service(config.service, cwd=ctx)
         service_file = _service_file(config.service, ctx)
     seconds["import"] = time.perf_counter() - started

@@ -21,6 +21,7 @@ from tiffin.exceptions import InvalidArgument, NotFound
 
 __all__ = [
     "index_options",
+    "installed_from",
     "names_tiffin",
     "read_requirements",
     "tiffin_requirement",
@@ -96,6 +97,23 @@ def tiffin_requirement(frameworks: Iterable[str]) -> str:
         extras_known = set()
     extras = sorted({name for name in frameworks if name in extras_known})
     return f"tiffin[{','.join(extras)}]=={__version__}" if extras else f"tiffin=={__version__}"
+
+
+def installed_from() -> str | None:
+    """Where this tiffin was installed from when that is not a package index (a source
+    directory, a wheel file, a VCS URL: pip's ``direct_url.json``), or None."""
+    import json
+
+    try:
+        text = importlib.metadata.distribution("tiffin").read_text("direct_url.json")
+    except importlib.metadata.PackageNotFoundError:
+        return "a source tree (not installed)"
+    if not text:
+        return None
+    try:
+        return str(json.loads(text).get("url") or "a direct URL")
+    except ValueError:
+        return "a direct URL"
 
 
 def wheel_requirement(path: Path) -> str:
