@@ -309,3 +309,13 @@ def test_long_steps_tell_their_progress(clf_project: Path, tmp_path: Path) -> No
     # -q: nothing but the result
     result = invoke("build", "-q")
     assert result.exit_code == 0 and result.stderr == ""
+
+
+def test_serve_reload_is_for_source_files(clf_project: Path) -> None:
+    tag = invoke("build", "-q").stdout.strip()
+    result = invoke("serve", tag, "--reload")
+    assert result.exit_code == 2
+    assert "--reload watches source files; a built tiffin never changes" in result.stderr
+    result = invoke("serve", "nosuch_tiffin_or_module")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("tiffin: error: cannot find 'nosuch_tiffin_or_module'")

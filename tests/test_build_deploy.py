@@ -60,6 +60,7 @@ def _run(command: list[str], log: Path, **kwargs: object) -> str:
     return str(result.stdout)
 
 
+@pytest.mark.timeout(1800)  # pip installs MLflow and its dependencies: minutes on a busy machine
 def test_a_built_tiffin_deploys_into_a_fresh_virtualenv(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mlflow_env: Path
 ) -> None:

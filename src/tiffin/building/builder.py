@@ -48,7 +48,7 @@ from tiffin.serving.service import Service
 from tiffin.store import models as store_models
 from tiffin.store import tiffins
 from tiffin.store.model_info import validate_labels
-from tiffin.store.versioned import home
+from tiffin.store.versioned import Store, home
 from tiffin.tag import LATEST, Tag
 
 __all__ = ["BuildReport", "Progress", "build", "build_tiffin"]
@@ -238,7 +238,7 @@ def build_tiffin(
     version: str | None = None,
     build_ctx: str | os.PathLike[str] | None = None,
     progress: Progress | None = None,
-    store: Any = None,
+    store: Store | None = None,
 ) -> BuildReport:
     """Build ``config`` from ``build_ctx`` (default: the working directory)."""
     started = time.perf_counter()
@@ -304,7 +304,7 @@ def build_tiffin(
             runners=runners_of(service), python=python, conda=conda, docker=docker,
         )  # fmt: skip
         (staged / "README.md").write_text(readme(info, description), encoding="utf-8")
-        info.dump(staged / tiffins.TIFFIN_FILE)
+        info.dump(staged / tiffins.INFO_FILE)
         entry = store.commit(staged, tag)
     seconds["total"] = time.perf_counter() - started
     built = tiffins.BuiltTiffin(info, entry.path)

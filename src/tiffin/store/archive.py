@@ -32,9 +32,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ARCHIVE_SUFFIX",
+    "BUILT_SUFFIX",
     "MAX_BYTES",
     "MAX_MEMBERS",
-    "TIFFIN_SUFFIX",
     "Progress",
     "export_model",
     "export_tiffin",
@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 ARCHIVE_SUFFIX = ".tiffinmodel"
-TIFFIN_SUFFIX = ".tiffin"
+BUILT_SUFFIX = ".tiffin"
 #: told (bytes done, bytes in all) as an archive is written or read
 Progress = Callable[[int, int], None]
 #: the most members an archive may hold
@@ -68,7 +68,7 @@ def export_tiffin(
     """Write a built tiffin (its models included) as one archive; ``path`` is a file, or a
     directory to put ``NAME-VERSION.tiffin`` in."""
     built = tiffins.get(tag, store=store)
-    return _export(built.path, built.tag, path, TIFFIN_SUFFIX, progress)
+    return _export(built.path, built.tag, path, BUILT_SUFFIX, progress)
 
 
 def _export(
@@ -224,7 +224,7 @@ def import_tiffin(
     and caps as a model archive, and every model inside must be readable."""
     store = store or tiffins.default_store()
     source = _source(path)
-    name = tiffins.TIFFIN_FILE
+    name = tiffins.INFO_FILE
     with store.staging() as staged:
         _extract(source, staged, "built tiffin", max_members, max_bytes, progress)
         if not (staged / name).is_file():

@@ -37,9 +37,9 @@ from tiffin.tag import RULE, Tag, is_valid_part
 
 __all__ = [
     "DOCKERFILE",
+    "INFO_FILE",
     "MODELS_DIR",
     "SRC_DIR",
-    "TIFFIN_FILE",
     "BuiltTiffin",
     "TiffinInfo",
     "default_store",
@@ -48,7 +48,7 @@ __all__ = [
     "scan",
 ]
 
-TIFFIN_FILE = "tiffin.yaml"
+INFO_FILE = "tiffin.yaml"
 SRC_DIR = "src"
 MODELS_DIR = "models"
 DOCKERFILE = "env/docker/Dockerfile"
@@ -108,7 +108,7 @@ class TiffinInfo(BaseModel):
                 f"{'.'.join(str(p) for p in error['loc']) or 'file'}: {error['msg']}"
                 for error in exc.errors()
             )
-            raise CorruptEntry(f"{path} is not a valid {TIFFIN_FILE}: {problems}") from None
+            raise CorruptEntry(f"{path} is not a valid {INFO_FILE}: {problems}") from None
 
 
 @dataclass(frozen=True)
@@ -121,10 +121,10 @@ class BuiltTiffin:
     @classmethod
     def from_path(cls, path: Path | str, *, check_place: bool = True) -> BuiltTiffin:
         path = Path(path)
-        info = TiffinInfo.load(path / TIFFIN_FILE)
+        info = TiffinInfo.load(path / INFO_FILE)
         if check_place and (info.name, info.version) != (path.parent.name, path.name):
             raise CorruptEntry(
-                f"{path / TIFFIN_FILE} names {info.tag} but lives at {path.parent.name}:{path.name}"
+                f"{path / INFO_FILE} names {info.tag} but lives at {path.parent.name}:{path.name}"
             )
         return cls(info, path)
 
@@ -160,7 +160,7 @@ class BuiltTiffin:
 def default_store() -> Store:
     """The store of built tiffins under ``$TIFFIN_HOME/tiffins`` (read at call time)."""
     return Store(
-        home() / "tiffins", "tiffin", TIFFIN_FILE, hint="run `tiffin list` to see what is there"
+        home() / "tiffins", "tiffin", INFO_FILE, hint="run `tiffin list` to see what is there"
     )
 
 
