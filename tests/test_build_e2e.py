@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import yaml
 
 import tiffin
 from tiffin.store import tiffins
@@ -81,6 +82,8 @@ def test_a_built_tiffin_serves_alone_from_anywhere(
         assert np.array(response.json()["predictions"]).tolist() == expected
         docs = httpx.get(server.url + "/docs.json", timeout=30).json()
         assert "/classify" in docs["paths"] and "/invocations" in docs["paths"]
+        # apis/openapi.yaml is the very document the server serves
+        assert yaml.safe_load((built.path / "apis/openapi.yaml").read_text()) == docs
     finally:
         assert server.stop() in (0, -15)
     assert "Traceback" not in server.logs()
