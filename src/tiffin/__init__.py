@@ -14,6 +14,7 @@ from tiffin.tag import Tag
 
 if TYPE_CHECKING:
     from tiffin import exceptions, io, models
+    from tiffin.building.builder import build
     from tiffin.client import AsyncClient, Client
     from tiffin.frameworks import mlflow, picklable_model, pytorch, sklearn
     from tiffin.runner.runnable import Runnable
@@ -27,6 +28,7 @@ _LAZY: dict[str, str] = {
     "Runnable": "tiffin.runner.runnable",
     "Runner": "tiffin.runner.runner",
     "Service": "tiffin.serving.service",
+    "build": "tiffin.building.builder",
     "exceptions": "tiffin.exceptions",
     "io": "tiffin.io",
     "mlflow": "tiffin.frameworks.mlflow",
@@ -60,6 +62,7 @@ __all__ = [
     "Tag",
     "TiffinError",
     "__version__",
+    "build",
     "exceptions",
     "io",
     "mlflow",

@@ -282,16 +282,33 @@ def _settings(config_file: str | None, **overrides: Any) -> Any:
 @click.argument("target")
 @_serve_options
 @click.option("--reload", is_flag=True, help="Restart when source files change (development).")
-def serve(target: str, config_file: str | None, reload: bool, **overrides: Any) -> None:
-    """Serve a tiffin.Service: TARGET is module:attr or path/to/file.py:attr."""
+@click.option("--service", "force", flag_value="service", default=None,
+              help="TARGET is a service (module:attr or path/to/file.py:attr).")
+@click.option("--tiffin", "force", flag_value="tiffin",
+              help="TARGET is a built tiffin's tag (NAME[:VERSION]).")
+def serve(
+    target: str, config_file: str | None, reload: bool, force: str | None, **overrides: Any
+) -> None:
+    """Serve a service (module:attr, path/to/file.py:attr) or a built tiffin (NAME[:VERSION]).
+
+    A .py path, or an importable module with that attribute, is a service; anything else is a
+    built tiffin's tag. --service / --tiffin say which.
+    """
+    from tiffin.process.targets import resolve_target
+
     settings = _settings(config_file, **overrides)
+    resolved = resolve_target(target, force=force)  # type: ignore[arg-type]
+    if resolved.tiffin is not None and reload:
+        raise click.UsageError("--reload watches source files; a built tiffin never changes")
     if settings.runner_processes:
         if reload:
             raise click.UsageError("--reload works with one worker and runners in-process only")
+        if resolved.tiffin is not None:
+            sys.exit(_serve_workers(settings, tiffin_path=str(resolved.tiffin.path)))
         sys.exit(_serve_workers(settings, target=target))
     from tiffin.process.serve import serve as run_serve
 
-    run_serve(target, settings, reload=reload)
+    run_serve(resolved, settings, reload=reload)
 
 
 @main.command("serve-model")
@@ -320,6 +337,11 @@ def _serve_workers(settings: Any, **source: Any) -> int:
 
     return serve_workers(ServiceSource(**source), settings, settings.workers)
 
+
+from tiffin.cli_build import COMMANDS  # noqa: E402  (the commands for built tiffins)
+
+for _command in COMMANDS:
+    main.add_command(_command)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

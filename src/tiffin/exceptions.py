@@ -39,6 +39,8 @@ they enter, with ``raise ... from exc``.
     │   └── AddressInUse                            its address is taken
     ├── UserCodeFailed                              the user's service or model code raised
     │                                               while loading (its own frames only)
+    ├── ToolFailed                                  a tool tiffin ran (pip, a container
+    │                                               engine) failed
     └── RemoteError                   (the answer)  a tiffin server answered with an error
 """
 
@@ -73,6 +75,7 @@ __all__ = [
     "SignatureMismatch",
     "StoreError",
     "TiffinError",
+    "ToolFailed",
     "UnknownFramework",
     "UnsupportedMediaType",
     "UserCodeFailed",
@@ -319,6 +322,11 @@ class UserCodeFailed(TiffinError):
                 lines.append(f"    {frame.line.strip()}")
         lines += [line.rstrip("\n") for line in traceback.format_exception_only(exc)]
         return cls("\n".join(lines))
+
+
+class ToolFailed(TiffinError):
+    """A tool tiffin runs to completion (pip locking a build's packages, a container engine
+    building an image) exited with an error; the message ends with the tool's own words."""
 
 
 def _internal(filename: str) -> bool:

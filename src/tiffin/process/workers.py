@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from tiffin.config import ServeSettings
 from tiffin.device_settings import CUDA_VISIBLE_DEVICES, device_index
 from tiffin.process.logs import configure_logging, flush_logs
-from tiffin.process.targets import resolve_service
+from tiffin.process.targets import load_built, resolve_service
 from tiffin.serving.service import Service
 
 if TYPE_CHECKING:
@@ -55,14 +55,19 @@ RUNNER_STOP = signal.SIGUSR1  # how the supervisor stops a runner process
 
 @dataclass(frozen=True)
 class ServiceSource:
-    """How a child process rebuilds the service: a ``module:attr`` target or a model tag."""
+    """How a child process rebuilds the service: a ``module:attr`` target, a built tiffin's
+    directory (resolved once, by the parent: every process serves the same version), or a
+    model tag."""
 
     target: str | None = None
     model_tag: str | None = None
     batching: bool = True
     cwd: str = field(default_factory=os.getcwd)
+    tiffin_path: str | None = None
 
     def load(self) -> Service:
+        if self.tiffin_path is not None:
+            return load_built(self.tiffin_path, chdir=True)
         if self.model_tag is not None:
             from tiffin.serving.model_service import build_service
             from tiffin.store.models import get as get_model

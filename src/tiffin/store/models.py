@@ -5,6 +5,10 @@ and the functions behind ``tiffin.models``: :func:`get`, :func:`list_models` (pu
 A model is a version directory of the model store (``$TIFFIN_HOME/models/NAME/VERSION/``)
 holding ``model.yaml`` (:mod:`tiffin.store.model_info`) and the framework's files. It appears
 whole or not at all (:mod:`tiffin.store.versioned`).
+
+A process that serves a built tiffin looks models up in that tiffin's own ``models/`` and
+nowhere else (:func:`use_bundled_models`): what it serves is what was built, on any machine.
+Saving still writes to ``$TIFFIN_HOME/models``.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ __all__ = [
     "list_models",
     "read_verified",
     "scan",
+    "use_bundled_models",
 ]
 
 CUSTOM_OBJECTS_FILE = "custom_objects.pkl"
@@ -87,6 +92,29 @@ def read_verified(path: Path, expected: object) -> bytes:
 def default_store() -> Store:
     """The model store under ``$TIFFIN_HOME/models`` (read at call time)."""
     return Store(home() / "models", "model", MODEL_FILE)
+
+
+#: the model store of the built tiffin this process serves (see use_bundled_models)
+_bundled: Store | None = None
+
+
+def use_bundled_models(root: Path | str | None, owner: str = "") -> None:
+    """Look models up in ``root`` (a built tiffin's ``models/``, owned by tiffin ``owner``)
+    instead of ``$TIFFIN_HOME/models`` from now on in this process; None: the home store again.
+
+    Only lookups (:func:`get`, :func:`scan`, and what reads through them) change; a model the
+    tiffin does not hold is not found, with a hint to add it to the build.
+    """
+    global _bundled
+    _bundled = None if root is None else Store(
+        root, "model", MODEL_FILE,
+        hint=f"the built tiffin {owner or root} holds only the models it was built with: list "
+        "this one under `models:` in tiffinfile.yaml (or use it in a runner) and build again",
+    )
+
+
+def _lookup_store() -> Store:
+    return _bundled if _bundled is not None else default_store()
 
 
 def check_module(module: str) -> str:
@@ -285,7 +313,7 @@ def create(
 
 def get(tag: Tag | str, *, store: Store | None = None) -> Model:
     """The model named by ``tag`` (``name``, ``name:latest`` or ``name:version``)."""
-    entry = (store or default_store()).get(tag)
+    entry = (store or _lookup_store()).get(tag)
     return Model.from_path(entry.path)
 
 
@@ -315,7 +343,7 @@ def scan(
     name: str | None = None, *, store: Store | None = None
 ) -> tuple[list[Model], list[BrokenEntry]]:
     """Every readable model (newest first) and every broken entry."""
-    store = store or default_store()
+    store = store or _lookup_store()
     if name is not None:
         name = Tag(name).name
     found: list[Model] = []

@@ -83,10 +83,14 @@ class Entry:
 class Store:
     """Versioned entries of one kind (models, tiffins) under ``root``."""
 
-    def __init__(self, root: Path | str, kind: str, info_file: str) -> None:
+    def __init__(
+        self, root: Path | str, kind: str, info_file: str, *, hint: str | None = None
+    ) -> None:
         self.root = Path(root)
         self.kind = kind
         self.info_file = info_file
+        #: what a "not found" error suggests doing
+        self.hint = hint or f"run `tiffin {kind}s list` to see what is there"
 
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r})"
@@ -232,10 +236,7 @@ class Store:
         return Entry(resolved, path)
 
     def _not_found(self, tag: Tag) -> NotFound:
-        return NotFound(
-            f"{self.kind} '{tag}' not found in store {self.root}; "
-            f"run `tiffin {self.kind}s list` to see what is there"
-        )
+        return NotFound(f"{self.kind} '{tag}' not found in store {self.root}; {self.hint}")
 
     # -- writing --------------------------------------------------------------------------
 
