@@ -25,8 +25,9 @@ splits the result. Plain asyncio, no threads; all its time comes from a :class:`
   model's exception only when it failed alone, the others their results.
 * Cancellation: a cancelled caller (its client hung up) leaves the queue and its rows never
   reach the model; if its batch had started, its result is dropped.
-* Inline runs: given ``inline``, each run is offered to it first (its backend runs a cheap one
-  on the event loop itself); it answers :data:`BUSY` to leave the run to ``infer``.
+* Inline runs: given ``inline``, a run of one call with none waiting is offered to it first (its
+  backend runs a cheap one on the event loop itself; under load, runs on the worker let the
+  loop read the next batch meanwhile); it answers :data:`BUSY` to leave the run to ``infer``.
 * Event loops: a dispatcher binds to the loop of its first ``submit``. Another running loop is an
   error, except once the first has closed (one ``asyncio.run`` per call): then it binds afresh.
 """
@@ -338,8 +339,8 @@ class Dispatcher:
         async def infer(payloads: tuple[Any, ...], kwargs: dict[str, Any], n: int) -> Any:
             nonlocal elapsed  # the model's time, without merging and splitting
             started = clock.now()
-            if self._inline is not None:
-                result = self._inline(n, *payloads, **kwargs)
+            if self._inline is not None and n == 1 and not self._queue.rows:
+                result = self._inline(rows, *payloads, **kwargs)
                 if result is not BUSY:
                     elapsed = clock.now() - started
                     return result
