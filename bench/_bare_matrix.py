@@ -69,7 +69,9 @@ def decode(fmt: str, body: bytes) -> Any:
         if TENSOR_DTYPE is not None:
             return np.asarray(split["data"], dtype=TENSOR_DTYPE)
         return as_input(pd.DataFrame(split["data"], columns=split["columns"]))
-    if fmt in ("dataframe_records", "instances", "inputs"):
+    if fmt == "dataframe_records":
+        return as_input(pd.DataFrame(value[fmt]))
+    if fmt in ("instances", "inputs"):
         return as_input(value[fmt])
     return as_input(value)  # predict_json: rows, or an object of columns
 

@@ -131,7 +131,9 @@ def measure_kind(
             for fmt, (route, _, _) in formats.items():
                 cell = Cell(cost, kind, fmt)
                 script = scripts[fmt]
-                wrk1(tiffin.url + route, script, 1)  # warm-up
+                if not cells:  # warm-up, once per server: the first runs load the code paths
+                    wrk1(tiffin.url + route, script, 1)
+                    wrk1(bare.url + f"/f/{fmt}", script, 1)
                 _, cell.p50_1c_ms, _, e1 = wrk1(tiffin.url + route, script, seconds)
                 _, cell.bare_p50_1c_ms, _, e2 = wrk1(bare.url + f"/f/{fmt}", script, seconds)
                 cell.rps, _, cell.p99_ms, e3 = bs.wrk(tiffin.url + route, script, seconds)
