@@ -58,13 +58,14 @@ __all__ = [
     "from_json",
     "from_npy",
     "from_parquet",
+    "known_columns",
 ]
 
 #: keys that make MLflow read a body as an LLM request (chat, completions, embeddings)
 LLM_KEYS = frozenset({"messages", "prompt", "input"})
 
 
-def _known(payload: Any, columns: frozenset[str]) -> Any:
+def known_columns(payload: Any, columns: frozenset[str]) -> Any:
     """Records, or an object of columns, without keys outside ``columns`` (the same object
     when there are none)."""
     if type(payload) is dict:
@@ -94,7 +95,7 @@ def _unsigned(key: str | None, payload: Any, columnar: bool) -> Any:
 
 def _envelope(key: str, payload: Any, schema: InputSchema | None, columnar: bool) -> Any:
     if schema is not None and schema.kind == "columns" and key != "dataframe_split":
-        payload = _known(payload, schema.name_set)
+        payload = known_columns(payload, schema.name_set)
     check_envelope(key, payload)
     if schema is None:
         return _unsigned(key, payload, columnar)
@@ -127,7 +128,7 @@ def from_json(value: Any, schema: InputSchema | None, columnar: bool = False) ->
         if keys:
             return _envelope(keys[0], value[keys[0]], schema, columnar)
     if schema is not None and schema.kind == "columns":
-        value = _known(value, schema.name_set)
+        value = known_columns(value, schema.name_set)
     check_json_table(value, "the input")
     if isinstance(value, dict):  # an object of arrays: each one's nested lists too
         for name, column in value.items():
