@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tiffin._version import __version__
-from tiffin.exceptions import CorruptEntry, InvalidArgument, TiffinError, UnknownFramework
+from tiffin.exceptions import CorruptEntry, InvalidArgument, UnknownFramework
 from tiffin.store.model_info import (
     MODEL_FILE,
     ModelInfo,
@@ -32,8 +32,8 @@ from tiffin.store.model_info import (
     validate_metadata,
     validate_signatures,
 )
-from tiffin.store.versioned import Store, home
-from tiffin.tag import RULE, Tag, is_valid_part
+from tiffin.store.versioned import BrokenEntry, Store, home
+from tiffin.tag import Tag
 
 if TYPE_CHECKING:
     from tiffin.runner.runner import Runner
@@ -330,34 +330,12 @@ def get_saved_with(
     return model
 
 
-@dataclass(frozen=True)
-class BrokenEntry:
-    """A store entry that could not be read, and why."""
-
-    tag: str
-    path: str
-    error: str
-
-
 def scan(
     name: str | None = None, *, store: Store | None = None
 ) -> tuple[list[Model], list[BrokenEntry]]:
     """Every readable model (newest first) and every broken entry."""
     store = store or _lookup_store()
-    if name is not None:
-        name = Tag(name).name
-    found: list[Model] = []
-    broken: list[BrokenEntry] = []
-    for entry_name, version, path in store.version_dirs(name):
-        tag = f"{entry_name}:{version}"
-        if not (is_valid_part(entry_name) and is_valid_part(version)):
-            error = f"directory {path} is not a valid tag: a name or version is {RULE}"
-            broken.append(BrokenEntry(tag, str(path), error))
-            continue
-        try:
-            found.append(Model.from_path(path))
-        except TiffinError as exc:
-            broken.append(BrokenEntry(tag, str(path), str(exc)))
+    found, broken = store.scan(None if name is None else Tag(name).name, Model.from_path)
     found.sort(key=lambda m: (m.creation_time, m.tag.version or ""), reverse=True)
     return found, broken
 

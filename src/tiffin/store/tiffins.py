@@ -30,9 +30,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from tiffin.exceptions import CorruptEntry, TiffinError
-from tiffin.store.models import BrokenEntry
-from tiffin.store.versioned import Store, home, load_yaml_file
+from tiffin.exceptions import CorruptEntry
+from tiffin.store.versioned import BrokenEntry, Store, home, load_yaml_file
 from tiffin.tag import RULE, Tag, is_valid_part
 
 __all__ = [
@@ -175,20 +174,7 @@ def scan(
 ) -> tuple[list[BuiltTiffin], list[BrokenEntry]]:
     """Every readable built tiffin (newest first) and every broken entry."""
     store = store or default_store()
-    if name is not None:
-        name = Tag(name).name
-    found: list[BuiltTiffin] = []
-    broken: list[BrokenEntry] = []
-    for entry_name, version, path in store.version_dirs(name):
-        tag = f"{entry_name}:{version}"
-        if not (is_valid_part(entry_name) and is_valid_part(version)):
-            error = f"directory {path} is not a valid tag: a name or version is {RULE}"
-            broken.append(BrokenEntry(tag, str(path), error))
-            continue
-        try:
-            found.append(BuiltTiffin.from_path(path))
-        except TiffinError as exc:
-            broken.append(BrokenEntry(tag, str(path), str(exc)))
+    found, broken = store.scan(None if name is None else Tag(name).name, BuiltTiffin.from_path)
     found.sort(key=lambda t: (t.creation_time, t.tag.version or ""), reverse=True)
     return found, broken
 
