@@ -732,3 +732,75 @@ def test_bodies_are_measured_before_anything_is_built(kinds: dict[str, Kind]) ->
         assert list(out.columns) == kinds["columns"].names
     finally:
         DECODE_LIMITS.reset(token)
+
+
+# -- the plain tensor fast path -----------------------------------------------------------------
+
+PLAIN = [  # (dtype, shape, payload, taken: the fast path builds it)
+    ("float64", [-1, 3], [[0.5, 1.0, -2.25]], True),
+    ("float32", [-1, 3], [[0.5, 1.0, -2.25], [3.0, 4.0, 5.0]], True),
+    ("float32", [-1, 3], [[0.5, 1.0, 1e300]], False),  # too large for float32: the 400 below
+    ("float32", [-1, 2], [[1, 2]], True),  # integers as floats
+    ("float16", [-1, 2], [[70000.0, 1.0]], False),
+    ("int64", [-1, 2], [[1, 2], [3, 4]], True),
+    ("int64", [-1, 2], [[1.5, 2.0]], False),  # not whole: the 400 below
+    ("int64", [-1, 2], [[2.0, 3.0]], False),  # whole floats: the general path's exact cast
+    ("int32", [-1, 2], [[1, 2]], False),
+    ("uint8", [-1, 2], [[1, 2]], False),
+    ("bool", [-1, 2], [[True, False]], True),
+    ("float64", [-1, 2], [[1.0, "2"]], False),  # a string: the 400 below
+    ("float64", [-1, 2], [[1.0, 2.0], [3.0]], False),  # ragged
+    ("float64", [-1, 2], [[1.0, 2.0, 3.0]], False),  # wrong width
+    ("float64", [-1, 2, 2], [[[1.0, 2.0], [3.0, 4.0]]], True),
+    ("float64", [-1, 2, 2], [[1.0, 2.0]], False),  # shallower than declared
+    ("float64", [-1], [1.0, 2.0], True),
+    ("float64", [-1], [[1.0], [2.0]], False),  # deeper than declared
+    ("float64", [2, -1], [[1.0], [2.0], [3.0]], False),  # a fixed first dimension
+    ("float64", [-1, 2], [], False),
+]
+
+
+@pytest.mark.parametrize(("dtype", "shape", "payload", "taken"), PLAIN)
+def test_plain_tensor_bodies_give_what_the_general_path_gives(
+    dtype: str, shape: list[int], payload: Any, taken: bool
+) -> None:
+    schema = InputSchema.from_signature(
+        [{"type": "tensor", "tensor-spec": {"dtype": dtype, "shape": shape}}]
+    )
+    assert schema is not None
+    fast = serving.plain_tensor(payload, schema)
+    assert (fast is not None) == taken
+    try:
+        general = schema.from_inputs(payload)
+    except InvalidArgument as exc:
+        assert fast is None
+        for body in ({"inputs": payload}, {"instances": payload}):
+            with pytest.raises(InvalidArgument) as caught:
+                serving.from_invocation(body, schema)
+            assert str(caught.value) == str(exc)
+        with pytest.raises(InvalidArgument):
+            serving.from_json(payload, schema)
+        return
+    for out in (
+        serving.from_invocation({"inputs": payload}, schema),
+        serving.from_invocation({"instances": payload}, schema),
+        serving.from_json(payload, schema),
+    ):
+        assert out.dtype == general.dtype == np.dtype(dtype)
+        assert out.shape == general.shape
+        assert np.array_equal(out, general)
+
+
+def test_plain_tensor_bodies_are_measured_before_anything_is_built() -> None:
+    schema = InputSchema.from_signature(
+        [{"type": "tensor", "tensor-spec": {"dtype": "float64", "shape": [-1, 4]}}]
+    )
+    assert schema is not None
+    token = DECODE_LIMITS.set(DecodeLimits(max_decoded_cells=40))
+    try:
+        assert serving.plain_tensor([[0.5] * 4] * 10, schema) is not None
+        assert serving.plain_tensor([[0.5] * 4] * 11, schema) is None
+        with pytest.raises(DecodedTooLarge, match="max_decoded_cells"):
+            serving.from_invocation({"inputs": [[0.5] * 4] * 11}, schema)
+    finally:
+        DECODE_LIMITS.reset(token)

@@ -23,6 +23,7 @@ when it enforces the schema on the frame (a JSON or CSV value is a parse error t
 from __future__ import annotations
 
 import io
+from functools import cache
 from typing import Any
 
 from tiffin.exceptions import InvalidArgument, SignatureMismatch
@@ -46,6 +47,7 @@ from tiffin.io.limits import (
     check_json_table,
     check_npy,
     check_parquet,
+    current,
     nested_shape,
 )
 from tiffin.io.payloads import check_envelope
@@ -59,10 +61,14 @@ __all__ = [
     "from_npy",
     "from_parquet",
     "known_columns",
+    "plain_tensor",
 ]
 
 #: keys that make MLflow read a body as an LLM request (chat, completions, embeddings)
 LLM_KEYS = frozenset({"messages", "prompt", "input"})
+
+# the envelopes whose payload is the tensor itself
+_TENSOR_KEYS = frozenset({"inputs", "instances"})
 
 
 def known_columns(payload: Any, columns: frozenset[str]) -> Any:
@@ -82,6 +88,57 @@ def known_columns(payload: Any, columns: frozenset[str]) -> Any:
             for row in payload
         ]
     return payload
+
+
+@cache
+def _float_max(dtype: Any) -> float:
+    import numpy as np
+
+    return float(np.finfo(dtype).max)
+
+
+def plain_tensor(payload: Any, schema: InputSchema) -> Any:
+    """Nested lists of plain numbers as the model's one unnamed tensor, when numpy reads them
+    as a dtype that becomes the declared one with nothing left to check -- the commonest body,
+    in about a microsecond. None: :meth:`InputSchema.from_inputs` decides (the limits, ragged
+    lists, strings, values the dtype cannot hold, shapes) and words any error.
+
+    The nested lists' declared shape is read along their first elements and measured against
+    ``max_decoded_cells`` before numpy builds anything; a ragged or deeper list makes numpy
+    fail or infer a different shape, which goes to the general path."""
+    spec = schema.specs[0]
+    shape = spec.shape
+    if not shape:
+        return None
+    cells = 1
+    value = payload
+    for _ in shape:
+        if type(value) is not list or not value:
+            return None
+        cells *= len(value)
+        value = value[0]
+    if type(value) is list or cells > current().max_decoded_cells:
+        return None
+    import numpy as np
+
+    try:
+        array = np.array(payload)
+    except ValueError:
+        return None
+    found_shape = array.shape
+    if len(found_shape) != len(shape):
+        return None
+    for declared, length in zip(shape, found_shape):  # noqa: B905 (equal lengths)
+        if declared != -1 and declared != length:
+            return None
+    found, target = array.dtype, spec.dtype
+    if found.kind == target.kind and found.itemsize <= target.itemsize:
+        return array if found == target else array.astype(target)
+    if target.kind == "f" and found.kind in "iub":
+        return array.astype(target)  # as exact(): every integer has a nearest float
+    if target.kind == "f" and found.kind == "f":  # narrower floats: none may become inf
+        return array.astype(target) if np.abs(array).max() <= _float_max(target) else None
+    return None
 
 
 def _unsigned(key: str | None, payload: Any, columnar: bool) -> Any:
@@ -113,7 +170,12 @@ def from_invocation(decoded: Any, schema: InputSchema | None, columnar: bool = F
     keys = [key for key in ENVELOPES if key in decoded]
     if len(keys) != 1:
         return FALLBACK
-    return _envelope(keys[0], decoded[keys[0]], schema, columnar)
+    key = keys[0]
+    if key in _TENSOR_KEYS and schema is not None and schema.kind == "tensor":
+        array = plain_tensor(decoded[key], schema)
+        if array is not None:
+            return array
+    return _envelope(key, decoded[key], schema, columnar)
 
 
 def from_json(value: Any, schema: InputSchema | None, columnar: bool = False) -> Any:
@@ -121,6 +183,10 @@ def from_json(value: Any, schema: InputSchema | None, columnar: bool = False) ->
     or one of MLflow's envelopes (``serve-model``, ``tiffin models predict``)."""
     if schema is not None and schema.needs_mlflow:
         return FALLBACK
+    if type(value) is list and schema is not None and schema.kind == "tensor":
+        array = plain_tensor(value, schema)
+        if array is not None:
+            return array
     if isinstance(value, dict):
         keys = [key for key in ENVELOPES if key in value]
         if len(keys) > 1:
