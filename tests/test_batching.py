@@ -184,6 +184,56 @@ def test_a_lone_call_runs_at_once_and_a_lone_caller_is_never_held() -> None:
     run(main)
 
 
+def test_a_lone_call_run_inline_costs_no_task_and_no_extra_turn_of_the_loop() -> None:
+    """The loop task runs a lone call by ``inline`` as it takes it from the queue: the caller
+    has its answer in the turn after the loop task's, with no batch task in between; a
+    failure reaches that caller alone, and ``BUSY`` leaves the call to ``infer``."""
+    from tiffin.runner.batching import BUSY
+
+    clock = FakeClock()
+    ran: list[str] = []
+    busy = False
+
+    async def infer(rows: list[int]) -> list[int]:
+        ran.append("infer")
+        return [r * 10 for r in rows]
+
+    def inline(n: int, rows: list[int]) -> Any:
+        if busy:
+            return BUSY
+        ran.append("inline")
+        if rows == [13]:
+            raise ValueError("thirteen")
+        return [r * 10 for r in rows]
+
+    async def turns_to_answer(dispatcher: Dispatcher, row: int) -> tuple[int, Any]:
+        call = spawn(dispatcher.submit([row]))
+        tasks = len(asyncio.all_tasks())
+        turns = 0
+        while not call.done():
+            await asyncio.sleep(0)
+            turns += 1
+            assert len(asyncio.all_tasks()) <= tasks  # no batch task was made
+        return turns, call.exception() or call.result()
+
+    async def main() -> None:
+        nonlocal busy
+        dispatcher = Dispatcher(infer, clock=clock, inline=inline)
+        await clock.run_until(dispatcher.submit([0]))  # the loop task is running
+        assert await turns_to_answer(dispatcher, 1) == (3, [10])
+        turns, error = await turns_to_answer(dispatcher, 13)
+        assert isinstance(error, ValueError) and str(error) == "thirteen"
+        assert await turns_to_answer(dispatcher, 2) == (3, [20])  # and it keeps serving
+        assert ran == ["inline"] * 4
+        assert dispatcher.stats.batches == 4 and dispatcher.stats.failed_batches == 1
+        busy = True
+        assert await clock.run_until(dispatcher.submit([3])) == [30]
+        assert ran[-1] == "infer"
+        await dispatcher.aclose()
+
+    run(main)
+
+
 def test_the_default_clock_is_the_event_loop() -> None:
     """Without a clock the dispatcher reads its loop's time: a call still queued behind a batch
     that never ends is answered with Overloaded once max_latency_ms of loop time has passed."""

@@ -25,9 +25,9 @@ splits the result. Plain asyncio, no threads; all its time comes from a :class:`
   model's exception only when it failed alone, the others their results.
 * Cancellation: a cancelled caller (its client hung up) leaves the queue and its rows never
   reach the model; if its batch had started, its result is dropped.
-* Inline runs: given ``inline``, a run of one call with none waiting is offered to it first (its
-  backend runs a cheap one on the event loop itself; under load, runs on the worker let the
-  loop read the next batch meanwhile); it answers :data:`BUSY` to leave the run to ``infer``.
+* Inline runs: given ``inline``, a run of one call with none waiting is offered to it first, as
+  the loop task starts it (no task, no turn of the loop between; its backend runs a cheap one
+  on the event loop itself); :data:`BUSY` leaves the run to ``infer``.
 * Event loops: a dispatcher binds to the loop of its first ``submit``. Another running loop is an
   error, except once the first has closed (one ``asyncio.run`` per call): then it binds afresh.
 """
@@ -46,8 +46,8 @@ from tiffin.exceptions import InvalidArgument, Overloaded, RunnerError
 from tiffin.runner import containers
 from tiffin.runner.hold import Clock, HoldTracker, LoopClock, TimerHandle
 from tiffin.runner.isolation import Isolation
-from tiffin.runner.merging import attempt, fail, isolates
-from tiffin.runner.queueing import CallQueue, Entry, Run
+from tiffin.runner.merging import answer, attempt, fail, isolates
+from tiffin.runner.queueing import CallQueue, Entry, Run, chunks, overloaded
 from tiffin.runner.stats import BatchStats
 
 __all__ = ["BUSY", "Clock", "Dispatcher", "LoopClock", "TimerHandle"]
@@ -158,24 +158,7 @@ class Dispatcher:
         self.stats.calls += 1
         self.stats.rows += rows
         self._holds.arrivals.add(now, rows)
-        seq = self._seq
-        if rows <= size:
-            entries = [Entry(args, kwargs, rows, loop.create_future(), key, now, next(seq))]
-        else:
-            sizes = [size] * (rows // size) + ([rows % size] if rows % size else [])
-            pieces = [containers.split(arg, sizes, dim) for arg in args]
-            entries = [
-                Entry(
-                    tuple(p[i] for p in pieces),
-                    kwargs,
-                    n,
-                    loop.create_future(),
-                    key,
-                    now,
-                    next(seq),
-                )
-                for i, n in enumerate(sizes)
-            ]
+        entries = chunks(args, kwargs, rows, size, dim, key, now, self._seq, loop.create_future)
         for entry in entries:
             self._enqueue(entry)
         self._wake.set()
@@ -254,14 +237,7 @@ class Dispatcher:
 
     def _overloaded(self, waited: float, rows: int) -> Overloaded:
         drain = self.cost.drain_seconds(rows, self.max_batch_size, self._in_flight)
-        retry_after = float(max(1, math.ceil(drain)))
-        return Overloaded(
-            f"runner method '{self.name}' is overloaded: a call waited {waited * 1000:.0f} ms in "
-            f"its batching queue without its batch starting, past max_latency_ms="
-            f"{self.max_latency_ms:g}; the server has more work than it can serve, retry after "
-            f"{retry_after:g} s (or add capacity, or raise max_latency_ms)",
-            retry_after=retry_after,
-        )
+        return overloaded(self.name, waited, self.max_latency_ms, drain)
 
     async def _run(self) -> None:
         wake = self._wake
@@ -324,40 +300,64 @@ class Dispatcher:
         self._holds.batch_starts(self._queue.rows + self._running_rows + self._isolation.rows)
         self._stepped = run.step is not None
         self._in_flight += 1
+        lone = len(run.calls) == 1 and not run.step and not self._queue.rows
+        if lone and self._inline and self._run_inline(run, self._inline):
+            return
         task = asyncio.get_running_loop().create_task(self._execute(run))
         self._batches.add(task)
         task.add_done_callback(self._batches.discard)
 
-    async def _execute(self, run: Run) -> None:
-        clock, stats, calls, rows = self._clock, self.stats, run.calls, run.rows
-        stats.batches += 1
-        stats.isolation_runs += run.step is not None
-        stats.batch_rows.observe(rows)
+    def _counted(self, run: Run) -> None:
+        self.stats.batches += 1
+        self.stats.isolation_runs += run.step is not None
+        self.stats.batch_rows.observe(run.rows)
 
+    def _run_inline(self, run: Run, inline: Callable[..., Any]) -> bool:
+        """``run`` (one call) by ``inline`` now: True when it ran; False: BUSY."""
+        call, clock, error = run.calls[0], self._clock, None
+        started = clock.now()
+        try:
+            result = inline(run.rows, *call.args, **call.kwargs)
+            if result is BUSY:
+                return False
+            elapsed = clock.now() - started
+            answer(run.calls, result, self.output_dim, self.name)
+        except Exception as exc:
+            error, elapsed = exc, 0.0
+        self._counted(run)
+        self._done(run)
+        self._settle(run, error, elapsed)
+        return True
+
+    async def _execute(self, run: Run) -> None:
+        self._counted(run)
         elapsed = 0.0
 
         async def infer(payloads: tuple[Any, ...], kwargs: dict[str, Any], n: int) -> Any:
             nonlocal elapsed  # the model's time, without merging and splitting
-            started = clock.now()
-            if self._inline is not None and n == 1 and not self._queue.rows:
-                result = self._inline(rows, *payloads, **kwargs)
-                if result is not BUSY:
-                    elapsed = clock.now() - started
-                    return result
+            started = self._clock.now()
             result = await self._infer(*payloads, **kwargs)
-            elapsed = clock.now() - started
+            elapsed = self._clock.now() - started
             return result
 
         try:
-            error = await attempt(infer, calls, self.input_dim, self.output_dim, self.name)
+            error = await attempt(infer, run.calls, self.input_dim, self.output_dim, self.name)
         finally:
-            self._in_flight -= 1
-            self._running_rows -= run.taken_rows
-            self._wake.set()
-        step = run.step
+            self._done(run)
+        self._settle(run, error, elapsed)
+
+    def _done(self, run: Run) -> None:
+        """``run``'s model call is over: the model is free for the next."""
+        self._in_flight -= 1
+        self._running_rows -= run.taken_rows
+        self._wake.set()
+
+    def _settle(self, run: Run, error: BaseException | None, elapsed: float) -> None:
+        """After ``run``: its figures, or its failure answered or isolated."""
+        stats, calls, step = self.stats, run.calls, run.step
         if error is None:
             stats.run_time.observe(elapsed)
-            self.cost.add(rows, elapsed)
+            self.cost.add(run.rows, elapsed)
             if step is not None:
                 self._isolation.passed(step)
             return

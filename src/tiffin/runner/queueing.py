@@ -11,14 +11,18 @@
 
 from __future__ import annotations
 
+import math
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
+from tiffin.exceptions import Overloaded
+from tiffin.runner import containers
 from tiffin.runner.isolation import Step
 from tiffin.runner.merging import Call, same_options
 
-__all__ = ["CallQueue", "Entry", "Run"]
+__all__ = ["CallQueue", "Entry", "Run", "chunks", "overloaded"]
 
 
 @dataclass(eq=False, slots=True)
@@ -30,6 +34,42 @@ class Entry(Call):
     seq: int = 0  # submission order, which the queue keeps
     queued: bool = True  # read and written by CallQueue only
     struck: bool = False  # rode a failed isolation step: never rides again
+
+
+def overloaded(name: str, waited: float, max_latency_ms: float, drain: float) -> Overloaded:
+    """The error of a call that waited ``waited`` seconds, past ``max_latency_ms``, with a
+    queue that takes ``drain`` seconds to empty (its ``Retry-After``)."""
+    retry_after = float(max(1, math.ceil(drain)))
+    return Overloaded(
+        f"runner method '{name}' is overloaded: a call waited {waited * 1000:.0f} ms in its "
+        f"batching queue without its batch starting, past max_latency_ms={max_latency_ms:g}; "
+        f"the server has more work than it can serve, retry after {retry_after:g} s (or add "
+        "capacity, or raise max_latency_ms)",
+        retry_after=retry_after,
+    )
+
+
+def chunks(
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    rows: int,
+    size: int,
+    dim: int,
+    key: Hashable,
+    now: float,
+    seq: Iterator[int],
+    future: Callable[[], Any],
+) -> list[Entry]:
+    """The entries of one call of ``rows`` rows: itself, or consecutive chunks of at most
+    ``size`` rows (cut along ``dim``) when it holds more; ``future()`` makes each one's."""
+    if rows <= size:
+        return [Entry(args, kwargs, rows, future(), key, now, next(seq))]
+    sizes = [size] * (rows // size) + ([rows % size] if rows % size else [])
+    pieces = [containers.split(arg, sizes, dim) for arg in args]
+    return [
+        Entry(tuple(p[i] for p in pieces), kwargs, n, future(), key, now, next(seq))
+        for i, n in enumerate(sizes)
+    ]
 
 
 @dataclass(eq=False, slots=True)
