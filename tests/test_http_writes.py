@@ -91,3 +91,49 @@ def test_a_real_server_on_the_protocol_answers_keep_alive_requests() -> None:
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def test_a_complete_response_leaves_at_once_in_one_send() -> None:
+    from uvicorn.config import Config
+    from uvicorn.server import ServerState
+
+    async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+        await receive()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", b"4")]})
+        await send({"type": "http.response.body", "body": b"done"})
+
+    sent_at_completion: list[int] = []
+
+    class Watched(BatchedWritesProtocol):
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            sent_at_completion.append(len(recording.writes))  # before the turn ends
+
+    class Transport(Recording):
+        def get_extra_info(self, name: str) -> object:
+            return ("127.0.0.1", 8000) if name in ("sockname", "peername") else None
+
+        def pause_reading(self) -> None: ...
+
+        def resume_reading(self) -> None: ...
+
+    recording = Transport()
+
+    async def main() -> None:
+        config = Config(app, log_level="error")
+        config.load()
+        protocol = Watched(config=config, server_state=ServerState(), app_state={})
+        protocol.connection_made(recording)
+        protocol.data_received(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        for _ in range(20):
+            if sent_at_completion:
+                break
+            await asyncio.sleep(0)
+        protocol.connection_lost(None)
+
+    asyncio.run(main())
+    assert sent_at_completion == [1]
+    assert len(recording.writes) == 1
+    response = recording.writes[0]
+    assert response.startswith(b"HTTP/1.1 200 OK") and response.endswith(b"done")
