@@ -804,3 +804,16 @@ def test_plain_tensor_bodies_are_measured_before_anything_is_built() -> None:
             serving.from_invocation({"inputs": [[0.5] * 4] * 11}, schema)
     finally:
         DECODE_LIMITS.reset(token)
+
+
+def test_an_array_already_of_the_declared_dtype_is_not_copied() -> None:
+    schema = InputSchema.from_signature(
+        [{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": [-1, 3]}}]
+    )
+    assert schema is not None
+    ready = np.ones((2, 3), dtype=np.float32)
+    assert schema.convert(ready) is ready
+    widened = schema.convert(np.ones((2, 3), dtype=np.float16))
+    assert widened.dtype == np.float32
+    with pytest.raises(InvalidArgument, match="shape"):
+        schema.convert(np.ones((2, 4), dtype=np.float32))

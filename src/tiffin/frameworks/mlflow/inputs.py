@@ -325,7 +325,10 @@ class InputSchema:
     # -- tensors ----------------------------------------------------------------------------
 
     def _tensor(self, spec: Spec, value: Any, what: str) -> Any:
-        array = casting.to_array(value, spec.dtype, casting.at(what))
+        if getattr(value, "dtype", None) == spec.dtype and type(value).__module__ == "numpy":
+            array = value  # already the declared dtype (as serving converted it): no copy
+        else:
+            array = casting.to_array(value, spec.dtype, casting.at(what))
         shape = spec.shape or ()
         if array.ndim != len(shape) or any(
             s not in (-1, n) for s, n in zip(shape, array.shape, strict=True)
