@@ -222,7 +222,7 @@ def test_a_lone_call_run_inline_costs_no_task_and_no_extra_turn_of_the_loop() ->
         await clock.run_until(dispatcher.submit([0]))  # the loop task is running
         assert await turns_to_answer(dispatcher, 1) == (3, [10])
         turns, error = await turns_to_answer(dispatcher, 13)
-        assert isinstance(error, ValueError) and str(error) == "thirteen"
+        assert turns == 3 and isinstance(error, ValueError) and str(error) == "thirteen"
         assert await turns_to_answer(dispatcher, 2) == (3, [20])  # and it keeps serving
         assert ran == ["inline"] * 4
         assert dispatcher.stats.batches == 4 and dispatcher.stats.failed_batches == 1
