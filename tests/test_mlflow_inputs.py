@@ -817,3 +817,42 @@ def test_an_array_already_of_the_declared_dtype_is_not_copied() -> None:
     assert widened.dtype == np.float32
     with pytest.raises(InvalidArgument, match="shape"):
         schema.convert(np.ones((2, 4), dtype=np.float32))
+
+
+SPLITS = [  # (dtype, shape, split, taken)
+    ("float64", [-1, 2], {"columns": ["a", "b"], "data": [[1.0, 2.0], [3.0, 4.5]]}, True),
+    ("float32", [-1, 2], {"data": [[1.0, 2.0]], "index": [7]}, True),
+    ("int64", [-1, 2], {"columns": ["a", "b"], "data": [[1, 2]]}, True),
+    ("float64", [-1, 2], {"columns": ["a", "b", "c"], "data": [[1.0, 2.0]]}, False),
+    ("float64", [-1, 2], {"columns": ["a", "b"], "data": [[1.0, "x"]]}, False),
+    ("float64", [-1, 1], {"columns": ["a"], "data": [[1.0], [2.0]]}, True),
+    ("float64", [-1], {"columns": ["a"], "data": [[1.0], [2.0]]}, False),
+    ("float64", [-1, 2], {"columns": ["a", "b"], "data": [[1.0, 2.0]], "extra": 1}, False),
+    ("float64", [-1, 2, 2], {"data": [[[1.0, 2.0], [3.0, 4.0]]]}, False),
+]
+
+
+@pytest.mark.parametrize(("dtype", "shape", "split", "taken"), SPLITS)
+def test_dataframe_split_of_plain_numbers_gives_what_the_general_path_gives(
+    dtype: str, shape: list[int], split: dict[str, Any], taken: bool
+) -> None:
+    schema = InputSchema.from_signature(
+        [{"type": "tensor", "tensor-spec": {"dtype": dtype, "shape": shape}}]
+    )
+    assert schema is not None
+    fast = serving.plain_tensor(serving._tensor_payload("dataframe_split", split), schema)
+    assert (fast is not None) == taken
+    try:
+        general = schema.from_envelope("dataframe_split", split)
+    except InvalidArgument as exc:
+        assert fast is None
+        with pytest.raises(InvalidArgument) as caught:
+            serving.from_invocation({"dataframe_split": split}, schema)
+        assert str(caught.value) == str(exc)
+        return
+    out = serving.from_invocation({"dataframe_split": split}, schema)
+    if general is FALLBACK:
+        assert out is FALLBACK and fast is None
+        return
+    assert out.dtype == general.dtype and out.shape == general.shape
+    assert np.array_equal(out, general)

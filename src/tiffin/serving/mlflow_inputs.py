@@ -69,6 +69,7 @@ LLM_KEYS = frozenset({"messages", "prompt", "input"})
 
 # the envelopes whose payload is the tensor itself
 _TENSOR_KEYS = frozenset({"inputs", "instances"})
+_SPLIT_KEYS = frozenset({"columns", "data", "index"})
 
 
 def known_columns(payload: Any, columns: frozenset[str]) -> Any:
@@ -108,7 +109,7 @@ def plain_tensor(payload: Any, schema: InputSchema) -> Any:
     fail or infer a different shape, which goes to the general path."""
     spec = schema.specs[0]
     shape = spec.shape
-    if not shape:
+    if not shape or payload is None:
         return None
     cells = 1
     value = payload
@@ -171,11 +172,33 @@ def from_invocation(decoded: Any, schema: InputSchema | None, columnar: bool = F
     if len(keys) != 1:
         return FALLBACK
     key = keys[0]
-    if key in _TENSOR_KEYS and schema is not None and schema.kind == "tensor":
-        array = plain_tensor(decoded[key], schema)
+    if schema is not None and schema.kind == "tensor":
+        array = plain_tensor(_tensor_payload(key, decoded[key]), schema)
         if array is not None:
             return array
     return _envelope(key, decoded[key], schema, columnar)
+
+
+def _tensor_payload(key: str, payload: Any) -> Any:
+    """What :func:`plain_tensor` may read in envelope ``key``: the payload of ``inputs`` and
+    ``instances``, the rows of a ``dataframe_split`` whose columns (if named) are as many as
+    each row's values (the table is the tensor; its labels play no part); else None."""
+    if key in _TENSOR_KEYS:
+        return payload
+    if key != "dataframe_split" or type(payload) is not dict:
+        return None
+    data, columns = payload.get("data"), payload.get("columns")
+    if type(data) is not list or not data or type(data[0]) is not list:
+        return None
+    if not data[0] or type(data[0][0]) is list:
+        return None  # cells holding lists: MLflow reshapes them
+    if payload.keys() - _SPLIT_KEYS or not (columns is None or _same_width(columns, data[0])):
+        return None
+    return data
+
+
+def _same_width(columns: Any, row: list[Any]) -> bool:
+    return type(columns) is list and len(columns) == len(row)
 
 
 def from_json(value: Any, schema: InputSchema | None, columnar: bool = False) -> Any:
