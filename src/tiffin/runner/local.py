@@ -153,7 +153,9 @@ class LocalBackend:
 
     def dispatcher(self, method: RunnerMethod, loop: asyncio.AbstractEventLoop) -> Dispatcher:
         """``method``'s dispatcher on ``loop`` (made on first use)."""
-        table = self._dispatchers.setdefault(method.name, weakref.WeakKeyDictionary())
+        table = self._dispatchers.get(method.name)
+        if table is None:
+            table = self._dispatchers[method.name] = weakref.WeakKeyDictionary()
         dispatcher = table.get(loop)
         if dispatcher is None:
             # a dispatcher holds its loop strongly: drop those of loops that have closed
