@@ -6,6 +6,7 @@ import asyncio
 import socket
 
 import httpx
+import pytest
 
 from tiffin.process.uvicorn_glue import BatchedWritesProtocol, _BatchedWrites
 
@@ -93,7 +94,9 @@ def test_a_real_server_on_the_protocol_answers_keep_alive_requests() -> None:
         thread.join(10)
 
 
-def test_a_complete_response_leaves_at_once_in_one_send() -> None:
+@pytest.mark.parametrize("others", [0, 3])
+def test_a_complete_response_leaves_at_once_in_one_send_when_alone(others: int) -> None:
+    """With other connections open the send waits for the end of the turn instead."""
     from uvicorn.config import Config
     from uvicorn.server import ServerState
 
@@ -123,7 +126,9 @@ def test_a_complete_response_leaves_at_once_in_one_send() -> None:
     async def main() -> None:
         config = Config(app, log_level="error")
         config.load()
-        protocol = Watched(config=config, server_state=ServerState(), app_state={})
+        state = ServerState()
+        state.connections.update(object() for _ in range(others))  # type: ignore[misc]
+        protocol = Watched(config=config, server_state=state, app_state={})
         protocol.connection_made(recording)
         protocol.data_received(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
         for _ in range(20):
@@ -133,7 +138,7 @@ def test_a_complete_response_leaves_at_once_in_one_send() -> None:
         protocol.connection_lost(None)
 
     asyncio.run(main())
-    assert sent_at_completion == [1]
+    assert sent_at_completion == [0 if others else 1]
     assert len(recording.writes) == 1
     response = recording.writes[0]
     assert response.startswith(b"HTTP/1.1 200 OK") and response.endswith(b"done")

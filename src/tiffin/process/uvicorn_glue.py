@@ -4,9 +4,12 @@ uvicorn writes a response's status line and headers, then its body, as two write
 socket transport; uvloop sends each at once, so every small response costs two ``send``
 system calls. :class:`_BatchedWrites` holds the writes made during one turn of the event loop
 and sends them together at the end of that turn -- the same bytes, in the same order, one
-system call. A response that completes sends what it holds at once
-(:meth:`BatchedWritesProtocol.on_response_complete`) rather than a turn later: the turn in
-between would cost a pass through the event loop per request.
+system call. On a server with one open connection, a response that completes is sent at once
+(:meth:`BatchedWritesProtocol.on_response_complete`) rather than a turn later, a pass through
+the event loop less per request. With more connections the send waits for the end of the turn:
+the answers of a turn then leave together and their clients' next requests come back
+together, so each turn serves more requests (sending each at once measured 20% more CPU per
+request at 64 connections).
 """
 
 from __future__ import annotations
@@ -81,9 +84,10 @@ class BatchedWritesProtocol(HttpToolsProtocol):
         super().connection_made(_BatchedWrites(transport, self.loop))  # type: ignore[arg-type]
 
     def on_response_complete(self) -> None:
-        """The response is whole: send it now (uvicorn calls this after its last write)."""
+        """The response is whole (uvicorn calls this after its last write): on a server with
+        one open connection, send it now."""
         transport = self.transport
-        if isinstance(transport, _BatchedWrites):
+        if isinstance(transport, _BatchedWrites) and len(self.server_state.connections) <= 1:
             transport.flush_now()
         super().on_response_complete()
 
