@@ -5,10 +5,12 @@ caller used: :class:`~tiffin.frameworks.mlflow.inputs.InputSchema` converts list
 columns, ndarrays and DataFrames exactly (``runner.predict.run(nested_list)`` on a float32
 tensor signature, a dict of columns on a model logged from a DataFrame); without a signature a
 dict of columns or records becomes a DataFrame and nested lists an ndarray. What tiffin
-converted already meets the schema, so the model is called without MLflow checking it a second
-time (unless ``params`` are passed or the model declares a parameter schema, which MLflow
-checks as usual); what tiffin leaves to MLflow (Array/Object/Map columns, type-hint
-signatures, other containers) goes through MLflow's ``predict`` unchanged.
+converted already meets the schema, so the model's own predict function is called without
+MLflow checking it a second time; a model's parameter schema is then checked by
+:mod:`~tiffin.frameworks.mlflow.params` (MLflow's rules: declared types, defaults filled,
+unknown names dropped), while ``params`` for a model without one go through MLflow's
+``predict``, which drops them with a warning. What tiffin leaves to MLflow (Array/Object/Map
+columns, type-hint signatures, other containers) goes through MLflow's ``predict`` unchanged.
 
 A model with the ``pytorch`` flavor runs on its runner's device (``auto`` by default: a GPU
 when one is visible), natively (``flavor="native"``/``"pytorch"``: the module itself, every
@@ -26,6 +28,7 @@ from tiffin.device_settings import CPU, GPU_RESOURCE
 from tiffin.exceptions import InvalidArgument
 from tiffin.frameworks.mlflow.inputs import FALLBACK, InputSchema, unsigned
 from tiffin.frameworks.mlflow.loading import load_model, load_native
+from tiffin.frameworks.mlflow.params import ParamsChecker, params_checker
 from tiffin.frameworks.mlflow.pytorch import (
     TORCH_FLAVOR,
     is_torch_model,
@@ -53,18 +56,26 @@ def as_model_input(data: Any, schema: InputSchema | None) -> Any:
     return schema.convert(data)
 
 
-def _checked_once(pyfunc_model: Any) -> Callable[[Any], Any] | None:
+def _checked_once(pyfunc_model: Any) -> tuple[Callable[..., Any] | None, ParamsChecker | None]:
     """The model's own predict function, for inputs tiffin has already made what the
-    signature declares (MLflow would only check them again); None where MLflow must check
-    something itself (a parameter schema, a signature from type hints) or where this MLflow
-    has no such function."""
+    signature declares (MLflow would only check them again), and the check of its parameter
+    schema (None: it has none); no function where MLflow must check something itself (a
+    signature from type hints, a parameter schema this MLflow cannot check apart from the
+    inputs, or one for a predict function without ``params``) or where this MLflow has no such
+    function."""
     predict = getattr(pyfunc_model, "_predict_fn", None)
     metadata = getattr(pyfunc_model, "metadata", None)
-    if predict is None or metadata is None or metadata.get_params_schema() is not None:
-        return None
+    if predict is None or metadata is None:
+        return None, None
     if getattr(metadata, "_is_signature_from_type_hint", bool)():
-        return None
-    return predict
+        return None, None
+    if metadata.get_params_schema() is None:
+        return predict, None
+    takes = inspect.signature(predict).parameters.get("params")
+    if takes is None or takes.kind == inspect.Parameter.VAR_KEYWORD:
+        return None, None  # MLflow warns that it drops the params, then calls it without
+    check = params_checker(metadata)
+    return (predict, check) if check is not None else (None, None)
 
 
 def get_runnable(model: Model) -> type[Runnable]:
@@ -89,13 +100,18 @@ def get_runnable(model: Model) -> type[Runnable]:
             self.model = load_pyfunc_torch(model, device) if on_gpu else load_model(model)
             self.schema = InputSchema.from_model(model)
             self.accepts_params = "params" in inspect.signature(self.model.predict).parameters
-            self.direct = _checked_once(self.model) if self.schema is not None else None
+            self.direct, self.check_params = (
+                _checked_once(self.model) if self.schema is not None else (None, None)
+            )
 
         def predict(self, data: Any, params: dict[str, Any] | None = None) -> Any:
             converted = as_model_input(data, self.schema)
             if converted is not FALLBACK:
-                if self.direct is not None and not params:
-                    return self.direct(converted)
+                if self.direct is not None:
+                    if self.check_params is not None:  # MLflow's check of the params, alone
+                        return self.direct(converted, params=self.check_params(params))
+                    if not params:
+                        return self.direct(converted)
                 data = converted
             if self.accepts_params:
                 return self.model.predict(data, params=params)
