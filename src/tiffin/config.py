@@ -25,6 +25,12 @@ The YAML file (``--config FILE`` or ``TIFFIN_CONFIG``) looks like::
         max_latency_ms: 2000
         workers: 2               # --workers N: runner processes the API workers share
         # embedded: true         # --workers N: load it in every API worker instead
+    ray:                         # --backend ray (tiffin.ray): Ray deployment options
+      service: {num_replicas: 1}
+      runners: {iris_clf: {num_replicas: 2, ray_actor_options: {num_cpus: 1}}}
+
+Read elsewhere, not server settings: ``TIFFIN_HOME`` (the store) and ``TIFFIN_REMOTE`` (the
+store's S3 remote, :mod:`tiffin.store.remote`).
 
 Environment variables: ``TIFFIN_HOST``, ``TIFFIN_PORT``, ``TIFFIN_API_TIMEOUT_S``,
 ``TIFFIN_MAX_BODY_SIZE``, ``TIFFIN_MAX_DECODED_CELLS``, ``TIFFIN_MAX_COLUMNS``,
@@ -56,6 +62,7 @@ __all__ = [
     "ENV_PREFIX",
     "MULTIPROC_ENV",
     "ApiSettings",
+    "RaySettings",
     "RunnerSettings",
     "ServeSettings",
     "load_settings",
@@ -70,6 +77,7 @@ _NOT_SETTINGS = frozenset(
         "TIFFIN_HOME",
         "TIFFIN_CONFIG",
         "TIFFIN_MLFLOW_MODEL_PATH",
+        "TIFFIN_REMOTE",
         "TIFFIN_RUNNER_THREADS",
         "TIFFIN_SERVE_TARGET",
         "TIFFIN_SETTINGS_JSON",
@@ -122,6 +130,23 @@ class ApiSettings(BaseModel):
     timeout_s: float | None = Field(default=None, gt=0)
 
 
+class RaySettings(BaseModel):
+    """``ray:`` in the settings file: how ``tiffin serve --backend ray`` deploys (file only)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: the cluster (else ``--address``, ``RAY_ADDRESS``, one on this machine, or a new one)
+    address: str | None = None
+    #: where Serve runs HTTP proxies: EveryNode (Ray's default), HeadOnly or Disabled
+    proxy_location: Literal["EveryNode", "HeadOnly", "Disabled"] | None = None
+    #: Ray deployment options of the ingress, and of each runner by name
+    service: dict[str, Any] = Field(default_factory=dict)
+    runners: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    enable_batching: bool = True
+    #: the driver's Ray runtime_env (working_dir, pip, env_vars), inherited by the replicas
+    runtime_env: dict[str, Any] | None = None
+
+
 class ServeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -149,11 +174,13 @@ class ServeSettings(BaseModel):
     cors_origins: list[str] = Field(default_factory=list)
     runners: dict[str, RunnerSettings] = Field(default_factory=dict)
     apis: dict[str, ApiSettings] = Field(default_factory=dict)
+    #: ``tiffin serve --backend ray`` (the settings file only)
+    ray: RaySettings = Field(default_factory=RaySettings)
 
 
 def _env_settings(environ: Mapping[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    fields = set(ServeSettings.model_fields) - set(_NESTED)
+    fields = set(ServeSettings.model_fields) - set(_NESTED) - {"ray"}
     for key, value in environ.items():
         if not key.startswith(ENV_PREFIX) or key in _NOT_SETTINGS:
             continue

@@ -20,7 +20,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tiffin._version import __version__
-from tiffin.exceptions import CorruptEntry, InvalidArgument, TiffinError, UnknownFramework
+from tiffin.exceptions import (
+    CorruptEntry,
+    InvalidArgument,
+    NotFound,
+    TiffinError,
+    UnknownFramework,
+)
 from tiffin.store.model_info import (
     MODEL_FILE,
     ModelInfo,
@@ -278,8 +284,19 @@ def create(
 
 
 def get(tag: Tag | str, *, store: Store | None = None) -> Model:
-    """The model named by ``tag`` (``name``, ``name:latest`` or ``name:version``)."""
-    entry = (store or default_store()).get(tag)
+    """The model named by ``tag`` (``name``, ``name:latest`` or ``name:version``).
+
+    A model that is not in the default store is pulled from ``TIFFIN_REMOTE`` when it is set
+    (checked before it enters the store: :mod:`tiffin.store.remote`).
+    """
+    try:
+        entry = (store or default_store()).get(tag)
+    except NotFound:
+        from tiffin.store.remote import REMOTE_ENV, pull_model
+
+        if store is not None or not os.environ.get(REMOTE_ENV, "").strip():
+            raise
+        return pull_model(tag)
     return Model.from_path(entry.path)
 
 
