@@ -13,7 +13,7 @@ from tiffin.exceptions import TiffinError
 from tiffin.tag import Tag
 
 if TYPE_CHECKING:
-    from tiffin import exceptions, io, models
+    from tiffin import exceptions, io, models, ray
     from tiffin.client import AsyncClient, Client
     from tiffin.frameworks import mlflow, picklable_model, sklearn
     from tiffin.runner.runnable import Runnable
@@ -32,6 +32,7 @@ _LAZY: dict[str, str] = {
     "mlflow": "tiffin.frameworks.mlflow",
     "models": "tiffin.models",
     "picklable_model": "tiffin.frameworks.picklable_model",
+    "ray": "tiffin.ray",
     "sklearn": "tiffin.frameworks.sklearn",
 }
 
@@ -64,5 +65,6 @@ __all__ = [
     "mlflow",
     "models",
     "picklable_model",
+    "ray",
     "sklearn",
 ]

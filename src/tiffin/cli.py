@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from tiffin import cli_remote
 from tiffin._version import __version__
 from tiffin.exceptions import TiffinError
 
@@ -282,9 +283,26 @@ def _settings(config_file: str | None, **overrides: Any) -> Any:
 @click.argument("target")
 @_serve_options
 @click.option("--reload", is_flag=True, help="Restart when source files change (development).")
-def serve(target: str, config_file: str | None, reload: bool, **overrides: Any) -> None:
+@click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: deploy on a Ray cluster with Ray Serve (tiffin[ray]).")
+@click.option("--address", default=None, metavar="ADDR",
+              help="--backend ray: the Ray cluster [default: RAY_ADDRESS, one on this machine, "
+                   "or a new local one].")
+def serve(
+    target: str, config_file: str | None, reload: bool, backend: str, address: str | None,
+    **overrides: Any,
+) -> None:  # fmt: skip
     """Serve a tiffin.Service: TARGET is module:attr or path/to/file.py:attr."""
     settings = _settings(config_file, **overrides)
+    if backend == "ray":
+        if reload or settings.workers > 1:
+            raise click.UsageError("--backend ray scales by Ray replicas: drop --reload/--workers")
+        from tiffin.ray.cluster import serve_on_ray
+
+        serve_on_ray(target, settings, address)
+        return
+    if address is not None:
+        raise click.UsageError("--address needs --backend ray")
     if settings.workers > 1:
         if reload:
             raise click.UsageError("--reload works with one worker only")
@@ -320,6 +338,9 @@ def _serve_workers(settings: Any, **source: Any) -> int:
 
     return serve_workers(ServiceSource(**source), settings, settings.workers)
 
+
+models.add_command(cli_remote.models_push)
+models.add_command(cli_remote.models_pull)
 
 if __name__ == "__main__":  # pragma: no cover
     main()
