@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 # extra too, for tests/test_ray.py (a two-node Ray cluster on loopback); it is not in `all`.
 TORCH := torch==2.13.0
 
-.PHONY: demo test test-contended lint typecheck bench clean
+.PHONY: demo test test-contended lint typecheck bench gpu-check gpu-wheelhouse clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,25 @@ test-contended: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) bench/cli_latency.py
+
+# On a GPU host: bench/gpu_check.py (CI runs it with --device cpu --quick, .ci/run).
+gpu-check:
+	PYTHONPATH=src $(PYTHON) bench/gpu_check.py
+
+# What bench/gpu_check.py needs on a GPU host without network, whose Python has torch already:
+# tiffin's wheel and its dependencies, mlflow-skinny, numpy and pandas, for GPU_PYTHON on
+# manylinux x86_64, into .gpu-wheelhouse/ (ignored by git; not run by CI). On the host:
+#   pip install --no-index --find-links .gpu-wheelhouse tiffin mlflow-skinny
+GPU_WHEELHOUSE := .gpu-wheelhouse
+GPU_PYTHON ?= $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+GPU_PLATFORMS := manylinux2014_x86_64 manylinux_2_17_x86_64 manylinux_2_28_x86_64
+gpu-wheelhouse:
+	rm -rf $(GPU_WHEELHOUSE) && mkdir -p $(GPU_WHEELHOUSE)
+	$(PYTHON) -m pip wheel --quiet --no-deps --wheel-dir $(GPU_WHEELHOUSE) .
+	$(PYTHON) -m pip download --quiet --dest $(GPU_WHEELHOUSE) --only-binary=:all: \
+		--python-version $(GPU_PYTHON) $(addprefix --platform ,$(GPU_PLATFORMS)) \
+		$(GPU_WHEELHOUSE)/tiffin-*.whl 'mlflow-skinny>=2.10,<4' numpy pandas
+	@ls $(GPU_WHEELHOUSE) | wc -l | xargs echo "wheels in $(GPU_WHEELHOUSE):"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

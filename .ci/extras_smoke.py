@@ -91,14 +91,12 @@ SMOKE = {
         import torch
         import tiffin
 
-        class Doubler:
-            def predict(self, rows):
-                return (torch.as_tensor(rows) * 2).numpy()
-
-        tiffin.picklable_model.save_model("double", Doubler(),
-                                          signatures={"predict": {"batchable": True}})
+        double = torch.nn.Linear(2, 2, bias=False)
+        with torch.no_grad():
+            double.weight.copy_(torch.eye(2) * 2)
+        tiffin.pytorch.save_model("double", double, signatures={"forward": {"batchable": True}})
         proc, url = serve("serve-model", "double")
-        answer = post(url + "/predict", b"[[1.0, 2.0]]")
+        answer = post(url + "/forward", b"[[1.0, 2.0]]")
         stop(proc)
         assert answer == [[2.0, 4.0]], answer
     ''',

@@ -49,7 +49,8 @@ def extract(ref: str, into: Path) -> Path:
 
 
 def side_env(env: dict[str, str], src: Path) -> dict[str, str]:
-    return {**env, "PYTHONPATH": str(src)}
+    # bench/ too: the benchmark's models are pickled with references to bench/batching.py
+    return {**env, "PYTHONPATH": os.pathsep.join([str(src), str(HERE)])}
 
 
 def serve_round(

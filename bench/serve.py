@@ -32,6 +32,9 @@ from ``/proc/<pid>/smaps_rollup``), each is warmed up, and ``--runs`` rounds of 
 ``--seconds`` go to each server and route in turn (the others sit idle on the same CPU
 meanwhile). The table shows medians. Targets (ratios taken in the same run) are checked at
 the end; the script exits 1 when one is missed.
+
+``python bench/serve.py --matrix`` measures every MLflow model kind in every request format
+instead (bench/matrix.py; ``--matrix --help`` for its options).
 """
 
 from __future__ import annotations
@@ -441,6 +444,10 @@ def report(results: list[Measured]) -> bool:
 
 
 def main() -> int:
+    if "--matrix" in sys.argv[1:]:  # every model kind x request format: bench/matrix.py
+        import matrix
+
+        return matrix.main([a for a in sys.argv[1:] if a != "--matrix"])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=5, help="per wrk run (5)")
     parser.add_argument("--runs", type=int, default=3, help="wrk runs per server (3)")

@@ -405,6 +405,30 @@ def test_wrong_row_count_from_the_model_is_a_runner_error() -> None:
     run(main)
 
 
+def test_a_result_without_rows_goes_whole_to_a_call_that_ran_alone() -> None:
+    """A pyfunc model may answer one string for its whole input (``mlflow models serve``
+    sends it as it is): a call alone gets it whole; calls merged into one batch cannot share
+    it, so they are run apart and each gets its own."""
+    clock = FakeClock()
+
+    async def infer(rows: list[int]) -> str:
+        await clock.sleep(0.01)
+        return f"rows {rows}"
+
+    async def main() -> None:
+        dispatcher = Dispatcher(infer, name="m.predict", clock=clock)
+        assert await clock.run_until(dispatcher.submit([1, 2])) == "rows [1, 2]"
+        first = spawn(dispatcher.submit([0]))  # the model is busy: the next three queue
+        await settle()
+        queued = [spawn(dispatcher.submit([i])) for i in (3, 4, 5)]
+        answers = await clock.run_until(asyncio.gather(first, *queued))
+        assert answers == ["rows [0]", "rows [3]", "rows [4]", "rows [5]"]
+        assert dispatcher.stats.failed_batches >= 1  # they were merged first
+        await dispatcher.aclose()
+
+    run(main)
+
+
 def test_cancelled_caller_is_never_sent_to_the_model() -> None:
     clock = FakeClock()
     model = Model(clock, b=0.03)

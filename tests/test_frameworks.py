@@ -1,4 +1,5 @@
-"""One contract, checked for every framework module: tiffin.sklearn and tiffin.picklable_model."""
+"""One contract, checked for every framework module: tiffin.sklearn, tiffin.picklable_model and
+tiffin.pytorch."""
 
 from __future__ import annotations
 
@@ -31,6 +32,27 @@ class Threshold:
         return [[1.0 - p, float(p)] for p in self.predict(rows)]
 
 
+def _torch_model() -> Any:
+    import torch
+
+    class ThresholdNet(torch.nn.Module):
+        """A module whose forward is the Threshold's predict (a learned cut), plus
+        predict_proba; defined here, so its architecture pickle holds its code by value."""
+
+        def __init__(self, cut: float) -> None:
+            super().__init__()
+            self.cut = torch.nn.Parameter(torch.tensor([cut]))
+
+        def forward(self, rows: torch.Tensor) -> torch.Tensor:
+            return (rows[:, 0] > self.cut).long()
+
+        def predict_proba(self, rows: torch.Tensor) -> torch.Tensor:
+            p = self.forward(rows).float()
+            return torch.stack([1.0 - p, p], dim=1)
+
+    return ThresholdNet(1.5)
+
+
 def _sklearn_model() -> Any:
     import numpy as np
     from sklearn.linear_model import LogisticRegression
@@ -48,6 +70,18 @@ class Case:
     framework: str
     make: Callable[[], Any]
     rows: list[list[float]]
+    #: the method saved when no signatures are given
+    default_method: str = "predict"
+
+    def call(self, obj: Any, method: str, rows: list[list[float]]) -> Any:
+        """``obj.<method>(rows)`` as a list; a PyTorch module takes a tensor, and its
+        ``forward`` and ``predict`` are the module itself."""
+        if self.framework != "pytorch":
+            return _as_list(getattr(obj, method)(rows))
+        import torch
+
+        fn = obj if method in ("forward", "predict") else getattr(obj, method)
+        return _as_list(fn(torch.tensor(rows)))
 
     @property
     def module(self) -> ModuleType:
@@ -62,6 +96,7 @@ class Case:
 CASES = {
     "sklearn": Case("sklearn", _sklearn_model, [[0.2], [2.8]]),
     "picklable_model": Case("picklable_model", lambda: Threshold(1.5), [[0.2], [2.8]]),
+    "pytorch": Case("pytorch", _torch_model, [[0.2], [2.8]], default_method="forward"),
 }
 
 
@@ -88,14 +123,22 @@ def test_save_get_load_round_trip(case: Case) -> None:
     assert isinstance(model, models.Model)
     assert model.tag.name == "clf" and model.tag.version
     assert model.info.module == f"tiffin.{case.framework}"
-    assert model.info.signatures == {"predict": {"batchable": False, "batch_dim": 0}}
+    method = case.default_method
+    assert model.info.signatures == {method: {"batchable": False, "batch_dim": 0}}
 
     assert case.module.get("clf") == model
     assert case.module.get(model.tag) == model
     for ref in ("clf", "clf:latest", str(model.tag), model.tag, model):
         loaded = case.module.load_model(ref)
         assert type(loaded) is type(obj)
-        assert _as_list(loaded.predict(case.rows)) == _as_list(obj.predict(case.rows)) == [0, 1]
+        assert case.call(loaded, method, case.rows) == case.call(obj, method, case.rows) == [0, 1]
+
+    runner = model.to_runner()
+    runner.init_local()
+    try:
+        assert _as_list(runner.methods[method].run(case.rows)) == [0, 1]
+    finally:
+        runner.destroy()
 
 
 def test_declared_methods_are_recorded(case: Case) -> None:
@@ -108,7 +151,7 @@ def test_declared_methods_are_recorded(case: Case) -> None:
     stored = yaml.safe_load(Path(model.path_of("model.yaml")).read_text())
     assert stored["signatures"]["predict_proba"] == {"batchable": True, "batch_dim": 0}
     loaded = case.module.load_model("clf")
-    probabilities = _as_list(loaded.predict_proba(case.rows))
+    probabilities = case.call(loaded, "predict_proba", case.rows)
     assert len(probabilities) == 2 and len(probabilities[0]) == 2
 
 
@@ -154,7 +197,7 @@ def test_labels_and_metadata_round_trip(case: Case) -> None:
 
 def test_a_pickle_changed_after_save_is_refused(case: Case) -> None:
     model = case.module.save_model("clf", case.make())
-    pickle_file = Path(model.path_of("model.pkl"))
+    pickle_file = Path(model.path_of(model.info.options["file"]))
     replacement = case.make()
     replacement.tampered = True
     import cloudpickle
@@ -173,9 +216,9 @@ def test_a_missing_or_unsafe_pickle_file_is_refused(case: Case) -> None:
     with pytest.raises(CorruptEntry, match="unsafe"):
         case.module.load_model("clf")
 
-    data["options"]["file"] = "model.pkl"
+    data["options"]["file"] = model.info.options["file"]
     yaml_file.write_text(yaml.safe_dump(data))
-    Path(model.path_of("model.pkl")).unlink()
+    Path(model.path_of(model.info.options["file"])).unlink()
     with pytest.raises(CorruptEntry, match="missing its file"):
         case.module.load_model("clf")
 

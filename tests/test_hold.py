@@ -303,3 +303,34 @@ def test_loop_clock_reads_and_schedules_on_its_loop() -> None:
         assert fired == ["due"] and clock.now() >= before
 
     asyncio.run(main())
+
+
+def _fit(samples: list[tuple[int, float]], slope: float) -> tuple[float, float]:
+    """Least squares over ``samples`` as a pass over them (the reference)."""
+    k = len(samples)
+    mean_n = sum(n for n, _ in samples) / k
+    mean_d = sum(d for _, d in samples) / k
+    var_n = sum((n - mean_n) ** 2 for n, _ in samples)
+    a = sum((n - mean_n) * (d - mean_d) for n, d in samples) / var_n if var_n else slope
+    a = max(a, 0.0)
+    b = mean_d - a * mean_n
+    if b < 0:
+        b = 0.0
+        a = sum(n * d for n, d in samples) / max(sum(n * n for n, _ in samples), 1)
+    return a, b
+
+
+def test_cost_model_running_sums_give_the_fit_over_its_window() -> None:
+    from tiffin.runner.hold import CostModel
+
+    rng = random.Random(3)
+    model, window = CostModel(window=10), []
+    for i in range(137):  # past the window many times, and past each fresh summing
+        n = rng.choice([1, 1, 4, 16, 64]) if i % 23 else 8
+        d = 0.001 + 0.00002 * n + rng.uniform(0, 1e-4)
+        model.add(n, d)
+        window = [*window, (n, d)][-10:]
+        a, b = _fit(window, model.a)
+        assert model.a == pytest.approx(a, rel=1e-6, abs=1e-12)
+        assert model.b == pytest.approx(b, rel=1e-6, abs=1e-12)
+        assert model.runs == len(window)

@@ -107,3 +107,71 @@ def test_embedded_runner_figures_add_up_over_the_workers_files(tmp_path) -> None
         assert f"{size_count} {2.0 * batches}" in text
     finally:
         runner.destroy()
+
+
+class _Echo(tiffin.Runnable):
+    @tiffin.Runnable.method
+    def echo(self, x):
+        return x
+
+
+def _gpu_lines(text: bytes) -> list[str]:
+    return sorted(line for line in text.decode().splitlines() if line.startswith("tiffin_gpu_"))
+
+
+def test_gpu_memory_gauges_by_process_and_gpu(monkeypatch) -> None:
+    """This process's GPU memory and each runner process's (as fetched over the wire), from
+    torch's allocator figures; a machine that never used CUDA shows none."""
+    from tiffin.runner import devices
+
+    service = tiffin.Service("s", runners=[tiffin.Runner(_Echo, name="echo")])
+    if not __import__("torch").cuda.is_available():
+        assert _gpu_lines(ServerMetrics(service).render()[0]) == []
+    here = {"0": {"allocated": 1024, "reserved": 4096}}
+    monkeypatch.setattr(devices, "device_memory", lambda: here)
+    runner = service.runners[0]
+
+    class Remote:  # what RemoteRunner.refresh_stats leaves: memory by runner process
+        devices = {"echo-0": {"GPU-5c1f": {"allocated": 7, "reserved": 8}}}
+
+    runner.backend = Remote()  # type: ignore[assignment]
+    assert _gpu_lines(ServerMetrics(service).render()[0]) == [
+        'tiffin_gpu_memory_allocated_bytes{gpu="0",process="local"} 1024.0',
+        'tiffin_gpu_memory_allocated_bytes{gpu="GPU-5c1f",process="echo-0"} 7.0',
+        'tiffin_gpu_memory_reserved_bytes{gpu="0",process="local"} 4096.0',
+        'tiffin_gpu_memory_reserved_bytes{gpu="GPU-5c1f",process="echo-0"} 8.0',
+    ]
+
+
+def test_a_runner_process_answers_for_its_gpu_memory(tmp_path, monkeypatch) -> None:
+    """The wire's DEVICES message: a runner process sends its GPU memory to the API worker."""
+    from tiffin.runner import devices
+    from tiffin.runner.remote import RemoteRunner
+    from tiffin.runner.runner_server import serve_runner
+
+    monkeypatch.setattr(devices, "device_memory",
+                        lambda: {"1": {"allocated": 3, "reserved": 5}})
+    local = tiffin.Runner(_Echo, name="echo")
+    local.init_local()
+    front = tiffin.Runner(_Echo, name="echo")
+    remote = RemoteRunner("echo", [str(tmp_path / "echo.sock")])
+    front.attach_remote(remote)
+
+    async def scenario() -> None:
+        ready = asyncio.Event()
+        server = asyncio.create_task(serve_runner(local, remote.connections[0].path, ready.set))
+        await ready.wait()
+        await remote.start()
+        while not remote.connected:
+            await asyncio.sleep(0.01)
+        assert await front.echo.async_run(5) == 5
+        await front.refresh_remote_stats()
+        await remote.aclose()
+        server.cancel()
+        await asyncio.gather(server, return_exceptions=True)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        local.destroy()
+    assert remote.devices == {"echo-0": {"1": {"allocated": 3, "reserved": 5}}}

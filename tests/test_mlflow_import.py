@@ -381,10 +381,16 @@ def test_signature_naming_a_missing_method(sk_model: Path, tiffin_home: Path) ->
     assert store_is_empty(tiffin_home)
 
 
+def test_a_native_flavor_the_model_lacks_is_refused(sk_model: Path, tiffin_home: Path) -> None:
+    with pytest.raises(InvalidArgument, match="has no 'pytorch' flavor"):
+        tiffin.mlflow.import_model("m", sk_model, flavor="pytorch")
+    assert store_is_empty(tiffin_home)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"flavor": "pytorch"}, "unknown flavor 'pytorch'"),
+        ({"flavor": "tensorflow"}, "unknown flavor 'tensorflow'"),
         ({"flavor": 3}, "flavor must be a string"),
         ({"signatures": {"predict": {"batchable": "yes"}}}, "batchable must be true or false"),
         ({"labels": {"a": 1}}, "labels must map str to str"),

@@ -126,6 +126,39 @@ async def test_errors_have_mlflows_shape(models: Models) -> None:
         assert set(response.json()) == {"error_code", "message"}, response.text
 
 
+async def test_error_codes_are_mlflows_for_a_value_and_for_a_shape(models: Models) -> None:
+    """As ``mlflow models serve``: a value its parser cannot read is BAD_REQUEST; an input its
+    schema enforcement refuses (missing columns, unequal columns, a Parquet column of another
+    type) is INVALID_PARAMETER_VALUE. Both 400; /predict keeps tiffin's own code."""
+    import io
+
+    import pandas as pd
+
+    rows = models.X[:2].tolist()
+    records = [dict(zip(IRIS_COLUMNS, row, strict=True)) for row in rows]
+    parquet = io.BytesIO()
+    pd.DataFrame(records).astype({IRIS_COLUMNS[0]: str}).to_parquet(parquet)
+    cases = [
+        ({"dataframe_records": [dict(records[0], **{IRIS_COLUMNS[0]: "five"})]}, "BAD_REQUEST"),
+        ({"dataframe_records": [{k: v for k, v in r.items() if k != IRIS_COLUMNS[3]}
+                                for r in records]}, "INVALID_PARAMETER_VALUE"),
+        ({"inputs": {c: [1.0] * (1 + (c == IRIS_COLUMNS[0])) for c in IRIS_COLUMNS}},
+         "INVALID_PARAMETER_VALUE"),
+        ({"dataframe_records": []}, "INVALID_PARAMETER_VALUE"),
+    ]  # fmt: skip
+    async with asgi_client(build_app(build_service(models.iris))) as client:
+        for body, code in cases:
+            response = await client.post("/invocations", json=body)
+            assert response.status_code == 400, (body, response.text)
+            assert response.json()["error_code"] == code, (body, response.text)
+        response = await client.post("/invocations", content=parquet.getvalue(),
+                                     headers={"content-type": "application/vnd.apache.parquet"})
+        assert response.status_code == 400, response.text
+        assert response.json()["error_code"] == "INVALID_PARAMETER_VALUE", response.text
+        response = await client.post("/predict", json=cases[1][0]["dataframe_records"])
+        assert (response.status_code, response.json()["error"]) == (400, "BAD_REQUEST")
+
+
 async def test_calls_batch_together_only_when_their_params_are_equal(models: Models) -> None:
     scales = [1.0, 2.0, 3.0] * 10
     async with asgi_client(build_app(build_service(models.scaled))) as client:

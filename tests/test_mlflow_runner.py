@@ -159,8 +159,10 @@ def _mnist_like() -> torch.nn.Module:
 
 
 @pytest.mark.slow
-def test_page_runner_and_service_snippets_with_a_pytorch_model():
-    """The page's "Using Model Runner" and "Build Prediction Service" code, with `tiffin`."""
+@pytest.mark.parametrize("flavor", [None, "native"])
+def test_page_runner_and_service_snippets_with_a_pytorch_model(flavor):
+    """The page's "Using Model Runner" and "Build Prediction Service" code, with `tiffin`: as
+    pyfunc, and natively (the module on the runner's device) with only ``flavor=`` added."""
     net = _mnist_like().eval()
     test_input_arr = np.random.default_rng(0).normal(size=(3, 1, 28, 28)).astype("float32")
     with torch.no_grad():
@@ -172,12 +174,15 @@ def test_page_runner_and_service_snippets_with_a_pytorch_model():
         )
         model_uri = mlflow.get_artifact_uri("pytorch-model")
         tiffin.mlflow.import_model(
-            "mlflow_pytorch_mnist", model_uri, signatures={"predict": {"batchable": True}}
+            "mlflow_pytorch_mnist", model_uri, signatures={"predict": {"batchable": True}},
+            flavor=flavor,
         )
 
     # Using Model Runner
     runner = tiffin.mlflow.get("mlflow_pytorch_mnist:latest").to_runner()
     runner.init_local()
+    kind = "MlflowPytorchRunnable" if flavor else "MlflowPyfuncRunnable"
+    assert type(runner.backend.instance).__name__ == kind
     np.testing.assert_allclose(runner.predict.run(test_input_arr), expected, rtol=1e-5, atol=1e-5)
     runner.destroy()
 

@@ -291,3 +291,84 @@ async def test_what_a_body_declares_is_measured_before_it_is_built(models: Model
             assert response.json()["setting"] == setting
             assert response.json()["error"] == "PAYLOAD_TOO_LARGE"
         assert (await client.post("/predict", json=models.X[:2].tolist())).status_code == 200
+
+
+# -- every method of a native scikit-learn model --------------------------------------------
+
+
+def _native_estimators(store: Any = None) -> dict[str, Any]:
+    """A classifier (predict, predict_proba, predict_log_proba, decision_function) and a PCA
+    (transform, score_samples), saved with tiffin.sklearn and signatures="all"."""
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import LogisticRegression
+
+    import tiffin
+
+    X, y = iris_frame()
+    X = X.to_numpy()
+    fitted = {"clf": LogisticRegression(max_iter=500).fit(X, y),
+              "pca": PCA(n_components=2).fit(X)}  # fmt: skip
+    for name, estimator in fitted.items():
+        tiffin.sklearn.save_model(name, estimator, signatures="all", store=store)
+    return fitted
+
+
+SIX = {"clf": ["decision_function", "predict", "predict_log_proba", "predict_proba"],
+       "pca": ["score_samples", "transform"]}  # fmt: skip
+
+
+async def test_every_declared_sklearn_method_is_a_route_answering_json_or_npy(
+    models: Models,
+) -> None:
+    import tiffin
+
+    fitted = _native_estimators()
+    x = models.X[:5]
+    for name, methods in SIX.items():
+        model = tiffin.sklearn.get(name)
+        assert sorted(model.info.signatures) == methods
+        assert sorted(model.to_runner().methods) == methods
+        async with asgi_client(build_app(build_service(model))) as client:
+            for method in methods:
+                expected = getattr(fitted[name], method)(x)
+                as_json = await client.post(f"/{method}", json=x.tolist())
+                assert as_json.status_code == 200, (method, as_json.text)
+                np.testing.assert_allclose(as_json.json(), expected)
+                buffer = io.BytesIO()
+                np.save(buffer, x)
+                as_npy = await client.post(
+                    f"/{method}", content=buffer.getvalue(),
+                    headers={"content-type": "application/octet-stream",
+                             "accept": "application/octet-stream"},
+                )  # fmt: skip
+                assert as_npy.headers["content-type"] == "application/octet-stream", method
+                np.testing.assert_array_equal(np.load(io.BytesIO(as_npy.content)), expected)
+
+
+@pytest.mark.slow
+def test_every_declared_sklearn_method_is_a_client_method(tmp_path: Path) -> None:
+    """Real ``tiffin serve-model`` processes; ``tiffin.Client`` sends ndarrays as .npy and
+    gets ndarrays back (exact dtype), lists as JSON and gets lists."""
+    import tiffin
+
+    home = tmp_path / "home"
+    fitted = _native_estimators(store_at(home))
+    x = iris_frame()[0].to_numpy()[:4]
+    servers = {name: start_tiffin(["serve-model", f"{name}:latest"], cwd=tmp_path,
+                                  env=server_env(home), log=tmp_path / f"{name}.log")
+               for name in SIX}  # fmt: skip
+    try:
+        for name, methods in SIX.items():
+            with tiffin.Client.from_url(servers[name].url) as client:
+                for method in methods:
+                    expected = getattr(fitted[name], method)(x)
+                    answer = getattr(client, method)(x)
+                    assert isinstance(answer, np.ndarray), (name, method)
+                    assert answer.dtype == expected.dtype
+                    np.testing.assert_array_equal(answer, expected)
+                    listed = getattr(client, method)(x.tolist())
+                    assert isinstance(listed, list)
+                    np.testing.assert_allclose(listed, expected)
+    finally:
+        for server in servers.values():
+            server.stop()

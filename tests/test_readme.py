@@ -17,10 +17,11 @@ def test_readme_python_blocks_run(tmp_path, monkeypatch):
     for index, block in enumerate(blocks):
         code = compile(block, f"README.md python block {index + 1}", "exec")
         exec(code, namespace)
-    # the quickstart and the MLflow section really stored their models
+    # the quickstart, the MLflow and the PyTorch sections really stored their models
     import tiffin
 
-    assert sorted(m.tag.name for m in tiffin.models.list()) == ["iris_clf", "my_sklearn_model"]
+    names = sorted(m.tag.name for m in tiffin.models.list())
+    assert names == ["iris_clf", "mnist", "my_sklearn_model"]
     assert namespace["svc"].apis["classify"].route == "/classify"
 
 

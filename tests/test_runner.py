@@ -95,8 +95,10 @@ def test_run_and_async_run_from_several_event_loops_and_threads():
         with ThreadPoolExecutor(8) as pool:
             results = list(pool.map(lambda i: runner.double.run(np.array([i])), range(32)))
         assert [r.tolist() for r in results] == [[2 * i] for i in range(32)]
-        # every call ran on the runner's one worker thread
-        assert len(runner.backend.instance.threads) == 1  # type: ignore[union-attr]
+        # every call ran on the runner's one worker thread, or inline on the background event
+        # loop that blocking callers share (a cheap batch: tests/test_inline.py)
+        threads = runner.backend.instance.threads  # type: ignore[union-attr]
+        assert {t.rsplit("_", 1)[0] for t in threads} <= {"tiffin-rec", "tiffin-runner-loop"}
     finally:
         runner.destroy()
 

@@ -14,8 +14,9 @@ from tiffin.tag import Tag
 
 if TYPE_CHECKING:
     from tiffin import exceptions, io, models, ray
+    from tiffin.building.builder import build
     from tiffin.client import AsyncClient, Client
-    from tiffin.frameworks import mlflow, picklable_model, sklearn
+    from tiffin.frameworks import mlflow, picklable_model, pytorch, sklearn
     from tiffin.runner.runnable import Runnable
     from tiffin.runner.runner import Runner
     from tiffin.serving.service import Service
@@ -27,11 +28,13 @@ _LAZY: dict[str, str] = {
     "Runnable": "tiffin.runner.runnable",
     "Runner": "tiffin.runner.runner",
     "Service": "tiffin.serving.service",
+    "build": "tiffin.building.builder",
     "exceptions": "tiffin.exceptions",
     "io": "tiffin.io",
     "mlflow": "tiffin.frameworks.mlflow",
     "models": "tiffin.models",
     "picklable_model": "tiffin.frameworks.picklable_model",
+    "pytorch": "tiffin.frameworks.pytorch",
     "ray": "tiffin.ray",
     "sklearn": "tiffin.frameworks.sklearn",
 }
@@ -60,11 +63,13 @@ __all__ = [
     "Tag",
     "TiffinError",
     "__version__",
+    "build",
     "exceptions",
     "io",
     "mlflow",
     "models",
     "picklable_model",
+    "pytorch",
     "ray",
     "sklearn",
 ]

@@ -169,7 +169,7 @@ def models_import(path: str) -> None:
               help="A label to attach (repeatable).")
 @click.option("--batchable", is_flag=True, help="Allow adaptive batching of predict calls.")
 @click.option("--flavor", default=None, metavar="FLAVOR",
-              help="How to run it: pyfunc (default), native, or a flavor such as sklearn.")
+              help="How to run it: pyfunc (default), native, or a flavor: sklearn, pytorch.")
 def models_import_mlflow(
     name: str, model_uri: str, labels: tuple[str, ...], batchable: bool, flavor: str | None
 ) -> None:
@@ -283,33 +283,50 @@ def _settings(config_file: str | None, **overrides: Any) -> Any:
 @click.argument("target")
 @_serve_options
 @click.option("--reload", is_flag=True, help="Restart when source files change (development).")
+@click.option("--service", "force", flag_value="service", default=None,
+              help="TARGET is a service (module:attr or path/to/file.py:attr).")
+@click.option("--tiffin", "force", flag_value="tiffin",
+              help="TARGET is a built tiffin's tag (NAME[:VERSION]).")
 @click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="ray: deploy on a Ray cluster with Ray Serve (tiffin[ray]).")
 @click.option("--address", default=None, metavar="ADDR",
               help="--backend ray: the Ray cluster [default: RAY_ADDRESS, one on this machine, "
                    "or a new local one].")
 def serve(
-    target: str, config_file: str | None, reload: bool, backend: str, address: str | None,
-    **overrides: Any,
+    target: str, config_file: str | None, reload: bool, force: str | None, backend: str,
+    address: str | None, **overrides: Any,
 ) -> None:  # fmt: skip
-    """Serve a tiffin.Service: TARGET is module:attr or path/to/file.py:attr."""
+    """Serve a service (module:attr, path/to/file.py:attr) or a built tiffin (NAME[:VERSION]).
+
+    A .py path, or an importable module with that attribute, is a service; anything else is a
+    built tiffin's tag. --service / --tiffin say which.
+    """
+    from tiffin.process.targets import resolve_target
+
     settings = _settings(config_file, **overrides)
     if backend == "ray":
-        if reload or settings.workers > 1:
-            raise click.UsageError("--backend ray scales by Ray replicas: drop --reload/--workers")
+        if reload or settings.runner_processes:
+            raise click.UsageError(
+                "--backend ray scales by Ray replicas: drop --reload/--workers"
+            )
         from tiffin.ray.cluster import serve_on_ray
 
         serve_on_ray(target, settings, address)
         return
     if address is not None:
         raise click.UsageError("--address needs --backend ray")
-    if settings.workers > 1:
+    resolved = resolve_target(target, force=force)  # type: ignore[arg-type]
+    if resolved.tiffin is not None and reload:
+        raise click.UsageError("--reload watches source files; a built tiffin never changes")
+    if settings.runner_processes:
         if reload:
-            raise click.UsageError("--reload works with one worker only")
+            raise click.UsageError("--reload works with one worker and runners in-process only")
+        if resolved.tiffin is not None:
+            sys.exit(_serve_workers(settings, tiffin_path=str(resolved.tiffin.path)))
         sys.exit(_serve_workers(settings, target=target))
     from tiffin.process.serve import serve as run_serve
 
-    run_serve(target, settings, reload=reload)
+    run_serve(resolved, settings, reload=reload)
 
 
 @main.command("serve-model")
@@ -323,7 +340,7 @@ def serve_model(target: str, config_file: str | None, no_batching: bool, **overr
     settings = _settings(config_file, **overrides)
     model = resolve_model(target)
     click.echo(f"serving model '{model.tag}' ({model.info.module})", err=True)
-    if settings.workers > 1:
+    if settings.runner_processes:
         sys.exit(_serve_workers(settings, model_tag=str(model.tag), batching=not no_batching))
     from tiffin.process.serve import run_app
     from tiffin.serving.app import build_app
@@ -338,6 +355,11 @@ def _serve_workers(settings: Any, **source: Any) -> int:
 
     return serve_workers(ServiceSource(**source), settings, settings.workers)
 
+
+from tiffin.cli_build import COMMANDS  # noqa: E402  (the commands for built tiffins)
+
+for _command in COMMANDS:
+    main.add_command(_command)
 
 models.add_command(cli_remote.models_push)
 models.add_command(cli_remote.models_pull)

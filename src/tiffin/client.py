@@ -3,8 +3,10 @@
 ``tiffin.Client.from_url(url)`` (blocking) and ``await tiffin.AsyncClient.from_url(url)``
 read the server's OpenAPI document, rebuild each API's IO descriptors from its
 ``x-tiffin-io`` description, and so send numpy arrays, DataFrames, JSON, text, files and
-multipart forms in the encoding the server expects, and decode answers the same way. A
-non-2xx answer raises :class:`~tiffin.exceptions.RemoteError` carrying the server's error body.
+multipart forms in the encoding the server expects, and decode answers the same way. An
+ndarray (or tensor) goes as ``.npy`` and the answer is asked for as ``.npy`` too (``Accept``),
+where the API's output can be: tensors cross without JSON either way. A non-2xx answer raises
+:class:`~tiffin.exceptions.RemoteError` carrying the server's error body.
 """
 
 from __future__ import annotations
@@ -48,6 +50,19 @@ def parse_spec(document: dict[str, Any]) -> dict[str, APISpec]:
         name = post.get("operationId") or route.strip("/").replace("/", "_")
         apis[name] = APISpec(name, route, rebuild(io["input"]), rebuild(io["output"]))
     return apis
+
+
+_NPY = ("application/octet-stream", "application/x-npy")
+_NPY_FIRST = "application/octet-stream, application/json;q=0.5"
+
+
+def _headers_for(api: APISpec, content_type: str) -> dict[str, str]:
+    """A request's headers: its Content-Type, and ``Accept`` asking for ``.npy`` back when it
+    sends ``.npy`` and the API can answer so."""
+    headers = {"content-type": content_type}
+    if content_type in _NPY and any(t in _NPY for t in api.output.response_media_types):
+        headers["accept"] = _NPY_FIRST
+    return headers
 
 
 def _request(api: APISpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bytes, str]:
@@ -125,7 +140,7 @@ class Client(_Base):
     def call(self, api_name: str, *args: Any, **kwargs: Any) -> Any:
         api = self._api(api_name)
         body, content_type = _request(api, args, kwargs)
-        response = self._http.post(api.route, content=body, headers={"content-type": content_type})
+        response = self._http.post(api.route, content=body, headers=_headers_for(api, content_type))
         return _answer(api, response)
 
     def is_ready(self) -> bool:
@@ -167,7 +182,7 @@ class AsyncClient(_Base):
         api = self._api(api_name)
         body, content_type = _request(api, args, kwargs)
         response = await self._http.post(
-            api.route, content=body, headers={"content-type": content_type}
+            api.route, content=body, headers=_headers_for(api, content_type)
         )
         return _answer(api, response)
 

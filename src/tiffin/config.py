@@ -23,8 +23,11 @@ The YAML file (``--config FILE`` or ``TIFFIN_CONFIG``) looks like::
       iris_clf:                  # runner name
         max_batch_size: 512      # rows
         max_latency_ms: 2000
-        workers: 2               # --workers N: runner processes the API workers share
+        workers: 2               # runner processes the API workers share (also with one
+                                 # API worker: the runner then lives in its own process)
         # embedded: true         # --workers N: load it in every API worker instead
+        device: auto             # auto, cpu, cuda or cuda:N (tiffin.device_settings)
+        # precision: float16     # or bfloat16: PyTorch weights and inputs in that dtype
     ray:                         # --backend ray (tiffin.ray): Ray deployment options
       service: {num_replicas: 1}
       runners: {iris_clf: {num_replicas: 2, ray_actor_options: {num_cpus: 1}}}
@@ -38,7 +41,7 @@ Environment variables: ``TIFFIN_HOST``, ``TIFFIN_PORT``, ``TIFFIN_API_TIMEOUT_S`
 ``TIFFIN_LOG_FORMAT``, ``TIFFIN_ACCESS_LOG``,
 ``TIFFIN_PIN_WORKERS``, per
 runner ``TIFFIN_RUNNERS__<RUNNER>__MAX_BATCH_SIZE`` / ``..._MAX_LATENCY_MS`` / ``..._WORKERS`` /
-``..._EMBEDDED``, and per API
+``..._EMBEDDED`` / ``..._DEVICE`` / ``..._PRECISION``, and per API
 ``TIFFIN_APIS__<API>__TIMEOUT_S``. An unknown key in the file, or an unknown setting of a
 runner or API, is an error that names the key; any other ``TIFFIN_*`` variable that is not a
 setting is ignored with a one-line warning (environments carry unrelated variables).
@@ -56,6 +59,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tiffin.batch_settings import check_max_batch_size, check_max_latency_ms
+from tiffin.device_settings import check_device, check_precision
 from tiffin.exceptions import InvalidArgument
 
 __all__ = [
@@ -109,10 +113,15 @@ class RunnerSettings(BaseModel):
 
     max_batch_size: Annotated[int | None, _checked(check_max_batch_size)] = None
     max_latency_ms: Annotated[float | None, _checked(check_max_latency_ms)] = None
-    #: runner processes for this runner when serving with --workers > 1
+    #: runner processes for this runner (set: it lives in its own processes even when one API
+    #: worker serves; unset: one process under --workers > 1, none otherwise)
     workers: int | None = Field(default=None, ge=1, le=64)
     #: with --workers > 1: load this runner in every API worker instead (no runner process)
     embedded: bool | None = None
+    #: where the model runs: auto, cpu, cuda or cuda:N (None: the runner's own default)
+    device: Annotated[str | None, _checked(check_device)] = None
+    #: float32, float16 or bfloat16 for a PyTorch model's weights and inputs (None: as saved)
+    precision: Annotated[str | None, _checked(check_precision)] = None
 
     @model_validator(mode="after")
     def _processes_or_embedded(self) -> RunnerSettings:
@@ -176,6 +185,12 @@ class ServeSettings(BaseModel):
     apis: dict[str, ApiSettings] = Field(default_factory=dict)
     #: ``tiffin serve --backend ray`` (the settings file only)
     ray: RaySettings = Field(default_factory=RaySettings)
+
+    @property
+    def runner_processes(self) -> bool:
+        """Whether the server runs as a process tree (tiffin.process.supervisor): several API
+        workers, or a runner given processes of its own (``runners.<name>.workers``)."""
+        return self.workers > 1 or any(r.workers for r in self.runners.values())
 
 
 def _env_settings(environ: Mapping[str, str]) -> dict[str, Any]:

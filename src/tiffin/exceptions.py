@@ -12,7 +12,10 @@ they enter, with ``raise ... from exc``.
     ├── NotFound                      404  exit 1  a model, tiffin, run or file
     ├── InvalidArgument               400  exit 2  bad input, option or setting
     │   ├── InvalidTag                              a name or version breaks the rule
+    │   ├── DeviceUnavailable                       a device this machine does not have
     │   ├── InvalidArchive                          a truncated, corrupt or unsafe archive
+    │   ├── SignatureMismatch                       an input's shape or columns are not
+    │   │                                           the model's signature
     │   ├── UnsupportedMediaType      415
     │   └── PayloadTooLarge           413
     │       └── DecodedTooLarge                     too big once decoded (names the setting)
@@ -26,6 +29,7 @@ they enter, with ``raise ... from exc``.
     ├── LoadFailed                                  a stored model could not be loaded
     ├── RunnerError                                 a runner used wrongly, or its model raised
     │   ├── PredictFailed                           ``tiffin models predict``: the model raised
+    │   ├── OutOfDeviceMemory         503           one row does not fit in GPU memory
     │   └── FrameError                              a message between processes did not decode
     ├── InvalidOutput                 500           an API returned what its descriptor
     │                                               cannot encode (a server-side bug)
@@ -35,6 +39,8 @@ they enter, with ``raise ... from exc``.
     │   └── AddressInUse                            its address is taken
     ├── UserCodeFailed                              the user's service or model code raised
     │                                               while loading (its own frames only)
+    ├── ToolFailed                                  a tool tiffin ran (pip, a container
+    │                                               engine) failed
     └── RemoteError                   (the answer)  a tiffin server answered with an error
 """
 
@@ -47,6 +53,7 @@ __all__ = [
     "AlreadyExists",
     "CorruptEntry",
     "DecodedTooLarge",
+    "DeviceUnavailable",
     "ExportFailed",
     "FrameError",
     "ImportFailed",
@@ -57,6 +64,7 @@ __all__ = [
     "LoadFailed",
     "MissingDependency",
     "NotFound",
+    "OutOfDeviceMemory",
     "Overloaded",
     "PayloadTooLarge",
     "PredictFailed",
@@ -64,8 +72,10 @@ __all__ = [
     "RunnerError",
     "RunnerUnavailable",
     "ServerError",
+    "SignatureMismatch",
     "StoreError",
     "TiffinError",
+    "ToolFailed",
     "UnknownFramework",
     "UnsupportedMediaType",
     "UserCodeFailed",
@@ -113,8 +123,21 @@ class InvalidTag(InvalidArgument):
     """A tag, name or version breaks the naming rule."""
 
 
+class DeviceUnavailable(InvalidArgument):
+    """A runner or ``load_model`` asked for a device this machine does not have (``cuda``
+    with no visible GPU, ``cuda:N`` past the last one, a runnable that runs only on the CPU)."""
+
+
 class InvalidArchive(InvalidArgument):
     """An exported model archive is truncated, corrupt, or holds unsafe members."""
+
+
+class SignatureMismatch(InvalidArgument):
+    """An input whose shape, columns or form are not what the model's signature declares
+    (its values are another matter: those are ``InvalidArgument``). MLflow's scoring protocol
+    answers it with ``INVALID_PARAMETER_VALUE``, as ``mlflow models serve`` does."""
+
+    mlflow_error_code = "INVALID_PARAMETER_VALUE"
 
 
 class UnsupportedMediaType(InvalidArgument):
@@ -186,6 +209,14 @@ class RunnerError(TiffinError):
 
 class PredictFailed(RunnerError):
     """``tiffin models predict``: the model raised on the given input."""
+
+
+class OutOfDeviceMemory(RunnerError):
+    """A model ran out of GPU memory on a batch it could not split further (one row, or a
+    method that is not batchable); the runner keeps serving."""
+
+    http_status = 503
+    error_code = "OUT_OF_DEVICE_MEMORY"
 
 
 class FrameError(RunnerError):
@@ -291,6 +322,11 @@ class UserCodeFailed(TiffinError):
                 lines.append(f"    {frame.line.strip()}")
         lines += [line.rstrip("\n") for line in traceback.format_exception_only(exc)]
         return cls("\n".join(lines))
+
+
+class ToolFailed(TiffinError):
+    """A tool tiffin runs to completion (pip locking a build's packages, a container engine
+    building an image) exited with an error; the message ends with the tool's own words."""
 
 
 def _internal(filename: str) -> bool:

@@ -1,14 +1,16 @@
 """The framework layer: one module per framework on one contract, and their registry.
 
-Each framework module (``tiffin.frameworks.sklearn``, ``.picklable_model``, ``.mlflow``)
-offers ``save_model`` (``import_model`` for MLflow), ``load_model``, ``get`` and
+Each framework module (``tiffin.frameworks.sklearn``, ``.picklable_model``, ``.pytorch``,
+``.mlflow``) offers ``save_model`` (``import_model`` for MLflow), ``load_model``, ``get`` and
 ``get_runnable``: how to write a model into the store, read it back, and call it through a
-runner. ``model.yaml`` records ``module: tiffin.<framework>``; it is resolved through the
-fixed table below, never imported as an arbitrary string, so a hand-edited store cannot make
-tiffin import code of its choosing.
+runner. PyTorch's files, its runnable and what runs around a module on a device are
+``pytorch_formats``, ``pytorch_runnable`` and ``pytorch_runtime``, shared with MLflow's
+native PyTorch flavor. ``model.yaml`` records ``module: tiffin.<framework>``; it is resolved
+through the fixed table below, never imported as an arbitrary string, so a hand-edited store
+cannot make tiffin import code of its choosing.
 
 May import: the runner layer, the store layer, ``tag``, ``config``, ``batch_settings``,
-``exceptions``; ML libraries only inside functions (they are optional extras).
+``device_settings``, ``exceptions``; ML libraries only inside functions (they are optional extras).
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ def runner_for(
     max_latency_ms: float | None = None,
     method_configs: Mapping[str, Mapping[str, Any]] | None = None,
     embedded: bool = False,
+    device: str | None = None,
+    precision: str | None = None,
 ) -> Runner:
     """What ``model.to_runner()`` returns: a Runner whose methods are the model's signatures."""
     return Runner(
@@ -60,4 +64,6 @@ def runner_for(
         max_latency_ms=max_latency_ms,
         method_configs=method_configs,
         embedded=embedded,
+        device=device,
+        precision=precision,
     )

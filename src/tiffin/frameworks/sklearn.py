@@ -3,6 +3,10 @@
 Format: ``model.pkl``, a cloudpickle (protocol 5) of the estimator, its SHA-256 in
 ``model.yaml`` (``options.sha256``) and checked before loading; the scikit-learn version that
 saved it in ``context.framework_versions``.
+
+Methods: any of :data:`INFERENCE_METHODS` the estimator has may be declared, each a runner
+method, a ``serve-model`` route and a ``tiffin.Client`` method; ``signatures="all"`` declares
+every one of them the estimator has (``predict_proba`` only where the estimator offers it).
 """
 
 from __future__ import annotations
@@ -21,10 +25,27 @@ if TYPE_CHECKING:
     from tiffin.store.versioned import Store
     from tiffin.tag import Tag
 
-__all__ = ["MODEL_FILE", "MODULE", "get", "get_runnable", "load_model", "save_model"]
+__all__ = [
+    "INFERENCE_METHODS",
+    "MODEL_FILE",
+    "MODULE",
+    "get",
+    "get_runnable",
+    "load_model",
+    "save_model",
+]
 
 MODULE = "tiffin.sklearn"
 MODEL_FILE = "model.pkl"
+#: the methods scikit-learn estimators answer with (what ``signatures="all"`` looks for)
+INFERENCE_METHODS = (
+    "predict",
+    "predict_proba",
+    "predict_log_proba",
+    "decision_function",
+    "transform",
+    "score_samples",
+)
 
 
 def _sklearn_version() -> str:
@@ -39,7 +60,7 @@ def save_model(
     name: str,
     model: Any,
     *,
-    signatures: Mapping[str, Mapping[str, Any]] | None = None,
+    signatures: Mapping[str, Mapping[str, Any]] | str | None = None,
     labels: Mapping[str, str] | None = None,
     metadata: Mapping[str, Any] | None = None,
     custom_objects: Mapping[str, Any] | None = None,
@@ -51,6 +72,12 @@ def save_model(
         raise InvalidArgument(
             f"{type(model).__name__} is not a scikit-learn estimator; "
             "use tiffin.picklable_model.save_model for other objects"
+        )
+    if signatures == "all":
+        signatures = {m: {} for m in INFERENCE_METHODS if callable(getattr(model, m, None))}
+    elif isinstance(signatures, str):
+        raise InvalidArgument(
+            f"signatures must be a mapping of method name to options, or 'all'; got {signatures!r}"
         )
     return save_pickled(
         name,

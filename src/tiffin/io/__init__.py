@@ -1,8 +1,8 @@
 """The io layer: how a request body becomes an API's argument, and its result a response.
 
 * IO descriptors (``tiffin.io.NumpyNdarray``, ``PandasDataFrame``, ``JSON``, ``Text``,
-  ``File``, ``Image``, ``Multipart``) on one contract (:mod:`tiffin.io.base`), described for
-  clients by :mod:`tiffin.io.spec`;
+  ``File``, ``Image``, ``Multipart``, and ``Rows``, what ``serve-model`` routes speak) on one
+  contract (:mod:`tiffin.io.base`), described for clients by :mod:`tiffin.io.spec`;
 * :mod:`tiffin.io.payloads` -- model payloads from JSON and files, and outputs as JSON, for
   ``serve-model`` and ``tiffin models predict``.
 
@@ -19,6 +19,7 @@ from tiffin.io.json import JSON
 from tiffin.io.multipart import Multipart
 from tiffin.io.numpy import NumpyNdarray
 from tiffin.io.pandas import PandasDataFrame
+from tiffin.io.rows import Rows
 from tiffin.io.text import Text
 
 __all__ = [
@@ -30,5 +31,6 @@ __all__ = [
     "Multipart",
     "NumpyNdarray",
     "PandasDataFrame",
+    "Rows",
     "Text",
 ]

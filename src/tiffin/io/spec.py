@@ -2,7 +2,9 @@
 
 The server puts ``describe(descriptor)`` in its OpenAPI document (``x-tiffin-io``); a client
 rebuilds the same descriptor with :func:`rebuild` and so encodes requests and decodes
-responses exactly as the server expects (dtype, orient, multipart parts, ...).
+responses exactly as the server expects (dtype, orient, multipart parts, ...). A subclass is
+described as the nearest of its classes that ``tiffin.io`` exports; anything else is rebuilt
+as ``JSON``.
 """
 
 from __future__ import annotations
@@ -37,13 +39,23 @@ def _plain(value: Any) -> Any:
     return ...
 
 
+def _known_class(descriptor: IODescriptor) -> type[IODescriptor]:
+    """The descriptor's class, or the first of its bases a client can rebuild (a server-side
+    subclass of :class:`~tiffin.io.rows.Rows` is described as ``Rows``)."""
+    for klass in type(descriptor).__mro__:
+        if _KNOWN.get(klass.__name__) is klass:
+            return klass
+    return type(descriptor)
+
+
 def describe(descriptor: IODescriptor) -> dict[str, Any]:
-    kind = type(descriptor).__name__
+    klass = _known_class(descriptor)
+    kind = klass.__name__
     if kind == "Multipart":
         parts = getattr(descriptor, "descriptors", {})
         return {"type": kind, "parts": {name: describe(d) for name, d in parts.items()}}
     args: dict[str, Any] = {}
-    for name, param in inspect.signature(type(descriptor).__init__).parameters.items():
+    for name, param in inspect.signature(klass.__init__).parameters.items():
         if name == "self" or param.kind in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
             continue
         value = _plain(getattr(descriptor, name, param.default))

@@ -13,7 +13,7 @@ from typing import Any
 from tiffin.config import ServeSettings
 from tiffin.exceptions import InvalidArgument, RunnerError
 from tiffin.process.logs import configure_logging, flush_logs
-from tiffin.process.targets import resolve_service
+from tiffin.process.targets import Target, load_built, resolve_service
 from tiffin.process.uvicorn_glue import exit_zero_after_graceful_stop, uvicorn_options
 from tiffin.serving.app import build_app
 from tiffin.serving.errors import failure_line
@@ -81,7 +81,17 @@ def _reload_factory() -> Any:
     return build_app(resolve_service(os.environ[_TARGET_ENV]), settings)
 
 
-def serve(target: str, settings: ServeSettings, *, reload: bool = False) -> None:
-    service = resolve_service(target)
+def serve(target: str | Target, settings: ServeSettings, *, reload: bool = False) -> None:
+    """Serve a service target, or a resolved :class:`~tiffin.process.targets.Target` (a built
+    tiffin serves from its own ``src/``, which becomes the working directory)."""
+    if isinstance(target, Target) and target.tiffin is not None:
+        if reload:
+            raise InvalidArgument("--reload watches source files; a built tiffin never changes")
+        service = load_built(target.tiffin.path, chdir=True)
+        run_app(build_app(service, settings), settings)
+        return
+    name = target.service if isinstance(target, Target) else target
+    assert name is not None
+    service = resolve_service(name)
     app = build_app(service, settings)
-    run_app(app, settings, reload_target=target if reload else None)
+    run_app(app, settings, reload_target=name if reload else None)

@@ -13,6 +13,9 @@ a socket of its own, see :mod:`tiffin.process.listeners`), starts one process pe
   logged and counted (``tiffin_process_restarts_total``).
 * SIGTERM or SIGINT: API workers stop accepting and drain in-flight requests (bounded by the
   grace period), then runner processes stop, and the parent exits 0.
+* GPUs: runner process i of a runner that may use a GPU sees only GPU i mod n of the n this
+  machine shows (``CUDA_VISIBLE_DEVICES``, :func:`~tiffin.device_settings.gpu_for_process`);
+  a runner asked for a GPU the machine does not have stops the start in one line.
 
 Only this layer (:mod:`tiffin.process`) starts processes.
 """
@@ -36,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from tiffin.config import MULTIPROC_ENV, ServeSettings
+from tiffin.device_settings import CPU, gpu_for_process, visible_gpus
 from tiffin.process.listeners import Listeners
 from tiffin.process.logs import configure_logging
 from tiffin.process.workers import (
@@ -45,6 +49,8 @@ from tiffin.process.workers import (
     runner_main,
     worker_cpus,
 )
+from tiffin.runner.devices import count_gpus
+from tiffin.runner.runner import check_runner_device
 from tiffin.serving.service import Service
 
 __all__ = ["GRACE_S", "Child", "ServiceSource", "Supervisor", "serve_workers"]
@@ -101,19 +107,29 @@ class Supervisor:
     def _plan(self, service: Service, listeners: Listeners) -> None:
         settings_json = self.settings.model_dump_json()
         runner_sockets: dict[str, list[str]] = {}
+        gpus: list[str] | None = None  # the GPUs to share out, counted once when needed
         for runner in service.runners:
             if runner.embedded:
                 continue  # loaded by each API worker itself
+            check_runner_device(runner)
             overrides = self.settings.runners.get(runner.name)
             count = overrides.workers if overrides is not None and overrides.workers else 1
+            if gpus is None and runner.supports_gpu and runner.device != CPU:
+                gpus = visible_gpus(os.environ)
+                if gpus is None:  # CUDA_VISIBLE_DEVICES unset: torch counts them
+                    gpus = [str(gpu) for gpu in range(count_gpus())]
             for index in range(count):
                 path = str(self.workdir / f"{runner.name}-{index}.sock")
                 runner_sockets.setdefault(runner.name, []).append(path)
                 ready = _CTX.Event()
+                gpu = gpu_for_process(runner.device, index, gpus or []) if (
+                    runner.supports_gpu) else None
                 self.children.append(
                     Child("runner", f"tiffin-runner-{runner.name}-{index}", runner_main,
-                          (self.source, runner.name, path, settings_json, ready), ready)
+                          (self.source, runner.name, path, settings_json, ready, gpu), ready)
                 )
+                if gpu is not None:
+                    logger.info("runner process %s-%d sees GPU %s", runner.name, index, gpu)
         processes = sum(len(paths) for paths in runner_sockets.values())
         cpus = worker_cpus(self.settings.pin_workers, self.workers, processes)
         if cpus is not None:

@@ -5,7 +5,9 @@ Each child is started by the supervisor with the ``spawn`` method, rebuilds the 
 if the supervisor dies.
 
 * :func:`runner_main`: loads one runner and serves it on a Unix socket
-  (:mod:`tiffin.runner.runner_server`) until the supervisor's stop signal.
+  (:mod:`tiffin.runner.runner_server`) until the supervisor's stop signal. Given a GPU, it
+  sets ``CUDA_VISIBLE_DEVICES`` to it before anything can touch CUDA: the process sees that
+  one GPU as ``cuda:0``.
 * :func:`api_worker_main`: the service's HTTP app on its own listening socket, each runner
   attached to its processes (:class:`~tiffin.runner.remote.RemoteRunner`) or, if embedded,
   loaded here before the socket listens.
@@ -27,8 +29,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tiffin.config import ServeSettings
+from tiffin.device_settings import CUDA_VISIBLE_DEVICES, device_index
 from tiffin.process.logs import configure_logging, flush_logs
-from tiffin.process.targets import resolve_service
+from tiffin.process.targets import load_built, resolve_service
 from tiffin.serving.service import Service
 
 if TYPE_CHECKING:
@@ -52,14 +55,19 @@ RUNNER_STOP = signal.SIGUSR1  # how the supervisor stops a runner process
 
 @dataclass(frozen=True)
 class ServiceSource:
-    """How a child process rebuilds the service: a ``module:attr`` target or a model tag."""
+    """How a child process rebuilds the service: a ``module:attr`` target, a built tiffin's
+    directory (resolved once, by the parent: every process serves the same version), or a
+    model tag."""
 
     target: str | None = None
     model_tag: str | None = None
     batching: bool = True
     cwd: str = field(default_factory=os.getcwd)
+    tiffin_path: str | None = None
 
     def load(self) -> Service:
+        if self.tiffin_path is not None:
+            return load_built(self.tiffin_path, chdir=True)
         if self.model_tag is not None:
             from tiffin.serving.model_service import build_service
             from tiffin.store.models import get as get_model
@@ -82,10 +90,18 @@ def _exit_with_parent(stop_signal: int) -> None:
 
 
 def runner_main(
-    source: ServiceSource, runner_name: str, socket_path: str, settings_json: str, ready: Any
+    source: ServiceSource,
+    runner_name: str,
+    socket_path: str,
+    settings_json: str,
+    ready: Any,
+    gpu: str | None = None,
 ) -> None:
     """A runner process: load one runner, serve it on ``socket_path`` until SIGTERM."""
     import asyncio
+
+    if gpu is not None:  # before the service (and torch with it) is imported
+        os.environ[CUDA_VISIBLE_DEVICES] = gpu
 
     from tiffin.runner.runner_server import serve_runner
 
@@ -98,6 +114,8 @@ def runner_main(
     service = source.load()
     service.apply_settings(settings)
     runner = next(r for r in service.runners if r.name == runner_name)
+    if gpu is not None and device_index(runner.device) is not None:
+        runner.set_placement(device="cuda:0")  # cuda:N is the one GPU this process sees
     started = time.perf_counter()
     try:
         runner.init_local()
@@ -113,8 +131,9 @@ def runner_main(
     # every call in this process for ~100 ms (the p99 of serve --workers under load)
     gc.freeze()
     logger.info(
-        "runner %r loaded in %.2fs (pid %d)",
+        "runner %r loaded on %s in %.2fs (pid %d)",
         runner.name,
+        getattr(runner.backend, "device", "cpu"),
         time.perf_counter() - started,
         os.getpid(),
     )

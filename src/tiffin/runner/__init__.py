@@ -11,9 +11,12 @@
   (:mod:`~tiffin.runner.isolation`); :mod:`~tiffin.runner.coalescer` merges an API worker's
   calls per event-loop turn; both merge and split through :mod:`~tiffin.runner.merging` and
   :mod:`~tiffin.runner.containers`;
-* :mod:`~tiffin.runner.stats` -- what a dispatcher counts.
+* :mod:`~tiffin.runner.stats` -- what a dispatcher counts;
+* :mod:`~tiffin.runner.devices` -- a runner's device setting resolved against the GPUs this
+  process sees, and the GPU memory it holds (torch inside functions only).
 
-May import: the store layer, ``tag``, ``config``, ``batch_settings``, ``exceptions``. Nothing
+May import: the store layer, ``tag``, ``config``, ``batch_settings``, ``device_settings``,
+``exceptions``. Nothing
 here imports HTTP, process management or an ML framework at module level.
 """
 

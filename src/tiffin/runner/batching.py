@@ -25,6 +25,9 @@ splits the result. Plain asyncio, no threads; all its time comes from a :class:`
   model's exception only when it failed alone, the others their results.
 * Cancellation: a cancelled caller (its client hung up) leaves the queue and its rows never
   reach the model; if its batch had started, its result is dropped.
+* Inline runs: given ``inline``, a run of one call with none waiting is offered to it first (its
+  backend runs a cheap one on the event loop itself; under load, runs on the worker let the
+  loop read the next batch meanwhile); it answers :data:`BUSY` to leave the run to ``infer``.
 * Event loops: a dispatcher binds to the loop of its first ``submit``. Another running loop is an
   error, except once the first has closed (one ``asyncio.run`` per call): then it binds afresh.
 """
@@ -36,30 +39,22 @@ import functools
 import itertools
 import math
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from tiffin import batch_settings as settings
 from tiffin.exceptions import InvalidArgument, Overloaded, RunnerError
 from tiffin.runner import containers
 from tiffin.runner.hold import Clock, HoldTracker, LoopClock, TimerHandle
-from tiffin.runner.isolation import Isolation, Step
+from tiffin.runner.isolation import Isolation
 from tiffin.runner.merging import attempt, fail, isolates
-from tiffin.runner.queueing import CallQueue, Entry
+from tiffin.runner.queueing import CallQueue, Entry, Run
 from tiffin.runner.stats import BatchStats
 
-__all__ = ["Clock", "Dispatcher", "LoopClock", "TimerHandle"]
+__all__ = ["BUSY", "Clock", "Dispatcher", "LoopClock", "TimerHandle"]
 
 
-@dataclass(eq=False, slots=True)
-class _Run:
-    """One model call: a batch from the queue, or an isolation step with passengers."""
-
-    calls: list[Entry]
-    rows: int
-    taken: list[Entry]  # those taken from the queue
-    taken_rows: int
-    step: Step[Entry] | None = None
+#: what ``inline`` answers when it cannot run the model now: the run goes to ``infer``
+BUSY: Final = object()
 
 
 class Dispatcher:
@@ -68,7 +63,8 @@ class Dispatcher:
     along, or an ``(input_dim, output_dim)`` pair. ``hold=False`` never holds a free model back;
     ``isolate(exc)`` says whether a failed batch of several calls is isolated (default:
     always; else every call gets the error). ``clock``: default, the clock of the loop the
-    dispatcher binds to."""
+    dispatcher binds to. ``inline(rows, *merged_payloads, **options)``: runs a batch
+    synchronously on the event loop, or answers :data:`BUSY`."""
 
     def __init__(
         self,
@@ -83,6 +79,7 @@ class Dispatcher:
         hold: bool = True,
         isolate: Callable[[Exception], bool] | None = None,
         clock: Clock | None = None,
+        inline: Callable[..., Any] | None = None,
     ) -> None:
         if not isinstance(max_concurrency, int) or max_concurrency < 1:
             raise InvalidArgument(
@@ -98,6 +95,7 @@ class Dispatcher:
         self.hold = hold
         self._isolate = isolate
         self._infer = infer
+        self._inline = inline
         self._limit = self.max_latency_ms / 1000.0
         self._holds = HoldTracker(self.max_batch_size, self._limit)  # kept across event loops
         self.cost = self._holds.cost
@@ -270,7 +268,7 @@ class Dispatcher:
         try:
             while not (self._closed and not self._isolation.pieces and not self._in_flight):
                 choice = self._choose() if self._in_flight < self.max_concurrency else None
-                if isinstance(choice, _Run):
+                if isinstance(choice, Run):
                     self._start(choice)
                     continue
                 wake.clear()
@@ -287,7 +285,7 @@ class Dispatcher:
             fail(self._isolation.drain(), error, self.name)
             raise
 
-    def _choose(self) -> _Run | float | None:
+    def _choose(self) -> Run | float | None:
         """What to start now: a run; or the time to hold the queued calls until; or ``None``,
         nothing (:mod:`~tiffin.runner.isolation` says when steps and batches take turns)."""
         queue, isolation, size = self._queue, self._isolation, self.max_batch_size
@@ -306,7 +304,7 @@ class Dispatcher:
                 isolation.begin(step)
                 taken = queue.take_batch(room, riders=True) if rides else []
                 rows = sum(entry.rows for entry in taken)
-                return _Run([*step.calls, *taken], tested + rows, taken, rows, step)
+                return Run([*step.calls, *taken], tested + rows, taken, rows, step)
         if head is None or isolation.rows >= size:
             return None
         if self.hold and not isolation.pieces:
@@ -315,9 +313,9 @@ class Dispatcher:
                 return until
         batch = queue.take_batch(size)
         rows = sum(entry.rows for entry in batch)
-        return _Run(batch, rows, batch, rows)
+        return Run(batch, rows, batch, rows)
 
-    def _start(self, run: _Run) -> None:
+    def _start(self, run: Run) -> None:
         now, observe = self._clock.now(), self.stats.queue_wait.observe
         for entry in run.taken:
             if not entry.struck:  # a struck one waited for a step before
@@ -330,7 +328,7 @@ class Dispatcher:
         self._batches.add(task)
         task.add_done_callback(self._batches.discard)
 
-    async def _execute(self, run: _Run) -> None:
+    async def _execute(self, run: Run) -> None:
         clock, stats, calls, rows = self._clock, self.stats, run.calls, run.rows
         stats.batches += 1
         stats.isolation_runs += run.step is not None
@@ -341,6 +339,11 @@ class Dispatcher:
         async def infer(payloads: tuple[Any, ...], kwargs: dict[str, Any], n: int) -> Any:
             nonlocal elapsed  # the model's time, without merging and splitting
             started = clock.now()
+            if self._inline is not None and n == 1 and not self._queue.rows:
+                result = self._inline(rows, *payloads, **kwargs)
+                if result is not BUSY:
+                    elapsed = clock.now() - started
+                    return result
             result = await self._infer(*payloads, **kwargs)
             elapsed = clock.now() - started
             return result

@@ -283,25 +283,53 @@ class CostModel:
         self._samples: deque[tuple[int, float]] = deque(maxlen=window)
         self.a = 0.0  # seconds per row
         self.b = 0.0  # fixed seconds per batch
+        # running sums over the window (n, d, n², n·d), summed afresh every window additions so
+        # float error cannot build up: an add costs O(1), not a pass over the window
+        self._sums = [0.0, 0.0, 0.0, 0.0]
+        self._adds = 0
 
     def add(self, rows: int, seconds: float) -> None:
-        samples = self._samples
+        samples, sums = self._samples, self._sums
+        if len(samples) == samples.maxlen:
+            n0, d0 = samples[0]
+            sums[0] -= n0
+            sums[1] -= d0
+            sums[2] -= n0 * n0
+            sums[3] -= n0 * d0
         samples.append((rows, seconds))
+        self._adds += 1
+        if self._adds % (samples.maxlen or 1) == 0:
+            sums[:] = [
+                sum(n for n, _ in samples),
+                sum(d for _, d in samples),
+                sum(n * n for n, _ in samples),
+                sum(n * d for n, d in samples),
+            ]
+        else:
+            sums[0] += rows
+            sums[1] += seconds
+            sums[2] += rows * rows
+            sums[3] += rows * seconds
         k = len(samples)
-        mean_n = sum(n for n, _ in samples) / k
-        mean_d = sum(d for _, d in samples) / k
-        var_n = sum((n - mean_n) ** 2 for n, _ in samples)
+        sn, sd, snn, snd = sums
+        mean_n, mean_d = sn / k, sd / k
+        var_n = snn - sn * mean_n  # sum of (n - mean)²
         # when every batch had the same size, keep the slope learned so far
-        a = sum((n - mean_n) * (d - mean_d) for n, d in samples) / var_n if var_n else self.a
+        a = (snd - sn * mean_d) / var_n if var_n > 1e-9 * max(snn, 1.0) else self.a
         a = max(a, 0.0)
         b = mean_d - a * mean_n
         if b < 0:  # the fit went through below the origin: take a line through it
             b = 0.0
-            a = sum(n * d for n, d in samples) / max(sum(n * n for n, _ in samples), 1)
+            a = snd / max(snn, 1.0)
         self.a, self.b = a, b
 
     def predict(self, rows: int) -> float:
         return self.a * rows + self.b
+
+    @property
+    def runs(self) -> int:
+        """Batches the fit has seen (at most its window)."""
+        return len(self._samples)
 
     def drain_seconds(self, rows: int, max_batch_size: int, in_flight: int) -> float:
         """How long ``in_flight`` running batches and ``rows`` queued take, by this model."""

@@ -1,14 +1,22 @@
 """The local backend: a runner's runnable loaded in this process.
 
-One instance of the runnable, one worker thread that runs every call on it (so a model never
-sees two calls at once), and per event loop one adaptive
+One instance of the runnable, one worker thread that runs every call on it, and per event loop
+one adaptive
 :class:`~tiffin.runner.batching.Dispatcher` per batchable method. Blocking ``run()`` callers
-(any thread) go through a shared background event loop.
+(any thread) go through a shared background event loop. A model never sees two calls at once:
+every call holds the backend's model lock. A batch the dispatcher finds cheap enough runs on the
+event loop itself when that lock is free (``inline``): one the method's own cost model (the
+model's time alone, per rows, over its recent calls) expects under :data:`INLINE_BELOW_S`, where
+handing it to the thread and back would cost as much as the model.
 
 The worker thread's native pools (OpenMP, BLAS) use one thread unless the runnable declares
 ``SUPPORTS_CPU_MULTI_THREADING`` and ``TIFFIN_RUNNER_THREADS`` asks for more: a batch already
 amortises the model's fixed cost, and extra OpenMP threads fight the event loop (and other
 processes) for the same cores, which shows up as long latency tails.
+
+The runner's ``device`` setting is resolved here, before the runnable is made
+(:func:`~tiffin.runner.devices.resolve_device`: a GPU that is not there is a one-line error);
+a runnable whose ``__init__`` takes ``device`` / ``precision`` gets them.
 """
 
 from __future__ import annotations
@@ -16,14 +24,18 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import functools
 import os
 import threading
+import time
 import weakref
 from typing import TYPE_CHECKING, Any
 
 from tiffin.exceptions import InvalidArgument, Overloaded, RunnerError
-from tiffin.runner.batching import Dispatcher
+from tiffin.runner import containers
+from tiffin.runner.batching import BUSY, Dispatcher
+from tiffin.runner.devices import resolve_device
+from tiffin.runner.hold import CostModel
+from tiffin.runner.runnable import placement_parameters
 from tiffin.runner.runner import wait_result
 from tiffin.runner.stats import BatchStats
 
@@ -34,6 +46,10 @@ if TYPE_CHECKING:
 __all__ = ["LocalBackend", "background_loop", "native_threads"]
 
 RUNNER_THREADS_ENV = "TIFFIN_RUNNER_THREADS"
+#: a batch the model is expected to run in less than this (seconds) runs inline
+INLINE_BELOW_S = 0.001
+#: ... once this many of the method's calls were timed
+INLINE_AFTER = 8
 
 _bg_lock = threading.Lock()
 _bg_loop: asyncio.AbstractEventLoop | None = None
@@ -57,8 +73,18 @@ class LocalBackend:
 
     def __init__(self, runner: Runner) -> None:
         self.runner = runner
+        #: the device the runnable runs on: "cpu" or "cuda:N"
+        self.device = resolve_device(
+            runner.device, supports_gpu=runner.supports_gpu, what=f"runner {runner.name!r}"
+        )
+        params = dict(runner.runnable_init_params)
+        accepted = placement_parameters(runner.runnable_class)
+        if "device" in accepted:
+            params.setdefault("device", self.device)
+        if "precision" in accepted and runner.precision is not None:
+            params.setdefault("precision", runner.precision)
         try:
-            self.instance: Runnable = runner.runnable_class(**runner.runnable_init_params)
+            self.instance: Runnable = runner.runnable_class(**params)
         except TypeError as exc:
             raise RunnerError(f"cannot initialise runner {runner.name!r}: {exc}") from exc
         self.executor = concurrent.futures.ThreadPoolExecutor(
@@ -67,6 +93,9 @@ class LocalBackend:
             initializer=_limit_native_threads,
             initargs=(native_threads(runner.runnable_class),),
         )
+        self._model_lock = threading.Lock()
+        self._costs: dict[str, CostModel] = {}  # per method: the model's own time
+        self._native_limited: set[int] = set()  # threads whose native pools are limited
         #: method name -> event loop -> its dispatcher
         self._dispatchers: dict[
             str, weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Dispatcher]
@@ -76,11 +105,51 @@ class LocalBackend:
     def ready(self) -> bool:
         return True
 
-    def _in_worker(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def _locked(
+        self,
+        bound: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timed: tuple[Any, int] = (None, 0),
+    ) -> Any:
+        """``bound(*args, **kwargs)`` under the model lock; ``timed``: (cost model, rows) to
+        add its time to, or (None, 0)."""
+        with self._model_lock:
+            started = time.perf_counter()
+            result = bound(*args, **kwargs)
+            cost, rows = timed
+            if cost is not None:
+                cost.add(rows, time.perf_counter() - started)
+            return result
+
+    def _in_worker(
+        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], rows: int = 0
+    ) -> Any:
         bound = getattr(self.instance, method)
+        timed = (self._costs.get(method), rows)
         return asyncio.get_running_loop().run_in_executor(
-            self.executor, functools.partial(bound, *args, **kwargs)
+            self.executor, self._locked, bound, args, kwargs, timed
         )
+
+    def _inline(self, method: str, rows: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """``method`` on ``rows`` run here, on the event loop's thread, when its cost model
+        expects it to be cheap and the model is free; else BUSY."""
+        cost = self._costs[method]
+        if cost.runs < INLINE_AFTER or cost.predict(rows) >= INLINE_BELOW_S:
+            return BUSY
+        if not self._model_lock.acquire(blocking=False):
+            return BUSY
+        try:
+            thread = threading.get_ident()
+            if thread not in self._native_limited:  # as in the worker thread
+                _limit_native_threads(native_threads(self.runner.runnable_class))
+                self._native_limited.add(thread)
+            started = time.perf_counter()
+            result = getattr(self.instance, method)(*args, **kwargs)
+            cost.add(rows, time.perf_counter() - started)
+            return result
+        finally:
+            self._model_lock.release()
 
     def dispatcher(self, method: RunnerMethod, loop: asyncio.AbstractEventLoop) -> Dispatcher:
         """``method``'s dispatcher on ``loop`` (made on first use)."""
@@ -94,10 +163,17 @@ class LocalBackend:
                 method.local_stats = BatchStats()
             name = method.name
 
-            async def infer(*args: Any, **kwargs: Any) -> Any:
-                return await self._in_worker(name, args, kwargs)
-
             settings = method.settings
+            self._costs.setdefault(name, CostModel())
+            dim = settings.input_dim
+
+            async def infer(*args: Any, **kwargs: Any) -> Any:
+                rows = containers.count_rows(args[0], dim) if args else 0
+                return await self._in_worker(name, args, kwargs, rows)
+
+            def inline(rows: int, *args: Any, **kwargs: Any) -> Any:
+                return self._inline(name, rows, args, kwargs)
+
             dispatcher = Dispatcher(
                 infer,
                 name=f"{self.runner.name}.{name}",
@@ -105,6 +181,7 @@ class LocalBackend:
                 max_batch_size=settings.max_batch_size,
                 max_latency_ms=settings.max_latency_ms,
                 stats=method.local_stats,
+                inline=inline,
             )
             table[loop] = dispatcher
         return dispatcher
@@ -131,7 +208,7 @@ class LocalBackend:
                 if ticket.abandoned:
                     return None
                 ticket.started = True
-            return bound(*args, **kwargs)
+            return self._locked(bound, args, kwargs)
 
         future = asyncio.get_running_loop().run_in_executor(self.executor, run)
         try:

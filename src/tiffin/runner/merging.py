@@ -11,7 +11,9 @@ Rules:
   non-batch shape of every payload, :func:`~tiffin.runner.containers.batch_key`); the caller
   of :func:`run_merged` chose them so.
 * Each call gets exactly its own rows of the result, in order, split along ``output_dim``.
-  A result whose rows do not add up is a :class:`~tiffin.exceptions.RunnerError` for all.
+  A result whose rows do not add up is a :class:`~tiffin.exceptions.RunnerError` for all; a
+  call that ran alone gets a result that holds no rows at all (one string for the call, as a
+  pyfunc model may answer) whole. Merged, such a result fails, and isolation runs each alone.
 * When a merged call fails and ``isolate(exc)`` says so (default: always), the calls are
   bisected: each half runs merged, a half that fails is split again, until the calls at fault
   fail alone and get their own errors; the others get their answers. (The dispatcher isolates
@@ -81,14 +83,25 @@ def merge_payloads(calls: Sequence[Call], input_dim: int) -> tuple[Any, ...]:
 
 
 def answer(calls: Sequence[Call], result: Any, output_dim: int, name: str) -> None:
-    """Give each call its own rows of ``result``."""
+    """Give each call its own rows of ``result``; a call that ran alone gets a result that
+    holds no rows (a string, a number, a dict of them) whole, as an unbatched method would."""
     try:
         parts = containers.split(result, [call.rows for call in calls], output_dim)
     except InvalidArgument as exc:
-        raise RunnerError(f"runner method '{name}': {exc}") from exc
+        if len(calls) != 1 or _has_rows(result, output_dim):
+            raise RunnerError(f"runner method '{name}': {exc}") from exc
+        parts = [result]
     for call, part in zip(calls, parts, strict=True):
         if not call.future.done():
             call.future.set_result(part)
+
+
+def _has_rows(result: Any, output_dim: int) -> bool:
+    try:
+        containers.count_rows(result, output_dim)
+    except InvalidArgument:
+        return False
+    return True
 
 
 def isolates(error: BaseException, isolate: Callable[[Exception], bool] | None) -> bool:

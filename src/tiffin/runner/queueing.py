@@ -15,9 +15,10 @@ from collections import deque
 from collections.abc import Hashable
 from dataclasses import dataclass
 
+from tiffin.runner.isolation import Step
 from tiffin.runner.merging import Call, same_options
 
-__all__ = ["CallQueue", "Entry"]
+__all__ = ["CallQueue", "Entry", "Run"]
 
 
 @dataclass(eq=False, slots=True)
@@ -29,6 +30,17 @@ class Entry(Call):
     seq: int = 0  # submission order, which the queue keeps
     queued: bool = True  # read and written by CallQueue only
     struck: bool = False  # rode a failed isolation step: never rides again
+
+
+@dataclass(eq=False, slots=True)
+class Run:
+    """One model call: a batch from the queue, or an isolation step with passengers."""
+
+    calls: list[Entry]
+    rows: int
+    taken: list[Entry]  # those taken from the queue
+    taken_rows: int
+    step: Step[Entry] | None = None
 
 
 class CallQueue:

@@ -128,6 +128,8 @@ class RemoteRunner:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._turn = itertools.count()
         self.messages = 0  # calls sent to the runner processes (after merging)
+        #: GPU memory by runner process (``<runner>-<index>``), then by GPU, as last fetched
+        self.devices: dict[str, dict[str, dict[str, int]]] = {}
         #: method name -> event loop -> its coalescer
         self._coalescers: dict[
             str, weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Coalescer]
@@ -193,11 +195,23 @@ class RemoteRunner:
         return merged
 
     async def refresh_stats(self, runner: Runner) -> None:
-        """Fetch every method's batching stats into ``runner.<method>.remote_stats``."""
+        """Fetch every method's batching stats into ``runner.<method>.remote_stats``, and each
+        process's GPU memory into :attr:`devices`."""
         snapshots = await self._stats()
         for name, method in runner.methods.items():
             if name in snapshots:
                 method.remote_stats = RemoteStats(snapshots[name])
+        devices: dict[str, dict[str, dict[str, int]]] = {}
+        for index, connection in enumerate(self.connections):
+            if not connection.connected:
+                continue
+            try:
+                memory = await asyncio.wait_for(connection.request((wire.DEVICES, None)), 2)
+            except (RunnerUnavailable, TimeoutError, RunnerError):
+                continue
+            if memory:
+                devices[f"{self.name}-{index}"] = memory
+        self.devices = devices
 
     # -- the Backend protocol (tiffin.runner.runner) --------------------------------------
 

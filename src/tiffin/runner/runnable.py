@@ -4,6 +4,11 @@ A Runnable is written by the user, or built from a stored model by its framework
 (:func:`model_runnable`). Each method marked with :meth:`Runnable.method` (or added with
 :meth:`Runnable.add_method`) carries its :class:`~tiffin.batch_settings.BatchSettings`; the
 runner exposes it as ``runner.<method>``.
+
+Devices: a runnable that lists ``"nvidia.com/gpu"`` in ``SUPPORTED_RESOURCES`` may run on a
+GPU (its runner's ``device`` defaults to ``auto``); one whose ``__init__`` takes a ``device``
+keyword gets the runner's resolved device (``"cpu"`` or ``"cuda:N"``), and one that takes
+``precision`` gets the runner's precision setting (:func:`placement_parameters`).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from tiffin.exceptions import InvalidArgument
 if TYPE_CHECKING:
     from tiffin.store.models import Model
 
-__all__ = ["Runnable", "check_methods", "model_runnable"]
+__all__ = ["Runnable", "check_methods", "model_runnable", "placement_parameters"]
 
 _METHOD_ATTR = "__tiffin_method__"
 
@@ -82,6 +87,21 @@ class Runnable:
         settings = BatchSettings(batchable=batchable, batch_dim=batch_dim)  # type: ignore[arg-type]
         setattr(cls, name, fn)
         cls.methods = {**cls.methods, name: settings}
+
+
+def placement_parameters(runnable_class: type[Runnable]) -> frozenset[str]:
+    """Which of ``device`` and ``precision`` the runnable's ``__init__`` takes by name."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(runnable_class.__init__).parameters
+    except (TypeError, ValueError):
+        return frozenset()
+    named = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return frozenset(
+        name for name in ("device", "precision")
+        if name in parameters and parameters[name].kind in named
+    )
 
 
 def check_methods(obj: Any, methods: Iterable[str], what: str) -> None:

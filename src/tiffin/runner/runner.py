@@ -15,6 +15,12 @@ Calls go to the runner's *backend*, which is one of two, or none yet:
 
 ``embedded`` is not a backend but a deployment choice: under ``--workers N`` an embedded
 runner gets a local backend in every API worker instead of runner processes.
+
+``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``) and ``precision`` say where a runnable
+that supports them runs (:mod:`tiffin.device_settings`): ``device`` defaults to ``auto`` for
+a runnable that lists ``"nvidia.com/gpu"`` in ``SUPPORTED_RESOURCES``, to ``cpu`` otherwise;
+asking a CPU-only runnable for a GPU, or for a precision its ``__init__`` does not take, is
+refused when the runner is made or configured.
 """
 
 from __future__ import annotations
@@ -28,8 +34,9 @@ from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol
 
+from tiffin.device_settings import AUTO, CPU, GPU_RESOURCE, check_device, check_precision
 from tiffin.exceptions import InvalidArgument, RunnerError
-from tiffin.runner.runnable import Runnable
+from tiffin.runner.runnable import Runnable, placement_parameters
 from tiffin.tag import validate_part
 
 if TYPE_CHECKING:
@@ -38,7 +45,15 @@ if TYPE_CHECKING:
     from tiffin.runner.stats import BatchStats
     from tiffin.store.models import Model
 
-__all__ = ["REQUEST_DEADLINE", "Backend", "RemoteStats", "Runner", "RunnerMethod", "wait_result"]
+__all__ = [
+    "REQUEST_DEADLINE",
+    "Backend",
+    "RemoteStats",
+    "Runner",
+    "RunnerMethod",
+    "check_runner_device",
+    "wait_result",
+]
 
 logger = logging.getLogger("tiffin.runner")
 
@@ -160,6 +175,8 @@ class Runner:
         method_configs: Mapping[str, Mapping[str, Any]] | None = None,
         runnable_init_params: Mapping[str, Any] | None = None,
         embedded: bool = False,
+        device: str | None = None,
+        precision: str | None = None,
     ) -> None:
         if not (isinstance(runnable_class, type) and issubclass(runnable_class, Runnable)):
             raise InvalidArgument("Runner needs a subclass of tiffin.Runnable")
@@ -185,6 +202,9 @@ class Runner:
             overrides = {"max_batch_size": max_batch_size, "max_latency_ms": max_latency_ms}
             overrides.update(method_configs.get(method) or {})
             self.methods[method] = RunnerMethod(self, method, settings.with_overrides(**overrides))
+        self._device: str | None = None
+        self._precision: str | None = None
+        self.set_placement(device=device, precision=precision)
         #: where calls go: None until init_local() or attach_remote()
         self.backend: Backend | None = None
 
@@ -197,6 +217,42 @@ class Runner:
         )
 
     # -- settings -------------------------------------------------------------------------
+
+    @property
+    def supports_gpu(self) -> bool:
+        """Whether the runnable may run on a GPU (``"nvidia.com/gpu"`` in its resources)."""
+        return GPU_RESOURCE in self.runnable_class.SUPPORTED_RESOURCES
+
+    @property
+    def device(self) -> str:
+        """The device setting: as given, else ``auto`` for a GPU-capable runnable, else ``cpu``."""
+        if self._device is not None:
+            return self._device
+        return AUTO if self.supports_gpu else CPU
+
+    @property
+    def precision(self) -> str | None:
+        return self._precision
+
+    def set_placement(self, *, device: str | None = None, precision: str | None = None) -> None:
+        """Set ``device`` and ``precision`` (``None`` leaves one as it is); checked here."""
+        if device is not None:
+            device = check_device(device)
+            if device not in (AUTO, CPU) and not self.supports_gpu:
+                raise InvalidArgument(
+                    f"runner {self.name!r} runs on the CPU only ({self.runnable_class.__name__}"
+                    f".SUPPORTED_RESOURCES = {self.runnable_class.SUPPORTED_RESOURCES}), but "
+                    f"device {device!r} was asked for"
+                )
+            self._device = device
+        if precision is not None:
+            precision = check_precision(precision)
+            if "precision" not in placement_parameters(self.runnable_class):
+                raise InvalidArgument(
+                    f"runner {self.name!r} has no precision setting: "
+                    f"{self.runnable_class.__name__}.__init__ takes no 'precision'"
+                )
+            self._precision = precision
 
     def configure(
         self, *, max_batch_size: int | None = None, max_latency_ms: float | None = None
@@ -212,6 +268,7 @@ class Runner:
         self.configure(
             max_batch_size=settings.max_batch_size, max_latency_ms=settings.max_latency_ms
         )
+        self.set_placement(device=settings.device, precision=settings.precision)
         if settings.embedded is not None:
             self.embedded = settings.embedded
         if self.embedded and settings.workers is not None:
@@ -264,3 +321,12 @@ class Runner:
 
     def __repr__(self) -> str:
         return f"Runner(name={self.name!r}, methods={sorted(self.methods)})"
+
+
+def check_runner_device(runner: Runner) -> None:
+    """Refuse at start-up a runner asked for a device this process cannot give it."""
+    from tiffin.runner.devices import check_available
+
+    check_available(
+        runner.device, supports_gpu=runner.supports_gpu, what=f"runner {runner.name!r}"
+    )

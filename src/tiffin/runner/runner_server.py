@@ -3,7 +3,8 @@
 A runner process loads one runner (a local backend) and answers the API workers' messages
 (:mod:`tiffin.runner.wire`): ``call`` runs a method through the runner's own adaptive
 dispatcher, so calls from every API worker batch together; ``stats`` returns each method's
-batching stats; ``ping`` says the process is up. An error goes back to the call it belongs to,
+batching stats; ``devices`` the GPU memory this process holds; ``ping`` says the process is
+up. An error goes back to the call it belongs to,
 and the process keeps serving.
 """
 
@@ -49,6 +50,10 @@ async def _handle(runner: Runner, message: Any) -> tuple[str, Any]:
             for name, method in runner.methods.items()
             if method.local_stats is not None
         }
+    if kind == wire.DEVICES:
+        from tiffin.runner.devices import device_memory
+
+        return wire.OK, device_memory()
     if kind == wire.PING:
         return wire.OK, {"pid": os.getpid(), "ready": runner.backend is not None}
     raise RunnerError(f"unknown message kind {kind!r}")

@@ -7,11 +7,11 @@ call alone -- :func:`receive` raises :class:`~tiffin.exceptions.FrameError` nami
 the stream stays in step for the next frame.
 
 Messages: an API worker sends ``(kind, body)`` with kind :data:`CALL` (body ``(method, args,
-kwargs, calls)``, ``calls`` being how many callers' calls it merges), :data:`STATS` or
-:data:`PING`; the runner process answers ``(status, value)`` with status :data:`OK` or
-:data:`ERROR` (value: the exception). Answers come in any order. ``(CANCEL, None)`` under a
-call's id says its caller went away: a call still queued in the runner process is dropped,
-one that started runs to its end, and neither is answered.
+kwargs, calls)``, ``calls`` being how many callers' calls it merges), :data:`STATS`,
+:data:`DEVICES` (GPU memory in use) or :data:`PING`; the runner process answers ``(status,
+value)`` with status :data:`OK` or :data:`ERROR` (value: the exception). Answers come in any
+order. ``(CANCEL, None)`` under a call's id says its caller went away: a call still queued in
+the runner process is dropped, one that started runs to its end, and neither is answered.
 
 A frame is ``!QII`` (call id, header length, buffer count), one ``!Q`` length per buffer,
 the pickle header, then each buffer's raw bytes. Large arrays are never copied into the
@@ -41,6 +41,7 @@ from tiffin.exceptions import FrameError, RunnerError
 __all__ = [
     "CALL",
     "CANCEL",
+    "DEVICES",
     "ERROR",
     "IN_BAND_BYTES",
     "OK",
@@ -53,7 +54,7 @@ __all__ = [
     "receive",
 ]
 
-CALL, STATS, PING, CANCEL = "call", "stats", "ping", "cancel"
+CALL, STATS, PING, CANCEL, DEVICES = "call", "stats", "ping", "cancel", "devices"
 OK, ERROR = "ok", "err"
 
 _PREFIX = struct.Struct("!QII")

@@ -14,9 +14,10 @@ scoring protocol.
   (:func:`~tiffin.serving.access_log.record_access`), and an error is a response in its
   route's shape (:mod:`~tiffin.serving.errors`).
 * Runners load in the background once the server listens: ``/livez`` answers at once,
-  ``/readyz`` and the APIs answer 503 until every runner is loaded and the start-up hooks
-  have run. With ``load_before_serving``, or when every runner lives in its own process,
-  start-up waits for them instead.
+  ``/readyz`` and the APIs answer 503 until every runner is loaded (a PyTorch runner's
+  warm-up batch included) and the start-up hooks have run. A runner asked for a GPU this
+  machine does not have is refused before the server starts. With ``load_before_serving``,
+  or when every runner lives in its own process, start-up waits for them instead.
 * A start-up failure is logged as the user's own frames (:func:`~tiffin.serving.errors.
   describe_failure`); what the server answers (``/readyz``, the APIs' 503) says only that it
   failed: an open route must not show paths or exception text.
@@ -42,6 +43,7 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from tiffin.config import ServeSettings
 from tiffin.exceptions import RunnerError
+from tiffin.runner.runner import check_runner_device
 from tiffin.serving.access_log import AccessLogMiddleware, record_access
 from tiffin.serving.auth import BearerAuthMiddleware, BearerKey
 from tiffin.serving.errors import (
@@ -180,6 +182,9 @@ def build_app(
     """
     settings = settings or ServeSettings()
     service.apply_settings(settings)
+    for runner in service.runners:
+        if runner.backend is None:  # loaded here: a GPU it cannot have is refused now, in one
+            check_runner_device(runner)  # line, not at the first request
     state = AppState(service, settings)
     posts = {api.route: api_pipeline(api, state) for api in service.apis.values()}
     from tiffin.serving.mlflow_protocol import mlflow_routes

@@ -197,7 +197,9 @@ def mlflow_error_response(
     exc: BaseException, *, where: str, scope: Scope | None, mlflow_exception: type | None
 ) -> Response:
     """MLflow's answer for an error raised while scoring: the model's own failure is MLflow's
-    400 (the input is taken to be at fault), tiffin's errors keep their status."""
+    400 (the input is taken to be at fault), tiffin's errors keep their status; an input
+    whose shape or columns miss the signature is ``INVALID_PARAMETER_VALUE`` (MLflow's schema
+    enforcement), any other bad input ``BAD_REQUEST`` (MLflow's parser)."""
     if isinstance(exc, Expired):
         return mlflow_error(
             504,
@@ -218,8 +220,9 @@ def mlflow_error_response(
             503, "TEMPORARILY_UNAVAILABLE", str(exc), {"Retry-After": retry_after(exc)}
         )
     if isinstance(exc, TiffinError):
-        if exc.http_status < 500:
-            return mlflow_error(exc.http_status, "BAD_REQUEST", str(exc))
+        if exc.http_status < 500:  # an input that is not the signature's: MLflow's own code
+            code = getattr(exc, "mlflow_error_code", "BAD_REQUEST")
+            return mlflow_error(exc.http_status, code, str(exc))
         error_id = log_server_error(exc, where, scope)
         return mlflow_error(
             exc.http_status, "INTERNAL_ERROR", _server_side(exc, where, error_id)

@@ -1,5 +1,7 @@
-"""Prometheus metrics of a server: requests by route and status, latency, and the runners'
-batching figures (batch size, queue wait, run time), read from each dispatcher's stats."""
+"""Prometheus metrics of a server: requests by route and status, latency, the runners'
+batching figures (batch size, queue wait, run time), read from each dispatcher's stats, and
+the GPU memory each process running a model holds (allocated and reserved, per GPU; none
+until a model uses CUDA)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from tiffin.config import MULTIPROC_ENV
@@ -26,6 +33,7 @@ __all__ = [
     "CONTENT_TYPE",
     "LATENCY_BUCKETS",
     "STATS_FILE",
+    "DeviceCollector",
     "RunnerCollector",
     "ServerMetrics",
     "SharedRunnerStats",
@@ -155,6 +163,37 @@ class RunnerCollector(Collector):
         yield from counters.values()
 
 
+class DeviceCollector(Collector):
+    """GPU memory by process and GPU: this process's (``process="local"``: runners loaded
+    here) and each runner process's, as last fetched with the batching figures."""
+
+    def __init__(self, service: Service, local: Any = None) -> None:
+        from tiffin.runner.devices import device_memory
+
+        self.service = service
+        self.local = local or device_memory
+
+    def collect(self) -> Iterator[Metric]:
+        allocated = GaugeMetricFamily(
+            "tiffin_gpu_memory_allocated_bytes", "GPU memory held by tensors, per process and GPU",
+            labels=["process", "gpu"],
+        )
+        reserved = GaugeMetricFamily(
+            "tiffin_gpu_memory_reserved_bytes",
+            "GPU memory reserved by PyTorch's caching allocator, per process and GPU",
+            labels=["process", "gpu"],
+        )
+        by_process: dict[str, dict[str, dict[str, int]]] = {"local": self.local()}
+        for runner in self.service.runners:
+            by_process.update(getattr(runner.backend, "devices", None) or {})
+        for process, gpus in by_process.items():
+            for gpu, memory in gpus.items():
+                allocated.add_metric([process, gpu], memory["allocated"])
+                reserved.add_metric([process, gpu], memory["reserved"])
+        yield allocated
+        yield reserved
+
+
 def _le(bound: float) -> str:
     return "+Inf" if bound == float("inf") else repr(float(bound))
 
@@ -177,6 +216,8 @@ class ServerMetrics:
         self.shared = SharedRunnerStats(service, directory) if directory and embedded else None
         self.runner_collector = RunnerCollector(service, self.shared)
         self.registry.register(self.runner_collector)
+        self.device_collector = DeviceCollector(service)
+        self.registry.register(self.device_collector)
 
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         # requests observed since the last flush: (route, method, status, seconds)
@@ -254,4 +295,5 @@ class ServerMetrics:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
         registry.register(self.runner_collector)
+        registry.register(self.device_collector)
         return generate_latest(registry), CONTENT_TYPE

@@ -15,6 +15,9 @@ the body instead: a signature tiffin leaves to MLflow (``needs_mlflow``); for
 carries ``params`` or one of MLflow's LLM keys (``messages``, ``prompt``, ``input``), so
 MLflow's own error and parameter handling apply. ``schema=None`` is a model without a
 signature (:func:`~tiffin.frameworks.mlflow.inputs.unsigned`).
+
+A Parquet value the signature's type cannot hold is a ``SignatureMismatch``, as MLflow finds it
+when it enforces the schema on the frame (a JSON or CSV value is a parse error there).
 """
 
 from __future__ import annotations
@@ -22,7 +25,13 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from tiffin.exceptions import InvalidArgument
+from tiffin.exceptions import InvalidArgument, SignatureMismatch
+from tiffin.frameworks.mlflow.cells import (
+    csv_frame,
+    typed_cells,
+    unsigned_columns,
+    unsigned_frame,
+)
 from tiffin.frameworks.mlflow.inputs import (
     ENVELOPES,
     FALLBACK,
@@ -30,6 +39,7 @@ from tiffin.frameworks.mlflow.inputs import (
     unsigned,
     unsigned_envelope,
 )
+from tiffin.io.columnar import csv_rows, parquet_columns
 from tiffin.io.limits import (
     check_array,
     check_csv,
@@ -48,13 +58,14 @@ __all__ = [
     "from_json",
     "from_npy",
     "from_parquet",
+    "known_columns",
 ]
 
 #: keys that make MLflow read a body as an LLM request (chat, completions, embeddings)
 LLM_KEYS = frozenset({"messages", "prompt", "input"})
 
 
-def _known(payload: Any, columns: frozenset[str]) -> Any:
+def known_columns(payload: Any, columns: frozenset[str]) -> Any:
     """Records, or an object of columns, without keys outside ``columns`` (the same object
     when there are none)."""
     if type(payload) is dict:
@@ -73,17 +84,28 @@ def _known(payload: Any, columns: frozenset[str]) -> Any:
     return payload
 
 
-def _envelope(key: str, payload: Any, schema: InputSchema | None) -> Any:
+def _unsigned(key: str | None, payload: Any, columnar: bool) -> Any:
+    if columnar:
+        table_key = key if key in ("dataframe_split", "dataframe_records") else None
+        columns = unsigned_columns(table_key, payload)
+        if columns is not None:
+            return columns
+    return unsigned(payload) if key is None else unsigned_envelope(key, payload)
+
+
+def _envelope(key: str, payload: Any, schema: InputSchema | None, columnar: bool) -> Any:
     if schema is not None and schema.kind == "columns" and key != "dataframe_split":
-        payload = _known(payload, schema.name_set)
+        payload = known_columns(payload, schema.name_set)
     check_envelope(key, payload)
     if schema is None:
-        return unsigned_envelope(key, payload)
+        return _unsigned(key, payload, columnar)
     return schema.from_envelope(key, payload)
 
 
-def from_invocation(decoded: Any, schema: InputSchema | None) -> Any:
-    """The input in a parsed ``/invocations`` JSON body, or :data:`FALLBACK`."""
+def from_invocation(decoded: Any, schema: InputSchema | None, columnar: bool = False) -> Any:
+    """The input in a parsed ``/invocations`` JSON body, or :data:`FALLBACK`. ``columnar``:
+    the pyfunc runnable will make the frame, so a table for a model without a signature may
+    stay a dict of columns (:func:`~tiffin.frameworks.mlflow.cells.unsigned_columns`)."""
     if type(decoded) is not dict or decoded.get("params") or not LLM_KEYS.isdisjoint(decoded):
         return FALLBACK
     if schema is not None and schema.needs_mlflow:
@@ -91,10 +113,10 @@ def from_invocation(decoded: Any, schema: InputSchema | None) -> Any:
     keys = [key for key in ENVELOPES if key in decoded]
     if len(keys) != 1:
         return FALLBACK
-    return _envelope(keys[0], decoded[keys[0]], schema)
+    return _envelope(keys[0], decoded[keys[0]], schema, columnar)
 
 
-def from_json(value: Any, schema: InputSchema | None) -> Any:
+def from_json(value: Any, schema: InputSchema | None, columnar: bool = False) -> Any:
     """The input in a parsed JSON body of rows, records, an object of columns (or inputs),
     or one of MLflow's envelopes (``serve-model``, ``tiffin models predict``)."""
     if schema is not None and schema.needs_mlflow:
@@ -104,15 +126,15 @@ def from_json(value: Any, schema: InputSchema | None) -> Any:
         if len(keys) > 1:
             raise InvalidArgument(f"input names more than one of {list(ENVELOPES)}: {keys}")
         if keys:
-            return _envelope(keys[0], value[keys[0]], schema)
+            return _envelope(keys[0], value[keys[0]], schema, columnar)
     if schema is not None and schema.kind == "columns":
-        value = _known(value, schema.name_set)
+        value = known_columns(value, schema.name_set)
     check_json_table(value, "the input")
     if isinstance(value, dict):  # an object of arrays: each one's nested lists too
         for name, column in value.items():
             if isinstance(column, list):
                 check_array(nested_shape(column), f"the input {name!r}")
-    return unsigned(value) if schema is None else schema.from_inputs(value)
+    return _unsigned(None, value, columnar) if schema is None else schema.from_inputs(value)
 
 
 def from_npy(body: bytes, schema: InputSchema | None) -> Any:
@@ -127,13 +149,55 @@ def from_npy(body: bytes, schema: InputSchema | None) -> Any:
     return array if schema is None else schema.from_array(array)
 
 
+def _cells(
+    names: list[str], columns: list[Any], rows: int, schema: InputSchema | None, csv: bool
+) -> Any:
+    """Plain columns read without pandas (:mod:`tiffin.io.columnar`: a CSV body's strings when
+    ``csv``, else a Parquet file's arrays and string lists) as the model's input; None where
+    pandas must read the body after all."""
+    import numpy as np
+
+    if schema is None:
+        if csv:
+            typed = [typed_cells(c, None) for c in columns]
+            if any(t is None for t in typed):
+                return None
+            columns = typed
+        return unsigned_frame(names, columns, rows)
+    if schema.kind == "tensor":
+        kind = schema.specs[0].dtype.kind
+        if csv:
+            if kind not in "iuf":
+                return None
+            table = typed_cells([c for row in zip(*columns, strict=True) for c in row], kind)
+            if table is None:
+                return None
+            return schema.from_table(table.reshape(rows, len(names)), len(names))
+        if any(isinstance(c, list) for c in columns):
+            return None  # strings where a tensor of numbers is declared: pandas' error
+        return schema.from_table(np.column_stack(columns), len(names))
+    if schema.columns is None:
+        return None
+    if csv:
+        return csv_frame(schema.columns, names, columns, rows)
+    return schema.columns.from_dict(dict(zip(names, columns, strict=True)))
+
+
 def from_csv(body: bytes, schema: InputSchema | None) -> Any:
     """A CSV body (a header line, then rows); string columns are read as text, as MLflow
-    reads them, the others as pandas infers them and then cast exactly."""
+    reads them, the others as pandas infers them and then cast exactly. A small plain body
+    is read without pandas, to the same result."""
     import pandas as pd
 
     if schema is not None and schema.needs_mlflow:
         return FALLBACK
+    plain = csv_rows(body)
+    if plain is not None:
+        header, rows = plain
+        converted = _cells(header, [list(c) for c in zip(*rows, strict=True)], len(rows),
+                           schema, csv=True)  # fmt: skip
+        if converted is not None:
+            return converted
     check_csv(body)
     dtypes = {name: object for name in schema.string_columns} if schema is not None else None
     try:
@@ -144,14 +208,31 @@ def from_csv(body: bytes, schema: InputSchema | None) -> Any:
 
 
 def from_parquet(body: bytes, schema: InputSchema | None) -> Any:
-    """A Parquet body."""
+    """A Parquet body; a small one of plain columns is read with pyarrow alone."""
     import pandas as pd
 
     if schema is not None and schema.needs_mlflow:
         return FALLBACK
+    plain = parquet_columns(body)
+    if plain is not None:
+        try:
+            converted = _cells(*plain, schema, csv=False)
+        except SignatureMismatch:
+            raise
+        except InvalidArgument as exc:  # as for the frame below
+            raise SignatureMismatch(str(exc)) from exc
+        if converted is not None:
+            return converted
     check_parquet(body)
     try:
         frame = pd.read_parquet(io.BytesIO(body))
     except Exception as exc:  # pyarrow's own words for a malformed file
         raise InvalidArgument(f"request body is not a valid Parquet file: {exc}") from exc
-    return frame if schema is None else schema.from_frame(frame)
+    if schema is None:
+        return frame
+    try:
+        return schema.from_frame(frame)
+    except SignatureMismatch:
+        raise
+    except InvalidArgument as exc:  # MLflow checks a Parquet frame's values as its schema
+        raise SignatureMismatch(str(exc)) from exc

@@ -49,7 +49,7 @@ from tiffin.io.base import parse_media_type
 from tiffin.io.limits import check_csv, check_parquet
 from tiffin.io.payloads import ENVELOPES, check_envelope
 from tiffin.serving.errors import mlflow_error, mlflow_error_response
-from tiffin.serving.mlflow_inputs import from_csv, from_invocation, from_parquet
+from tiffin.serving.mlflow_inputs import from_csv, from_invocation, from_parquet, known_columns
 from tiffin.serving.pipeline import Respond, pipeline
 from tiffin.serving.routes import ROUTES
 
@@ -136,24 +136,6 @@ def _column_names(schema: Any) -> frozenset[str] | None:
     return frozenset(schema.input_names())
 
 
-def _known_only(payload: Any, columns: frozenset[str]) -> Any:
-    """Records, or an object of inputs, without the keys outside ``columns`` (the same object
-    when there are none)."""
-    if type(payload) is dict:
-        if payload.keys() <= columns:
-            return payload
-        return {key: value for key, value in payload.items() if key in columns}
-    if type(payload) is list and payload and type(payload[0]) is dict:
-        if all(type(row) is not dict or row.keys() <= columns for row in payload):
-            return payload
-        return [
-            {key: value for key, value in row.items() if key in columns}
-            if type(row) is dict else row
-            for row in payload
-        ]  # fmt: skip
-    return payload
-
-
 def screened(decoded: dict[str, Any], columns: frozenset[str] | None) -> dict[str, Any]:
     """``decoded`` with each envelope's payload measured against the decode limits
     (DecodedTooLarge), after its keys outside a column signature's ``columns`` are dropped."""
@@ -162,7 +144,7 @@ def screened(decoded: dict[str, Any], columns: frozenset[str] | None) -> dict[st
             continue
         payload = decoded[key]
         if columns is not None and key != "dataframe_split":
-            known = _known_only(payload, columns)
+            known = known_columns(payload, columns)
             if known is not payload:
                 decoded = {**decoded, key: known}
                 payload = known
@@ -212,11 +194,14 @@ def mlflow_routes(service: Service, state: AppState) -> MlflowRoutes | None:
             from mlflow.pyfunc import scoring_server
 
             metadata = MlflowModel.load(model_dir)
+            # the pyfunc runnable makes frames of dicts of columns (a native flavor would not)
+            columnar = not model.info.options.get("native_flavor")
             schema = metadata.get_input_schema()
             cache.update(
                 metadata=metadata,
                 schema=schema,
-                inputs=InputSchema.from_model(model),
+                inputs=InputSchema.from_model(model, columnar=columnar),
+                columnar=columnar,
                 columns=_column_names(schema),
                 ss=scoring_server,
                 MlflowException=MlflowException,
@@ -237,7 +222,7 @@ def mlflow_routes(service: Service, state: AppState) -> MlflowRoutes | None:
         if media_type == "application/json":
             decoded = _json_body(body)
             if type(decoded) is dict:
-                data = from_invocation(decoded, inputs)
+                data = from_invocation(decoded, inputs, env["columnar"])
                 if data is not FALLBACK:
                     return data, None
                 decoded = screened(decoded, env["columns"])

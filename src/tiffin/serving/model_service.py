@@ -1,27 +1,26 @@
 """``tiffin serve-model``: a Service for one stored model, with no service file.
 
-Every signature method becomes ``POST /<method>``. A route accepts a JSON array of rows, a
-JSON object of columns, one of MLflow's JSON envelopes, or an ``.npy`` body for tensors, and
-answers a JSON array. What a body declares is measured against the decode limits before it is
-built (:mod:`tiffin.io.limits`). ``predict`` is batched adaptively unless batching is turned off.
+Every signature method becomes ``POST /<method>`` (``predict``, ``predict_proba``,
+``transform``, ... for scikit-learn; ``forward`` and any declared method for PyTorch). A route
+accepts a JSON array of rows, a JSON object of columns, one of MLflow's JSON envelopes, or an
+``.npy`` body for tensors, and answers a JSON array, or ``.npy`` bytes when ``Accept`` asks
+for them (:class:`~tiffin.io.rows.Rows`). What a body declares is measured against the decode
+limits before it is built (:mod:`tiffin.io.limits`). ``predict`` (``forward`` for a PyTorch
+model) is batched adaptively unless batching is turned off.
 """
 
 from __future__ import annotations
 
-import io
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import orjson
 
 from tiffin.exceptions import InvalidArgument, InvalidTag, NotFound
 from tiffin.frameworks.mlflow.inputs import FALLBACK, InputSchema
 from tiffin.frameworks.mlflow.loading import MODULE
 from tiffin.frameworks.mlflow.schema import frame_validator, serving_input_example
-from tiffin.io import payloads as inputs
-from tiffin.io.base import IODescriptor, check_content_type, require_body
-from tiffin.io.limits import check_npy
+from tiffin.io.base import check_content_type, require_body
+from tiffin.io.rows import NPY_TYPES, Rows
 from tiffin.serving.mlflow_inputs import from_json, from_npy
 from tiffin.serving.service import Service
 
@@ -30,8 +29,6 @@ if TYPE_CHECKING:
 
 __all__ = ["ModelRows", "build_service", "expected_width", "resolve_model"]
 
-JSON_TYPE = "application/json"
-NPY_TYPES = ("application/octet-stream", "application/x-npy")
 _MLFLOW_TYPES = {"double": "number", "float": "number", "integer": "integer", "long": "integer",
                  "boolean": "boolean", "string": "string", "binary": "string",
                  "datetime": "string"}
@@ -144,66 +141,32 @@ def _input_example(model: Model) -> Any:
     return None
 
 
-class ModelRows(IODescriptor):
-    """Rows in, rows out: what a stored model's routes speak."""
-
-    request_media_types = (JSON_TYPE, *NPY_TYPES)
-    response_media_types = (JSON_TYPE,)
+class ModelRows(Rows):
+    """Rows in, rows out: what a stored model's routes speak (a client sees a
+    :class:`~tiffin.io.rows.Rows`)."""
 
     def __init__(
         self, schema: dict[str, Any] | None = None, *, mlflow_model: bool = False,
-        signature: InputSchema | None = None,
+        signature: InputSchema | None = None, columnar: bool = False,
     ) -> None:  # fmt: skip
         self.schema = schema or {"type": ["array", "object"]}
         #: an MLflow model's bodies become what its signature declares (None: it has none),
         #: through tiffin.serving.mlflow_inputs
         self._mlflow_model = mlflow_model
         self._signature = signature
+        self._columnar = columnar  # tables may stay dicts of columns (the runnable frames them)
 
     def decode_request(self, body: bytes, content_type: str | None) -> Any:
-        media_type, _ = check_content_type(content_type, self.request_media_types)
-        require_body(body, "a JSON array of rows, an object of columns, or .npy bytes")
         if self._mlflow_model:
-            converted = self._as_signature(body, media_type)
+            media_type, _ = check_content_type(content_type, self.request_media_types)
+            require_body(body, "a JSON array of rows, an object of columns, or .npy bytes")
+            if media_type in NPY_TYPES:
+                converted = from_npy(body, self._signature)
+            else:
+                converted = from_json(self.read_json(body), self._signature, self._columnar)
             if converted is not FALLBACK:
                 return converted
-        if media_type in NPY_TYPES:
-            import numpy as np
-
-            check_npy(body)  # the shape its header declares, before numpy allocates it
-            try:
-                return np.load(io.BytesIO(body), allow_pickle=False)
-            except Exception as exc:
-                raise InvalidArgument(f"request body is not a valid .npy array: {exc}") from exc
-        try:
-            value = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidArgument(f"request body is not valid JSON: {exc}") from exc
-        return inputs.from_json(value)
-
-    def _as_signature(self, body: bytes, media_type: str) -> Any:
-        if media_type in NPY_TYPES:
-            return from_npy(body, self._signature)
-        try:
-            value = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidArgument(f"request body is not valid JSON: {exc}") from exc
-        return from_json(value, self._signature)
-
-    def encode_response(self, obj: Any, *, accept: str | None = None) -> tuple[bytes, str]:
-        return orjson.dumps(inputs.to_jsonable(obj), option=orjson.OPT_SERIALIZE_NUMPY), JSON_TYPE
-
-    def encode_request(self, obj: Any) -> tuple[bytes, str]:
-        if type(obj).__module__ == "numpy":
-            import numpy as np
-
-            buffer = io.BytesIO()
-            np.save(buffer, obj, allow_pickle=False)
-            return buffer.getvalue(), NPY_TYPES[0]
-        return orjson.dumps(inputs.to_jsonable(obj), option=orjson.OPT_SERIALIZE_NUMPY), JSON_TYPE
-
-    def decode_response(self, body: bytes, content_type: str | None) -> Any:
-        return orjson.loads(body)
+        return super().decode_request(body, content_type)
 
     def input_schema(self) -> dict[str, Any]:
         return self.schema
@@ -214,15 +177,20 @@ class ModelRows(IODescriptor):
 
 def build_service(model: Model, *, batching: bool = True) -> Service:
     """A Service with one route per signature method of ``model``."""
-    configs = {}
-    if "predict" in model.info.signatures:
-        configs["predict"] = {"batchable": batching}
+    configs: dict[str, dict[str, Any]] = {}
+    for main in ("predict", "forward"):  # the model's main method: batched unless told not to
+        if main in model.info.signatures:
+            configs[main] = {"batchable": batching}
+            break
     runner = model.to_runner(method_configs=configs)
     service = Service(model.tag.name, runners=[runner], models=[model])
     schema = _request_schema(model)
     checks: dict[str, Any] = {"width": expected_width(model), "frame": None}
     mlflow = model.info.module == MODULE
-    signature = InputSchema.from_model(model) if mlflow else None
+    # dicts of columns where the pyfunc runnable makes the frame per batch (a native flavor
+    # gets its input as it is)
+    columnar = not model.info.options.get("native_flavor")
+    signature = InputSchema.from_model(model, columnar=columnar) if mlflow else None
     converted = mlflow and (signature is None or not signature.needs_mlflow)
 
     @service.on_startup
@@ -245,7 +213,7 @@ def build_service(model: Model, *, batching: bool = True) -> Service:
             return await _method.async_run(value)
 
         call.__doc__ = f"{method.name} of model {model.tag} ({model.info.module})"
-        rows = ModelRows(schema, mlflow_model=mlflow, signature=signature)
+        rows = ModelRows(schema, mlflow_model=mlflow, signature=signature, columnar=columnar)
         service.api(input=rows, output=ModelRows(), name=method.name)(call)
     return service
 

@@ -17,7 +17,14 @@ from tiffin.io.spec import describe
 from tiffin.serving.routes import served
 from tiffin.serving.service import Service
 
-__all__ = ["ERROR_RESPONSES", "ERROR_SCHEMA", "openapi_spec", "swagger_assets_dir", "swagger_page"]
+__all__ = [
+    "ERROR_RESPONSES",
+    "ERROR_SCHEMA",
+    "openapi_spec",
+    "served_document",
+    "swagger_assets_dir",
+    "swagger_page",
+]
 
 ERROR_SCHEMA = {
     "type": "object",
@@ -87,6 +94,15 @@ def openapi_spec(service: Service, invocations: dict[str, Any] | None = None) ->
         "paths": paths,
         "components": {"schemas": {"Error": ERROR_SCHEMA}},
     }
+
+
+def served_document(service: Service) -> dict[str, Any]:
+    """The document a server of ``service`` serves at ``/docs.json`` (with MLflow's
+    ``/invocations`` when the service serves exactly one MLflow model)."""
+    from tiffin.serving.mlflow_protocol import _openapi_operation, mlflow_runner
+
+    found = mlflow_runner(service)
+    return openapi_spec(service, _openapi_operation(found[1]) if found is not None else None)
 
 
 def swagger_assets_dir() -> Path | None:

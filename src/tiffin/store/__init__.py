@@ -5,7 +5,10 @@
 * :mod:`~tiffin.store.model_info` -- ``model.yaml`` and the checks on what it records;
 * :mod:`~tiffin.store.models` -- :class:`~tiffin.store.models.Model` and the functions behind
   ``tiffin.models``;
-* :mod:`~tiffin.store.archive` -- export and import of one-file model archives;
+* :mod:`~tiffin.store.tiffins` -- built tiffins (``tiffin build``'s output) in the same kind
+  of store, and :class:`~tiffin.store.tiffins.BuiltTiffin`;
+* :mod:`~tiffin.store.archive` -- export and import of one-file archives of a model or a
+  built tiffin;
 * :mod:`~tiffin.store.uris` and :mod:`~tiffin.store.fetch` -- MLflow model URIs to a local
   MLflow model directory.
 

@@ -5,6 +5,10 @@ and the functions behind ``tiffin.models``: :func:`get`, :func:`list_models` (pu
 A model is a version directory of the model store (``$TIFFIN_HOME/models/NAME/VERSION/``)
 holding ``model.yaml`` (:mod:`tiffin.store.model_info`) and the framework's files. It appears
 whole or not at all (:mod:`tiffin.store.versioned`).
+
+A process that serves a built tiffin looks models up in that tiffin's own ``models/`` and
+nowhere else (:func:`use_bundled_models`): what it serves is what was built, on any machine.
+Saving still writes to ``$TIFFIN_HOME/models``.
 """
 
 from __future__ import annotations
@@ -20,13 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tiffin._version import __version__
-from tiffin.exceptions import (
-    CorruptEntry,
-    InvalidArgument,
-    NotFound,
-    TiffinError,
-    UnknownFramework,
-)
+from tiffin.exceptions import CorruptEntry, InvalidArgument, NotFound, UnknownFramework
 from tiffin.store.model_info import (
     MODEL_FILE,
     ModelInfo,
@@ -34,8 +32,8 @@ from tiffin.store.model_info import (
     validate_metadata,
     validate_signatures,
 )
-from tiffin.store.versioned import Store, home
-from tiffin.tag import RULE, Tag, is_valid_part
+from tiffin.store.versioned import BrokenEntry, Store, home
+from tiffin.tag import Tag
 
 if TYPE_CHECKING:
     from tiffin.runner.runner import Runner
@@ -57,13 +55,14 @@ __all__ = [
     "list_models",
     "read_verified",
     "scan",
+    "use_bundled_models",
 ]
 
 CUSTOM_OBJECTS_FILE = "custom_objects.pkl"
 CUSTOM_OBJECTS_SHA256 = "custom_objects_sha256"  # key in options
 #: the frameworks a model may name in model.yaml as ``module: tiffin.<name>`` (their code
 #: lives in tiffin.frameworks, whose registry maps each name to its module)
-FRAMEWORKS = ("mlflow", "picklable_model", "sklearn")
+FRAMEWORKS = ("mlflow", "picklable_model", "pytorch", "sklearn")
 
 
 def file_sha256(path: Path) -> str:
@@ -93,6 +92,29 @@ def read_verified(path: Path, expected: object) -> bytes:
 def default_store() -> Store:
     """The model store under ``$TIFFIN_HOME/models`` (read at call time)."""
     return Store(home() / "models", "model", MODEL_FILE)
+
+
+#: the model store of the built tiffin this process serves (see use_bundled_models)
+_bundled: Store | None = None
+
+
+def use_bundled_models(root: Path | str | None, owner: str = "") -> None:
+    """Look models up in ``root`` (a built tiffin's ``models/``, owned by tiffin ``owner``)
+    instead of ``$TIFFIN_HOME/models`` from now on in this process; None: the home store again.
+
+    Only lookups (:func:`get`, :func:`scan`, and what reads through them) change; a model the
+    tiffin does not hold is not found, with a hint to add it to the build.
+    """
+    global _bundled
+    _bundled = None if root is None else Store(
+        root, "model", MODEL_FILE,
+        hint=f"the built tiffin {owner or root} holds only the models it was built with: list "
+        "this one under `models:` in tiffinfile.yaml (or use it in a runner) and build again",
+    )
+
+
+def _lookup_store() -> Store:
+    return _bundled if _bundled is not None else default_store()
 
 
 def check_module(module: str) -> str:
@@ -172,11 +194,15 @@ class Model:
         max_latency_ms: float | None = None,
         method_configs: Mapping[str, Mapping[str, Any]] | None = None,
         embedded: bool = False,
+        device: str | None = None,
+        precision: str | None = None,
     ) -> Runner:
         """A :class:`tiffin.Runner` for this model; its methods are the model's signatures.
 
         ``embedded=True``: under ``--workers N`` the runner loads in every API worker instead
-        of in runner processes the workers share (see :class:`tiffin.Runner`).
+        of in runner processes the workers share (see :class:`tiffin.Runner`). ``device``
+        (``auto``, ``cpu``, ``cuda``, ``cuda:N``) and ``precision`` (``float16``,
+        ``bfloat16``) place a model that can run on a GPU (PyTorch ones).
         """
         # the one import up the layers (a documented exception of the layers contract): the
         # store runs nothing itself; a model's runner is built by the framework that saved it
@@ -189,6 +215,8 @@ class Model:
             max_latency_ms=max_latency_ms,
             method_configs=method_configs,
             embedded=embedded,
+            device=device,
+            precision=precision,
         )
 
     def __eq__(self, other: object) -> bool:
@@ -287,14 +315,15 @@ def get(tag: Tag | str, *, store: Store | None = None) -> Model:
     """The model named by ``tag`` (``name``, ``name:latest`` or ``name:version``).
 
     A model that is not in the default store is pulled from ``TIFFIN_REMOTE`` when it is set
-    (checked before it enters the store: :mod:`tiffin.store.remote`).
+    (checked before it enters the store: :mod:`tiffin.store.remote`); never while a built
+    tiffin is served (its lookups see its own ``models/`` only).
     """
     try:
-        entry = (store or default_store()).get(tag)
+        entry = (store or _lookup_store()).get(tag)
     except NotFound:
         from tiffin.store.remote import REMOTE_ENV, pull_model
 
-        if store is not None or not os.environ.get(REMOTE_ENV, "").strip():
+        if store is not None or _bundled is not None or not os.environ.get(REMOTE_ENV, "").strip():
             raise
         return pull_model(tag)
     return Model.from_path(entry.path)
@@ -313,34 +342,12 @@ def get_saved_with(
     return model
 
 
-@dataclass(frozen=True)
-class BrokenEntry:
-    """A store entry that could not be read, and why."""
-
-    tag: str
-    path: str
-    error: str
-
-
 def scan(
     name: str | None = None, *, store: Store | None = None
 ) -> tuple[list[Model], list[BrokenEntry]]:
     """Every readable model (newest first) and every broken entry."""
-    store = store or default_store()
-    if name is not None:
-        name = Tag(name).name
-    found: list[Model] = []
-    broken: list[BrokenEntry] = []
-    for entry_name, version, path in store.version_dirs(name):
-        tag = f"{entry_name}:{version}"
-        if not (is_valid_part(entry_name) and is_valid_part(version)):
-            error = f"directory {path} is not a valid tag: a name or version is {RULE}"
-            broken.append(BrokenEntry(tag, str(path), error))
-            continue
-        try:
-            found.append(Model.from_path(path))
-        except TiffinError as exc:
-            broken.append(BrokenEntry(tag, str(path), str(exc)))
+    store = store or _lookup_store()
+    found, broken = store.scan(None if name is None else Tag(name).name, Model.from_path)
     found.sort(key=lambda m: (m.creation_time, m.tag.version or ""), reverse=True)
     return found, broken
 

@@ -12,9 +12,10 @@ import contextlib
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import yaml
 from filelock import FileLock
@@ -25,15 +26,19 @@ from tiffin.exceptions import (
     InvalidArgument,
     NotFound,
     StoreError,
+    TiffinError,
 )
-from tiffin.tag import LATEST, Tag, is_valid_part
+from tiffin.tag import LATEST, RULE, Tag, is_valid_part
 
 __all__ = [
+    "BrokenEntry",
     "Entry",
     "Store",
     "home",
     "load_yaml_file",
 ]
+
+T = TypeVar("T")
 
 _TMP = ".tmp"
 _LOCKS = ".locks"
@@ -80,13 +85,26 @@ class Entry:
     path: Path
 
 
+@dataclass(frozen=True)
+class BrokenEntry:
+    """A store entry that could not be read, and why."""
+
+    tag: str
+    path: str
+    error: str
+
+
 class Store:
     """Versioned entries of one kind (models, tiffins) under ``root``."""
 
-    def __init__(self, root: Path | str, kind: str, info_file: str) -> None:
+    def __init__(
+        self, root: Path | str, kind: str, info_file: str, *, hint: str | None = None
+    ) -> None:
         self.root = Path(root)
         self.kind = kind
         self.info_file = info_file
+        #: what a "not found" error suggests doing
+        self.hint = hint or f"run `tiffin {kind}s list` to see what is there"
 
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r})"
@@ -152,6 +170,25 @@ class Store:
             return sorted(p.name for p in self.root.iterdir() if p.is_dir() and p.name[0] != ".")
         except OSError as exc:
             raise StoreError(f"cannot read {self.kind} store {self.root}: {exc}") from exc
+
+    def scan(
+        self, name: str | None, load: Callable[[Path], T]
+    ) -> tuple[list[T], list[BrokenEntry]]:
+        """Every entry (of ``name``, or all) read with ``load``, and every one that is not a
+        valid tag or that ``load`` refuses (a TiffinError), with why."""
+        found: list[T] = []
+        broken: list[BrokenEntry] = []
+        for entry_name, version, path in self.version_dirs(name):
+            tag = f"{entry_name}:{version}"
+            if not (is_valid_part(entry_name) and is_valid_part(version)):
+                error = f"directory {path} is not a valid tag: a name or version is {RULE}"
+                broken.append(BrokenEntry(tag, str(path), error))
+                continue
+            try:
+                found.append(load(path))
+            except TiffinError as exc:
+                broken.append(BrokenEntry(tag, str(path), str(exc)))
+        return found, broken
 
     def version_dirs(self, name: str | None = None) -> Iterator[tuple[str, str, Path]]:
         """Every ``(name, version, path)`` directory as found on disk, valid tag or not."""
@@ -232,10 +269,7 @@ class Store:
         return Entry(resolved, path)
 
     def _not_found(self, tag: Tag) -> NotFound:
-        return NotFound(
-            f"{self.kind} '{tag}' not found in store {self.root}; "
-            f"run `tiffin {self.kind}s list` to see what is there"
-        )
+        return NotFound(f"{self.kind} '{tag}' not found in store {self.root}; {self.hint}")
 
     # -- writing --------------------------------------------------------------------------
 

@@ -30,6 +30,8 @@ from tiffin.frameworks.mlflow.loading import (
     mlflow_module,
     resolve_native,
 )
+from tiffin.frameworks.mlflow.pytorch import TORCH_FLAVOR
+from tiffin.frameworks.pytorch_runnable import check_torch_methods
 from tiffin.runner.runnable import check_methods
 from tiffin.store import fetch, uris
 from tiffin.store.models import create, validate_signatures
@@ -151,7 +153,10 @@ def import_model(
             native = resolve_native(chosen, meta.flavors, uri)
             obj = load_flavor(native, target, repr(uri), ImportFailed)
             try:
-                check_methods(obj, sigs, f"{native} model")
+                if native == TORCH_FLAVOR:  # forward, and predict without one: the module
+                    check_torch_methods(obj, sigs, f"{native} model")
+                else:
+                    check_methods(obj, sigs, f"{native} model")
             except InvalidArgument as exc:
                 raise InvalidArgument(f"cannot import MLflow model {uri!r}: {exc}") from exc
         draft.options.update({"flavor": chosen, "native_flavor": native})

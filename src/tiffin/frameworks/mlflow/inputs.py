@@ -24,7 +24,9 @@ after MLflow's own parsing and schema enforcement, so that enforcement finds not
   and records -> a DataFrame, nested lists -> an ndarray (``np.array``, as MLflow).
 
 Values are cast exactly (:mod:`~tiffin.frameworks.mlflow.casting`): what the declared type
-cannot hold is an ``InvalidArgument`` (400) naming the column or position and the value.
+cannot hold is an ``InvalidArgument`` (400) naming the column or position and the value; an
+input of another shape or form, or missing a required column, is a ``SignatureMismatch`` (400;
+MLflow's protocol names it ``INVALID_PARAMETER_VALUE``, as MLflow's schema enforcement does).
 Where MLflow answers otherwise, on purpose:
 
 * it truncates or wraps what the type cannot hold (3.5 -> 3 and 2**40 -> 0 for an integer,
@@ -57,7 +59,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tiffin.exceptions import InvalidArgument
+from tiffin.exceptions import InvalidArgument, SignatureMismatch
 from tiffin.frameworks.mlflow import casting
 from tiffin.frameworks.mlflow.loading import MLFLOW_MODEL_FOLDER
 from tiffin.frameworks.mlflow.tables import (
@@ -147,7 +149,9 @@ class InputSchema:
     ``"columns"``; ``reason`` says why MLflow must parse the inputs (None: tiffin does).
     """
 
-    def __init__(self, specs: list[Spec], reason: str | None = None) -> None:
+    def __init__(
+        self, specs: list[Spec], reason: str | None = None, columnar: bool = False
+    ) -> None:
         self.specs = specs
         self.names = [s.name for s in specs if s.name is not None]
         self.reason = reason or next(filter(None, (s.unsupported() for s in specs)), None)
@@ -157,11 +161,16 @@ class InputSchema:
             self.reason = self.reason or "tensors mixed with columns"
         elif len(specs) != 1 if self.kind == "tensor" else len(self.names) != len(specs):
             self.reason = self.reason or "tensors without names"
-        self.columns = Columns(specs) if self.kind == "columns" and not self.reason else None
+        ok = self.kind == "columns" and not self.reason
+        self.columns = Columns(specs, columnar) if ok else None
 
     @classmethod
-    def from_signature(cls, inputs: Any, *, type_hints: bool = False) -> InputSchema | None:
-        """From MLflow's JSON input schema (a list, or its JSON text); None when empty."""
+    def from_signature(
+        cls, inputs: Any, *, type_hints: bool = False, columnar: bool = False
+    ) -> InputSchema | None:
+        """From MLflow's JSON input schema (a list, or its JSON text); None when empty.
+        ``columnar``: columns come as dicts of arrays where no index is given
+        (:meth:`~tiffin.frameworks.mlflow.tables.Columns.build`; serving asks for it)."""
         try:
             if isinstance(inputs, str):
                 inputs = json.loads(inputs)
@@ -170,14 +179,15 @@ class InputSchema:
             specs = [Spec(entry) for entry in inputs]
         except (KeyError, TypeError, ValueError, AttributeError):
             return cls([], "an unreadable signature")
-        return cls(specs, "a signature from type hints" if type_hints else None)
+        return cls(specs, "a signature from type hints" if type_hints else None, columnar)
 
     @classmethod
-    def from_model(cls, model: Model) -> InputSchema | None:
+    def from_model(cls, model: Model, *, columnar: bool = False) -> InputSchema | None:
         """The model's recorded input signature (``model.yaml``); None when it has none."""
         signature = (model.info.context.get("mlflow") or {}).get("signature") or {}
         inputs = signature.get("inputs")
-        return cls.from_signature(inputs, type_hints=bool(inputs) and _hinted(model))
+        hinted = bool(inputs) and _hinted(model)
+        return cls.from_signature(inputs, type_hints=hinted, columnar=columnar)
 
     @property
     def needs_mlflow(self) -> bool:
@@ -237,7 +247,7 @@ class InputSchema:
             data = [[v] for v in data]  # one value per row
         width = len(columns) if columns is not None else len(data[0]) if data else 0
         if self.columns is None:
-            return self._tensor_table(data, width)
+            return self.from_table(data, width)
         names = columns if columns is not None else list(range(width))
         return self.columns.from_rows(data, names, index)
 
@@ -246,10 +256,10 @@ class InputSchema:
         if self.needs_mlflow or self.kind == "tensors":
             return FALLBACK
         if not records:
-            raise InvalidArgument("the input holds no records")
+            raise SignatureMismatch("the input holds no records")
         if self.columns is None:
             rows, here = records_to_rows(records, None)
-            return self._tensor_table(rows, len(here))
+            return self.from_table(rows, len(here))
         rows, here = records_to_rows(records, self.columns.names)
         return self.columns.from_rows(rows, here)
 
@@ -260,7 +270,7 @@ class InputSchema:
         records = bool(isinstance(payload, list) and payload and isinstance(payload[0], dict))
         if self.kind == "tensor":
             if isinstance(payload, dict) or records:
-                raise InvalidArgument(
+                raise SignatureMismatch(
                     "this model takes one unnamed tensor: send nested lists, not objects"
                 )
             return self._tensor(self.specs[0], payload, "input")
@@ -280,8 +290,8 @@ class InputSchema:
             if len(self.specs) == 1:
                 return self.columns.from_dict({self.names[0]: payload})
         if isinstance(payload, list):
-            raise InvalidArgument("the input is an empty list; send at least one row")
-        raise InvalidArgument(
+            raise SignatureMismatch("the input is an empty list; send at least one row")
+        raise SignatureMismatch(
             f"this model takes columns {self.names}: send records, an "
             "object of columns, or rows as lists in that order"
         )
@@ -291,7 +301,7 @@ class InputSchema:
         if self.needs_mlflow or self.kind == "tensors":
             return FALLBACK
         if self.columns is None:
-            return self._tensor_table(frame.to_numpy(), frame.shape[1])
+            return self.from_table(frame.to_numpy(), frame.shape[1])
         return self.columns.from_frame(frame)
 
     def from_array(self, array: Any) -> Any:
@@ -306,7 +316,7 @@ class InputSchema:
         if array.ndim == 1 and len(self.specs) == 1:
             return self.columns.from_dict({self.names[0]: array})
         if array.ndim != 2 or array.shape[1] != len(self.specs):
-            raise InvalidArgument(
+            raise SignatureMismatch(
                 f"an array of shape {list(array.shape)} is not rows of the "
                 f"model's {len(self.specs)} columns {self.names}"
             )
@@ -320,7 +330,7 @@ class InputSchema:
         if array.ndim != len(shape) or any(
             s not in (-1, n) for s, n in zip(shape, array.shape, strict=True)
         ):
-            raise InvalidArgument(
+            raise SignatureMismatch(
                 f"{what} has shape {list(array.shape)}; the model takes "
                 f"{list(shape)} (-1: any length)"
             )
@@ -334,16 +344,17 @@ class InputSchema:
         elif len(self.specs) == 1 and not isinstance(payload, dict):
             payload = {self.names[0]: payload}
         if not isinstance(payload, dict):
-            raise InvalidArgument(
+            raise SignatureMismatch(
                 f"this model takes named inputs {self.names}: send an object of arrays"
             )
         missing = [name for name in self.names if name not in payload]
         if missing:
-            raise InvalidArgument(f"the input is missing the model's inputs {missing}")
+            raise SignatureMismatch(f"the input is missing the model's inputs {missing}")
         return {s.name: self._tensor(s, payload[s.name], f"input {s.name!r}") for s in self.specs}
 
-    def _tensor_table(self, rows: Any, width: int) -> Any:
-        """A table's cells (scalars) as the one unnamed tensor, as MLflow reads a DataFrame."""
+    def from_table(self, rows: Any, width: int) -> Any:
+        """A table's cells (rows of scalars, or a 2-D array) as the one unnamed tensor, as
+        MLflow reads a DataFrame."""
         import numpy as np
 
         spec = self.specs[0]
@@ -359,7 +370,7 @@ class InputSchema:
         if width == 1 and spec.shape in ((-1,), (-1, 1)):
             return array.reshape(spec.shape)
         if spec.shape != (-1, width):
-            raise InvalidArgument(
+            raise SignatureMismatch(
                 f"a table of {width} columns cannot be the model's input of "
                 f"shape {list(spec.shape or ())}"
             )

@@ -42,9 +42,9 @@ MODULE = "tiffin.mlflow"
 MLFLOW_MODEL_FOLDER = "mlflow_model"
 PYFUNC = "python_function"
 
-#: Flavors tiffin can run natively, best first, and the MLflow module that loads each.
-#: (PyTorch native, with devices, comes with the GPU work.)
-NATIVE_FLAVORS: dict[str, str] = {"sklearn": "mlflow.sklearn"}
+#: Flavors tiffin can run natively, best first, and the MLflow module that loads each
+#: (a native PyTorch model runs on its runner's device: tiffin.frameworks.mlflow.pytorch).
+NATIVE_FLAVORS: dict[str, str] = {"sklearn": "mlflow.sklearn", "pytorch": "mlflow.pytorch"}
 
 _PYFUNC_SPELLINGS = ("pyfunc", PYFUNC)
 
@@ -110,12 +110,21 @@ _EXTRAS = {"torch": "pytorch", "sklearn": "sklearn", "mlflow": "mlflow"}
 
 
 def load_flavor(
-    flavor: str | None, model_dir: Path, what: str, error: type[TiffinError] = LoadFailed
+    flavor: str | None,
+    model_dir: Path,
+    what: str,
+    error: type[TiffinError] = LoadFailed,
+    model_config: Mapping[str, Any] | None = None,
 ) -> Any:
-    """Load ``model_dir`` as pyfunc (``None``) or with a native flavor's ``load_model``."""
+    """Load ``model_dir`` as pyfunc (``None``, with MLflow's ``model_config`` when given) or
+    with a native flavor's ``load_model``."""
     mlflow = mlflow_module()
     try:
         if flavor is None:
+            if model_config is not None:
+                return mlflow.pyfunc.load_model(
+                    str(model_dir), suppress_warnings=True, model_config=dict(model_config)
+                )
             return mlflow.pyfunc.load_model(str(model_dir), suppress_warnings=True)
         return importlib.import_module(NATIVE_FLAVORS[flavor]).load_model(str(model_dir))
     except ModuleNotFoundError as exc:

@@ -9,6 +9,11 @@ converted already meets the schema, so the model is called without MLflow checki
 time (unless ``params`` are passed or the model declares a parameter schema, which MLflow
 checks as usual); what tiffin leaves to MLflow (Array/Object/Map columns, type-hint
 signatures, other containers) goes through MLflow's ``predict`` unchanged.
+
+A model with the ``pytorch`` flavor runs on its runner's device (``auto`` by default: a GPU
+when one is visible), natively (``flavor="native"``/``"pytorch"``: the module itself, every
+declared method, :mod:`~tiffin.frameworks.pytorch_runnable`) or as pyfunc (MLflow's
+``predict`` with the device as its ``model_config``): :mod:`~tiffin.frameworks.mlflow.pytorch`.
 """
 
 from __future__ import annotations
@@ -17,9 +22,18 @@ import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from tiffin.device_settings import CPU, GPU_RESOURCE
 from tiffin.exceptions import InvalidArgument
 from tiffin.frameworks.mlflow.inputs import FALLBACK, InputSchema, unsigned
 from tiffin.frameworks.mlflow.loading import load_model, load_native
+from tiffin.frameworks.mlflow.pytorch import (
+    TORCH_FLAVOR,
+    is_torch_model,
+    load_native_torch,
+    load_pyfunc_torch,
+    signature_example,
+)
+from tiffin.frameworks.pytorch_runnable import torch_runnable
 from tiffin.runner.runnable import Runnable, model_runnable
 
 if TYPE_CHECKING:
@@ -54,15 +68,25 @@ def _checked_once(pyfunc_model: Any) -> Callable[[Any], Any] | None:
 
 
 def get_runnable(model: Model) -> type[Runnable]:
-    if model.info.options.get("native_flavor"):
+    native = model.info.options.get("native_flavor")
+    if native == TORCH_FLAVOR:
+        return torch_runnable(
+            model,
+            lambda device: load_native_torch(model, device),
+            "mlflow_pytorch",
+            example=lambda: signature_example(model),
+        )
+    if native:
         return model_runnable(model, load_native, "mlflow")
+    on_gpu = is_torch_model(model)
 
     class MlflowPyfuncRunnable(Runnable):
-        SUPPORTED_RESOURCES = ("cpu",)
+        SUPPORTED_RESOURCES = (GPU_RESOURCE, CPU) if on_gpu else (CPU,)
         SUPPORTS_CPU_MULTI_THREADING = True
 
-        def __init__(self) -> None:
-            self.model = load_model(model)
+        def __init__(self, device: str = CPU) -> None:
+            self.device = device
+            self.model = load_pyfunc_torch(model, device) if on_gpu else load_model(model)
             self.schema = InputSchema.from_model(model)
             self.accepts_params = "params" in inspect.signature(self.model.predict).parameters
             self.direct = _checked_once(self.model) if self.schema is not None else None

@@ -19,13 +19,21 @@ from __future__ import annotations
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Final
 
-from tiffin.exceptions import InvalidArgument
+from tiffin.exceptions import InvalidArgument, SignatureMismatch
 from tiffin.frameworks.mlflow import casting
 
 if TYPE_CHECKING:
     from tiffin.frameworks.mlflow.inputs import Spec
 
-__all__ = ["FALLBACK", "Columns", "records_to_rows", "split_parts", "unsigned", "unsigned_envelope"]
+__all__ = [
+    "FALLBACK",
+    "Columns",
+    "range_index",
+    "records_to_rows",
+    "split_parts",
+    "unsigned",
+    "unsigned_envelope",
+]
 
 _FEW = 8  # columns of at most this many Python values are cast value by value
 
@@ -53,7 +61,8 @@ def split_parts(split: Any) -> tuple[list[Any], list[Any] | None, Any]:
     return data, columns, split.get("index")
 
 
-def _range(n: int) -> Any:
+def range_index(n: int) -> Any:
+    """The index of a table of ``n`` rows built here: 0 .. n-1."""
     import pandas as pd
 
     return pd.RangeIndex(n)
@@ -73,8 +82,10 @@ def frame(names: Any, arrays: list[Any], index: Any) -> Any:
 class Columns:
     """A column signature's specs, and the frames built for them."""
 
-    def __init__(self, specs: list[Spec]) -> None:
+    def __init__(self, specs: list[Spec], columnar: bool = False) -> None:
         self.specs = specs
+        #: build dicts of columns where no index was given (see :meth:`build`)
+        self.columnar = columnar
         self.names = [str(s.name) for s in specs]
         self.name_set = frozenset(self.names)
         dtypes = {str(s.dtype) for s in specs}
@@ -94,12 +105,27 @@ class Columns:
                 self._indexes[key] = found
         return found
 
+    def build(self, names: list[Any], arrays: list[Any], index: Any, rows: int) -> Any:
+        """The frame of ``arrays`` under column ``names`` (``index`` None: 0 .. rows-1); when
+        ``columnar`` and no index was given, a dict of 1-D arrays instead (strings as object
+        arrays), which a runner merges column by column and the model's runnable makes one
+        frame of per batch: a frame per request, and concatenating frames, cost more than the
+        rest of a request."""
+        if self.columnar and index is None:
+            import numpy as np
+
+            return {
+                name: a if type(a) is np.ndarray else np.asarray(a, dtype=object)
+                for name, a in zip(names, arrays, strict=True)
+            }
+        return frame(self.index(names), arrays, range_index(rows) if index is None else index)
+
     def present(self, names: Any) -> list[Spec]:
         """The specs among ``names``, refusing the absence of a required one."""
         have = set(names)
         missing = [s.name for s in self.specs if s.required and s.name not in have]
         if missing:
-            raise InvalidArgument(f"the input is missing required columns {missing}")
+            raise SignatureMismatch(f"the input is missing required columns {missing}")
         return [s for s in self.specs if s.name in have]
 
     def column(self, spec: Spec, values: Any, source: Any = None) -> Any:
@@ -137,10 +163,10 @@ class Columns:
             return None
         lengths = {len(v) for v in values}
         if len(lengths) > 1:
-            raise InvalidArgument("the input's columns have different lengths")
+            raise SignatureMismatch("the input's columns have different lengths")
         arrays = [self.column(s, v) for s, v in zip(present, values, strict=True)]
         rows = lengths.pop() if lengths else 0
-        return frame(self.index([s.name for s in present]), arrays, _range(rows))
+        return self.build([s.name for s in present], arrays, None, rows)
 
     def from_rows(self, rows: list[Any], names: list[Any], index: Any = None) -> Any:
         """Rows of values (lists) under column ``names``."""
@@ -154,7 +180,7 @@ class Columns:
             where = {name: j for j, name in enumerate(names)}
             cols = [where[s.name] for s in present]
         if index is None:
-            index = _range(len(rows))
+            pass
         elif isinstance(index, list) and len(index) == len(rows):
             import pandas as pd
 
@@ -184,8 +210,12 @@ class Columns:
                     self.specs[0].label,
                     lambda: rows,
                 )
+                if self.columnar and index is None:
+                    return self.build(self.names, list(array.T), None, len(rows))
                 import pandas as pd
 
+                if index is None:
+                    index = range_index(len(rows))
                 return pd.DataFrame(array, index=index, columns=self.index(self.names), copy=False)
             arrays = [
                 self.column(
@@ -200,7 +230,7 @@ class Columns:
             arrays = [
                 self.column(s, list(transposed[j])) for s, j in zip(present, cols, strict=True)
             ]
-        return frame(self.index([s.name for s in present]), arrays, index)
+        return self.build([s.name for s in present], arrays, index, len(rows))
 
     def from_frame(self, data: Any) -> Any:
         """A DataFrame (CSV, Parquet, a runner call); string columns are kept as they came
@@ -262,7 +292,7 @@ def records_to_rows(
         rows = [tuple(r.get(n) for n in here) for r in records]
     if all_required and names is not None and len(here) != len(names):
         missing = [n for n in names if n not in here]
-        raise InvalidArgument(f"the records are missing the model's inputs {missing}")
+        raise SignatureMismatch(f"the records are missing the model's inputs {missing}")
     return rows, here
 
 

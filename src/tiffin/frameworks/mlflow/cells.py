@@ -1,0 +1,139 @@
+"""A small CSV or Parquet body's plain cells (tiffin.io.columnar) as an MLflow model's input.
+
+pandas' readers type a CSV column as integers if every cell is one, else floats, else booleans
+(``True``/``False`` words), else strings; :func:`typed_cells` does the same, or types toward
+what the signature declares, and answers None wherever pandas could read a cell otherwise (the
+body then goes to pandas after all). :func:`csv_frame` builds a column signature's frame as
+:meth:`~tiffin.frameworks.mlflow.tables.Columns.from_frame` builds it from ``pd.read_csv``
+(string columns as read: ``object``); :func:`unsigned_frame` a model without a signature's frame
+as pandas' readers build it (strings in pandas' string dtype).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tiffin.frameworks.mlflow import casting
+from tiffin.frameworks.mlflow.tables import Columns, frame, range_index
+
+__all__ = ["csv_frame", "typed_cells", "unsigned_columns", "unsigned_frame"]
+
+_TRUE = frozenset({"True", "true", "TRUE"})
+_BOOL_WORDS = _TRUE | {"False", "false", "FALSE"}
+
+
+def _numbers(cells: list[str], kind: str) -> Any:
+    """Strings as int64 (``kind`` ``"i"``) or float64 (``"f"``); None where numpy cannot read
+    one of them that way."""
+    import numpy as np
+
+    try:
+        return np.array(cells, dtype=np.int64 if kind == "i" else np.float64)
+    except (ValueError, OverflowError):
+        return None
+
+
+def _booleans(cells: list[str]) -> Any:
+    import numpy as np
+
+    if not _BOOL_WORDS.issuperset(cells):
+        return None
+    return np.array([c in _TRUE for c in cells], dtype=bool)
+
+
+def typed_cells(cells: list[str], kind: str | None) -> Any:
+    """One CSV column's strings as pandas' ``read_csv`` would type them toward ``kind`` (a numpy
+    dtype kind the signature declares: ``"i"``/``"u"`` integers, ``"f"``, ``"b"``; ``"S"`` a
+    string column; None: infer as pandas does -- integers, else floats, else booleans, else
+    strings, kept as the list); None where pandas must decide."""
+    if kind == "S":
+        return cells
+    if kind in ("i", "u"):
+        return _numbers(cells, "i")
+    if kind == "f":
+        return _numbers(cells, "f")
+    if kind == "b":
+        return _booleans(cells)
+    if kind is not None:
+        return None
+    for found in (_numbers(cells, "i"), _numbers(cells, "f"), _booleans(cells)):
+        if found is not None:
+            return found
+    return cells  # strings
+
+
+def unsigned_frame(names: list[str], columns: list[Any], rows: int) -> Any:
+    """A DataFrame of plain columns (arrays, or lists of strings) for a model without a
+    signature, typed as pandas' readers type them (strings in pandas' string dtype)."""
+    import pandas as pd
+
+    arrays = [
+        casting.strings(c, casting.in_column(n), False) if isinstance(c, list) else c
+        for n, c in zip(names, columns, strict=True)
+    ]
+    return frame(pd.Index(names), arrays, range_index(rows))
+
+
+def csv_frame(columns: Columns, names: list[str], cells: list[list[str]], rows: int) -> Any:
+    """A CSV body's columns of strings as the signature's frame, as :meth:`Columns.from_frame`
+    builds it from ``pd.read_csv`` (string columns read as text: ``object``); None where pandas
+    must read the body (a datetime column, a cell numpy reads otherwise)."""
+    import numpy as np
+
+    by_name = dict(zip(names, cells, strict=True))
+    present = columns.present(by_name)
+    arrays = []
+    for spec in present:
+        values = by_name[str(spec.name)]
+        if spec.type == "string":
+            arrays.append(np.array(values, dtype=object))
+            continue
+        typed = typed_cells(values, getattr(spec.dtype, "kind", None))
+        if typed is None:
+            return None
+        arrays.append(columns.column(spec, typed))
+    return columns.build([s.name for s in present], arrays, None, rows)
+
+
+_SCALARS = (int, float, str)  # bool is an int
+
+
+def _scalars(column: list[Any]) -> bool:
+    return all(type(v) in _SCALARS or type(v) is bool for v in column)
+
+
+def unsigned_columns(key: str | None, payload: Any) -> dict[str, list[Any]] | None:
+    """For a model without a signature, served through the pyfunc runnable (which makes a frame
+    of a dict of columns per batch): the payload of envelope ``key`` (None: a bare body) as a
+    dict of equal-length lists of numbers and strings -- records sharing their keys, an object of
+    columns, ``dataframe_split`` without an index; None for anything else, which becomes a
+    frame per request as before."""
+    if key == "dataframe_split":
+        if not isinstance(payload, dict) or set(payload) != {"columns", "data"}:
+            return None
+        names, rows = payload["columns"], payload["data"]
+        if not (isinstance(names, list) and isinstance(rows, list) and rows):
+            return None
+        if not all(type(n) is str for n in names) or len(set(names)) != len(names):
+            return None
+        if not all(type(r) is list and len(r) == len(names) for r in rows):
+            return None
+        columns = {n: [r[j] for r in rows] for j, n in enumerate(names)}
+    elif key == "dataframe_records" or (type(payload) is list and payload):
+        if type(payload) is not list or not payload or type(payload[0]) is not dict:
+            return None
+        names = list(payload[0])
+        if not all(type(r) is dict and list(r) == names for r in payload):
+            return None
+        columns = {n: [r[n] for r in payload] for n in names}
+    elif type(payload) is dict and payload:
+        columns = payload
+        if not all(type(v) is list and v for v in columns.values()):
+            return None
+        if len({len(v) for v in columns.values()}) != 1:
+            return None
+    else:
+        return None
+    if not all(type(n) is str and _scalars(v) for n, v in columns.items()):
+        return None
+    return columns
