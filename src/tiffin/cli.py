@@ -311,7 +311,7 @@ def serve(
             )
         from tiffin.ray.cluster import serve_on_ray
 
-        serve_on_ray(target, settings, address)
+        serve_on_ray(target, settings, address, force=force)  # type: ignore[arg-type]
         return
     if address is not None:
         raise click.UsageError("--address needs --backend ray")
@@ -363,6 +363,8 @@ for _command in COMMANDS:
 
 models.add_command(cli_remote.models_push)
 models.add_command(cli_remote.models_pull)
+main.add_command(cli_remote.tiffin_push)
+main.add_command(cli_remote.tiffin_pull)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

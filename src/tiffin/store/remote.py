@@ -1,7 +1,8 @@
-"""Sharing store entries through S3: ``tiffin models push`` / ``pull`` and ``TIFFIN_REMOTE``.
+"""Sharing store entries through S3: ``tiffin models push`` / ``pull``, ``tiffin push`` /
+``pull`` (built tiffins) and ``TIFFIN_REMOTE``.
 
-One key layout under a remote ``s3://BUCKET/PREFIX`` (``KIND`` is ``models``; a store of
-built tiffins would use its own directory with the same functions)::
+One key layout under a remote ``s3://BUCKET/PREFIX`` (``KIND`` is ``models`` or ``tiffins``,
+the same rules for both)::
 
     KIND/index.json                          every NAME: its versions and the latest one
     KIND/NAME/VERSION/manifest.json          every file: path, size, SHA-256 (written last)
@@ -54,6 +55,7 @@ from tiffin.tag import Tag
 
 if TYPE_CHECKING:
     from tiffin.store.models import Model
+    from tiffin.store.tiffins import BuiltTiffin
     from tiffin.store.versioned import Entry, Store
 
 __all__ = [
@@ -66,10 +68,13 @@ __all__ = [
     "model_kind",
     "pull_entry",
     "pull_model",
+    "pull_tiffin",
     "push_entry",
     "push_model",
+    "push_tiffin",
     "remote_url",
     "split_pull_target",
+    "tiffin_kind",
 ]
 
 logger = logging.getLogger("tiffin.remote")
@@ -103,6 +108,17 @@ def model_kind() -> Kind:
     return Kind("models", default_store, check)
 
 
+def tiffin_kind() -> Kind:
+    from tiffin.store.tiffins import INFO_FILE, TiffinInfo, default_store
+
+    def check(staged: Path, tag: Tag) -> None:
+        info = TiffinInfo.load(staged / INFO_FILE)
+        if info.tag != tag:
+            raise CorruptEntry(f"its {INFO_FILE} names {info.tag}, not {tag}")
+
+    return Kind("tiffins", default_store, check)
+
+
 def remote_url(url: str | None) -> str:
     """``url``, else ``TIFFIN_REMOTE``; an error saying how to name one when neither is set."""
     url = url or os.environ.get(REMOTE_ENV, "").strip()
@@ -117,7 +133,7 @@ def split_pull_target(target: str) -> tuple[str | None, str]:
         return None, target
     url, _, tag = target.rpartition("/")
     if "://" not in url or not url.split("://", 1)[1]:
-        raise InvalidArgument(f"{target!r} names no model: use s3://BUCKET/PREFIX/NAME:VERSION")
+        raise InvalidArgument(f"{target!r} names no entry: use s3://BUCKET/PREFIX/NAME:VERSION")
     return url, tag
 
 
@@ -323,3 +339,23 @@ def pull_model(tag: Tag | str, url: str | None = None, transfer: Transfer | None
 
     pulled = pull_entry(model_kind(), tag, url, transfer)
     return Model.from_path(pulled.entry.path)
+
+
+# -- built tiffins -----------------------------------------------------------------------
+
+
+def push_tiffin(
+    tag: Tag | str, url: str | None = None, transfer: Transfer | None = None
+) -> Pushed:
+    """``tiffin push``: one built tiffin version to ``url`` (default ``TIFFIN_REMOTE``)."""
+    return push_entry(tiffin_kind(), tag, url, transfer)
+
+
+def pull_tiffin(
+    tag: Tag | str, url: str | None = None, transfer: Transfer | None = None
+) -> BuiltTiffin:
+    """``tiffin pull``: one built tiffin version from ``url`` (default ``TIFFIN_REMOTE``)."""
+    from tiffin.store.tiffins import BuiltTiffin
+
+    pulled = pull_entry(tiffin_kind(), tag, url, transfer)
+    return BuiltTiffin.from_path(pulled.entry.path)
