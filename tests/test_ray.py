@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -181,6 +182,8 @@ def test_a_service_on_two_ray_nodes(
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=90) as client:
                 _wait_ready(client, proc, log)
                 _serves_and_recovers(client, cluster, model, node2_home)
+                _rolls_over_to_a_new_version(client, cluster, tmp_path, s3_env["TIFFIN_REMOTE"],
+                                             node2_home)  # fmt: skip
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=120) == 0, log.read_text()[-4000:]
             assert "removing application 'iris'" in log.read_text()
@@ -240,6 +243,81 @@ def _serves_and_recovers(client: httpx.Client, cluster: Any, model: Any, node2: 
     while len(_replica_figures(client)) != 1 or _summed_calls(client) < 3 + statuses.count(200):
         assert time.monotonic() < deadline, (_replica_figures(client), _summed_calls(client))
         time.sleep(0.5)
+
+
+def _rolls_over_to_a_new_version(
+    client: httpx.Client, cluster: Any, tmp_path: Path, remote: str, node2: Path
+) -> None:
+    """A new model version redeployed under steady traffic, as ``serve run``/``serve deploy``
+    of a new version do (here by a second driver, over the application the command deployed):
+    Serve replaces the ingress and runner replicas, every request is answered 200 with the old
+    or the new version's predictions, and the new version's in the end."""
+    import ray
+    from ray import serve
+    from sklearn.linear_model import LogisticRegression
+
+    import tiffin
+    import tiffin.ray
+    from tiffin.config import ServeSettings
+    from tiffin.store.remote import push_model
+
+    X, y = iris_like()
+    rows = X.tolist()
+    old = fitted_classifier().predict(X).tolist()
+    flipped = LogisticRegression(max_iter=200).fit(X, 2 - y)
+    new = flipped.predict(X).tolist()
+    assert new != old
+    model = tiffin.mlflow.import_model(
+        "iris", str(save_sklearn(tmp_path / "mlflow-model-v2", flipped)),
+        signatures={"predict": {"batchable": True}},
+    )  # fmt: skip
+    push_model(model.tag, remote)  # the runner replica on the second node pulls it
+    (tmp_path / "svc_v2.py").write_text(SERVICE.format(tag=model.tag))
+    app = tiffin.ray.deployment(
+        f"{tmp_path / 'svc_v2.py'}:svc",
+        {"ray_actor_options": {"num_cpus": 0.25}},
+        {"iris": {"ray_actor_options": {"num_cpus": 0.25, "resources": {NODE2: 0.1}}}},
+        settings=ServeSettings(api_timeout_s=60),
+    )
+    stop = threading.Event()
+    seen: list[list[tuple[int, Any]]] = [[] for _ in range(4)]
+
+    def caller(index: int) -> None:
+        while not stop.is_set():  # a hung request ends in the client's timeout: an error
+            response = _post(client, "/predict", rows)
+            ok = response.status_code == 200
+            seen[index].append((response.status_code, response.json() if ok else response.text))
+
+    threads = [threading.Thread(target=caller, args=(i,), daemon=True) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        _wait_for(lambda: all(seen), "traffic before the redeploy")
+        if not ray.is_initialized():
+            ray.init(address=cluster.address, logging_level="ERROR")
+        serve.run(app, name="iris", route_prefix="/")  # returns once the new version runs
+        marks = [len(answers) for answers in seen]
+        _wait_for(lambda: all(sum(body == new for _status, body in answers[mark:]) >= 3
+                              for answers, mark in zip(seen, marks, strict=True)),
+                  "every caller answered by the new version")  # fmt: skip
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=120)
+    failed = [(status, body) for answers in seen for status, body in answers if status != 200]
+    assert not failed, failed[:5]
+    assert all(body in (old, new) for answers in seen for _status, body in answers)
+    assert all(answers[-1][1] == new for answers in seen)
+    assert sum(len(answers) for answers in seen) > 12
+    assert (node2 / "models" / "iris" / str(model.tag.version) / "model.yaml").is_file()
+
+
+def _wait_for(done: Any, what: str, timeout: float = 240) -> None:
+    """Poll ``done()`` until it holds; the timeout only guards against a hang."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, f"no {what} in {timeout} s"
+        time.sleep(0.2)
 
 
 APP_MODULE = """
