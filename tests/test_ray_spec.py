@@ -16,7 +16,14 @@ from tiffin.config import RunnerSettings, ServeSettings
 from tiffin.exceptions import InvalidArgument, LoadFailed, Overloaded, RunnerUnavailable
 from tiffin.ray.backend import translate
 from tiffin.ray.replica_stats import StatsBook, summed
-from tiffin.ray.spec import AppSpec, load_service, make_spec, runner_options, target_of
+from tiffin.ray.spec import (
+    AppSpec,
+    load_service,
+    make_spec,
+    messages_in_flight,
+    runner_options,
+    target_of,
+)
 from tiffin.runner.stats import BatchStats
 
 SERVICE = """
@@ -74,12 +81,25 @@ def test_max_ongoing_requests_covers_a_whole_batch(service_file: Path) -> None:
     spec, service = _spec()
     runner = service.runners[0]
     assert runner_options(None, runner, spec)["max_ongoing_requests"] == 32
-    assert runner_options({"max_ongoing_requests": 7}, runner, spec) == {"max_ongoing_requests": 7}
+    quiet = {"enable_access_log": False}  # Ray's access log: tiffin's ingress writes its own
+    assert runner_options({"max_ongoing_requests": 7}, runner, spec) == {
+        "max_ongoing_requests": 7, "logging_config": quiet,
+    }  # fmt: skip
     settings = ServeSettings(runners={"echo": RunnerSettings(max_batch_size=256)})
     spec, service = _spec(settings=settings)
     assert runner_options({"num_replicas": 2}, runner, spec) == {
-        "num_replicas": 2, "max_ongoing_requests": 256,
+        "num_replicas": 2, "max_ongoing_requests": 256, "logging_config": quiet,
     }  # fmt: skip
+    loud = {"logging_config": {"enable_access_log": True}}
+    assert runner_options(loud, runner, spec)["logging_config"] == loud["logging_config"]
+
+
+def test_an_ingress_keeps_two_messages_in_flight_per_runner_replica() -> None:
+    assert messages_in_flight({}) == 2
+    assert messages_in_flight({"num_replicas": 3}) == 6
+    assert messages_in_flight({"autoscaling_config": {"min_replicas": 1, "max_replicas": 5}}) == 10
+    assert messages_in_flight({"autoscaling_config": {"min_replicas": 1}}) == 2  # Ray's default
+    assert messages_in_flight({"num_replicas": "auto"}) == 200  # Ray's maximum for "auto"
 
 
 def test_a_replica_refuses_other_model_versions(tmp_path: Path) -> None:
@@ -170,3 +190,47 @@ def test_ray_settings_come_from_the_file_only(tmp_path: Path) -> None:
     config.write_text("ray:\n  replicas: 2\n")
     with pytest.raises(InvalidArgument, match=re.escape("unknown key 'ray.replicas'")):
         load_settings(config, environ={})
+
+
+@pytest.fixture
+def process_state(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """What serving a built tiffin changes in a process (sys.path, model lookups), restored."""
+    import sys
+
+    from tiffin.store.models import use_bundled_models
+
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    yield
+    use_bundled_models(None)
+
+
+def test_a_built_tiffin_travels_by_tag_and_a_new_node_pulls_it(
+    s3_bucket: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, process_state: Any
+) -> None:
+    from tests.test_build_support import invoke, project, save_clf
+    from tiffin.exceptions import NotFound
+    from tiffin.store.remote import REMOTE_ENV, push_tiffin
+
+    save_clf()
+    monkeypatch.chdir(project(tmp_path / "proj", tiffinfile='service: "service.py:svc"\n'))
+    tag = invoke("build", "-q").stdout.strip()
+    url = f"s3://{s3_bucket.name}/shared"
+    push_tiffin(tag, url)
+    monkeypatch.chdir(tmp_path)
+    spec, service = make_spec(tag.split(":")[0], ServeSettings(), batching=None,
+                              enable_batching=True)  # fmt: skip
+    assert (spec.built, spec.target, service.name) == (True, tag, "clfsvc")  # version pinned
+    assert spec.models == {"clf": [str(tiffin.models.get("clf").tag)]}
+    monkeypatch.setenv("TIFFIN_HOME", str(tmp_path / "new-node"))  # nothing stored there
+    monkeypatch.delenv(REMOTE_ENV, raising=False)
+    with pytest.raises(NotFound, match=f"built tiffin '{tag}' is not in this node's store"):
+        load_service(spec)
+    monkeypatch.setenv(REMOTE_ENV, url)
+    replica, _settings = load_service(spec)
+    assert Path.cwd() == tmp_path / "new-node" / "tiffins" / "clfsvc" / tag.split(":")[1] / "src"
+    runner = replica.runners[0]
+    runner.init_local()
+    try:
+        assert runner.predict.run([[0.0, 0.0], [1.0, 1.0]]).tolist() == [0, 1]
+    finally:
+        runner.destroy()

@@ -42,14 +42,21 @@ def _built_app() -> Any:
 
 
 class _Ingress:
-    def __init__(self, spec: dict[str, Any], runners: dict[str, Any], stats: Any) -> None:
+    def __init__(
+        self,
+        spec: dict[str, Any],
+        runners: dict[str, Any],
+        stats: Any,
+        in_flight: dict[str, int] | None = None,
+    ) -> None:
         from tiffin.serving.app import build_app
 
         service, settings = load_service(AppSpec(**spec))
         collector = ReplicaCollector()
         backends = []
         for runner in service.runners:
-            backend = RayRunner(runner.name, runners[runner.name], stats, collector)
+            backend = RayRunner(runner.name, runners[runner.name], stats, collector,
+                                max_in_flight=(in_flight or {}).get(runner.name))  # fmt: skip
             runner.attach_remote(backend)
             backends.append(backend)
 

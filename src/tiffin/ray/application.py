@@ -20,16 +20,28 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from tiffin.config import ServeSettings
 from tiffin.exceptions import InvalidArgument, missing_dependency
-from tiffin.ray.spec import ingress_options, make_spec, runner_options
+from tiffin.ray.spec import (
+    QUIET_LOGGING,
+    ingress_options,
+    make_spec,
+    messages_in_flight,
+    runner_options,
+)
 
 if TYPE_CHECKING:
     from tiffin.serving.service import Service
 
-__all__ = ["STATS_DEPLOYMENT", "app_builder", "deployment", "runner_deployment_name"]
+__all__ = [
+    "STATS_DEPLOYMENT",
+    "app_builder",
+    "build",
+    "deployment",
+    "runner_deployment_name",
+]
 
 STATS_DEPLOYMENT = "tiffin-stats"
 
@@ -64,9 +76,11 @@ def deployment(
     batching_config: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
     *,
     settings: ServeSettings | None = None,
+    force: Literal["service", "tiffin"] | None = None,
 ) -> Any:
-    """A Ray Serve application serving ``target`` (a Service, or ``module:attr`` /
-    ``path.py:attr``).
+    """A Ray Serve application serving ``target`` (a Service, ``module:attr`` /
+    ``path.py:attr``, or a built tiffin's ``NAME[:VERSION]``; ``force`` says which, as
+    ``tiffin serve --service/--tiffin`` do).
 
     ``service_deployment_config`` and each ``runners_deployment_config_map[runner]`` are Ray
     deployment options (``num_replicas``, ``autoscaling_config``, ``ray_actor_options``
@@ -78,9 +92,26 @@ def deployment(
         from tiffin.config import load_settings
 
         settings = load_settings()
+    return build(
+        target, service_deployment_config, runners_deployment_config_map, enable_batching,
+        batching_config, settings=settings, force=force,
+    )[0]  # fmt: skip
+
+
+def build(
+    target: Service | str,
+    service_deployment_config: Mapping[str, Any] | None,
+    runners_deployment_config_map: Mapping[str, Mapping[str, Any]] | None,
+    enable_batching: bool,
+    batching_config: Mapping[str, Mapping[str, Mapping[str, Any]]] | None,
+    *,
+    settings: ServeSettings,
+    force: Literal["service", "tiffin"] | None = None,
+) -> tuple[Any, Service]:
+    """:func:`deployment`'s application, and the service it serves."""
     classes = _deployments()
     spec, service = make_spec(
-        target, settings, batching=batching_config, enable_batching=enable_batching
+        target, settings, batching=batching_config, enable_batching=enable_batching, force=force
     )
     runner_configs = dict(runners_deployment_config_map or {})
     known = {runner.name for runner in service.runners}
@@ -91,19 +122,19 @@ def deployment(
             f"{service.name!r} has {sorted(known)}"
         )
     plain = asdict(spec)
-    stats = _with_options(classes.TiffinStats, STATS_DEPLOYMENT, {}).bind()
-    runners = {
-        runner.name: _with_options(
-            classes.TiffinRunner,
-            runner_deployment_name(runner.name),
-            runner_options(runner_configs.get(runner.name), runner, spec),
+    stats = _with_options(classes.TiffinStats, STATS_DEPLOYMENT,
+                          {"logging_config": dict(QUIET_LOGGING)}).bind()  # fmt: skip
+    runners, in_flight = {}, {}
+    for runner in service.runners:
+        options = runner_options(runner_configs.get(runner.name), runner, spec)
+        in_flight[runner.name] = messages_in_flight(options)
+        runners[runner.name] = _with_options(
+            classes.TiffinRunner, runner_deployment_name(runner.name), options
         ).bind(plain, runner.name, stats)
-        for runner in service.runners
-    }
     ingress = _with_options(
         classes.TiffinIngress, service.name, ingress_options(service_deployment_config, settings)
     )
-    return ingress.bind(plain, runners, stats)
+    return ingress.bind(plain, runners, stats, in_flight), service
 
 
 def app_builder(args: dict[str, Any]) -> Any:

@@ -4,8 +4,10 @@
 ``remote``). Rules:
 
 * Calls of a batchable method are merged per event-loop turn by a
-  :class:`~tiffin.runner.coalescer.Coalescer` (one handle call carries every caller's rows);
-  the replica's own adaptive dispatcher then batches calls from every ingress replica.
+  :class:`~tiffin.runner.coalescer.Coalescer` (one handle call carries every caller's rows),
+  at most ``max_in_flight`` handle calls out at once (the others wait for one to come back and
+  go merged); the replica's own adaptive dispatcher then batches calls from every ingress
+  replica.
 * A replica answers ``("ok", value)`` or ``("error", exception)``: the model's and tiffin's
   errors reach the caller as they were raised (a 400 stays a 400).
 * Ray's own failures are tiffin's: a replica that died during the call, or none available,
@@ -58,9 +60,16 @@ class RayRunner:
     """The ingress's handle on one runner deployment; see the module docstring."""
 
     def __init__(
-        self, name: str, handle: Any, stats: Any = None, collector: ReplicaCollector | None = None
+        self,
+        name: str,
+        handle: Any,
+        stats: Any = None,
+        collector: ReplicaCollector | None = None,
+        *,
+        max_in_flight: int | None = None,
     ) -> None:
         self.name = name
+        self.max_in_flight = max_in_flight
         self.handle = handle
         self.stats_handle = stats
         self.collector = collector
@@ -103,6 +112,7 @@ class RayRunner:
             coalescer = table[loop] = Coalescer(
                 send, name=f"{self.name}.{name}", input_dim=settings.input_dim,
                 output_dim=settings.output_dim, max_batch_size=settings.max_batch_size,
+                max_in_flight=self.max_in_flight,
             )  # fmt: skip
         return coalescer
 

@@ -18,7 +18,7 @@ import logging
 import os
 import signal
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import click
 
@@ -71,22 +71,24 @@ def _wait_for_signal() -> None:
             signal.signal(sig, handler)
 
 
-def serve_on_ray(target: str, settings: ServeSettings, address: str | None = None) -> None:
-    """Deploy ``target`` and keep it deployed until interrupted (see the module docstring)."""
+def serve_on_ray(
+    target: str,
+    settings: ServeSettings,
+    address: str | None = None,
+    *,
+    force: Literal["service", "tiffin"] | None = None,
+) -> None:
+    """Deploy ``target`` (a service or a built tiffin; ``force`` as ``--service``/``--tiffin``)
+    and keep it deployed until interrupted (see the module docstring)."""
     from tiffin.process.logs import configure_logging, flush_logs
-    from tiffin.ray.application import deployment
+    from tiffin.ray.application import build
 
     configure_logging(settings.log_level, settings.log_format)
-    app = deployment(
-        target,
-        settings.ray.service,
-        settings.ray.runners,
-        settings.ray.enable_batching,
-        settings=settings,
-    )
-    from tiffin.process.targets import resolve_service
-
-    name = resolve_service(target).name
+    app, service = build(
+        target, settings.ray.service, settings.ray.runners, settings.ray.enable_batching, None,
+        settings=settings, force=force,
+    )  # fmt: skip
+    name = service.name
     started = connect(address or settings.ray.address, settings.ray.runtime_env)
     import ray
     from ray import serve

@@ -9,6 +9,11 @@ same image, or a Ray ``runtime_env``), and its models come from the node's store
 
 Rules:
 
+* A target string is resolved as ``tiffin serve`` resolves it (``force``: ``--service`` /
+  ``--tiffin``). A built tiffin travels by its tag, the version pinned: each replica serves it
+  from its node's store (its own ``src/`` and ``models/``), pulled from ``TIFFIN_REMOTE`` first
+  where the node lacks it. The driver imports the built service too, so its process's model
+  lookups see that tiffin's ``models/`` from then on, as in a server.
 * A relative target is looked up in the driver's working directory where it exists on the
   replica's node (one machine, a shared mount), else in the replica's own (a Ray
   ``working_dir``).
@@ -20,7 +25,13 @@ Rules:
 * Deployment options pass through to Ray as given (Ray checks them); tiffin only fills
   ``max_ongoing_requests`` when it is not given: the ingress takes as many requests as the
   server's ``max_concurrent_requests``, a runner at least its largest ``max_batch_size``
-  (Ray's default of 5 would cap every batch at 5 calls).
+  (Ray's default of 5 would cap every batch at 5 calls). Ray's own access log is off on
+  every tiffin deployment unless ``logging_config`` is given: the ingress writes tiffin's
+  access log line per request, as ``tiffin serve`` does, and a runner call is no request.
+* An ingress replica keeps at most two messages per runner replica in flight to a runner
+  (:func:`messages_in_flight`, from ``num_replicas`` or the autoscaling maximum); calls that
+  find them all out go together when one comes back (:class:`~tiffin.runner.coalescer.
+  Coalescer`): every message is an actor call on both sides, the dearest part of a call.
 """
 
 from __future__ import annotations
@@ -31,10 +42,10 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from tiffin.config import ServeSettings
-from tiffin.exceptions import InvalidArgument, LoadFailed
+from tiffin.exceptions import InvalidArgument, LoadFailed, NotFound
 from tiffin.serving.service import Service
 
 if TYPE_CHECKING:
@@ -45,12 +56,17 @@ __all__ = [
     "AppSpec",
     "ingress_options",
     "load_service",
+    "messages_in_flight",
     "runner_options",
     "target_of",
 ]
 
 logger = logging.getLogger("tiffin.ray")
 
+#: Ray's logging options on tiffin's deployments unless a config gives its own
+QUIET_LOGGING = {"enable_access_log": False}
+#: messages an ingress replica keeps in flight per runner replica
+IN_FLIGHT_PER_REPLICA = 2
 #: ``max_ongoing_requests`` of a runner with no batchable method (its calls queue in tiffin)
 NOT_BATCHABLE_ONGOING = 100
 _BATCH_KEYS = frozenset({"max_batch_size", "max_latency_ms"})
@@ -68,6 +84,8 @@ class AppSpec:
     #: the driver's working directory: where a replica looks for the target when that
     #: directory exists on its node (the same machine, a shared mount), else in its own
     cwd: str | None = None
+    #: True: ``target`` is a built tiffin's ``NAME:VERSION``
+    built: bool = False
 
     @property
     def settings(self) -> ServeSettings:
@@ -134,10 +152,22 @@ def make_spec(
     *,
     batching: Mapping[str, Any] | None,
     enable_batching: bool,
+    force: Literal["service", "tiffin"] | None = None,
 ) -> tuple[AppSpec, Service]:
     """The spec for ``target``, checked by loading the service here (as every replica will)."""
     target_str = target_of(target)
-    service = target if isinstance(target, Service) else _resolve(target_str)
+    built = False
+    if isinstance(target, Service):
+        service = target
+    else:
+        from tiffin.process.targets import load_built, resolve_target
+
+        resolved = resolve_target(target_str, force=force)
+        if resolved.tiffin is not None:
+            built, target_str = True, str(resolved.tiffin.tag)
+            service = load_built(resolved.tiffin.path)
+        else:
+            service = _resolve(target_str)
     checked = _check_batching(batching, service)
     spec = AppSpec(
         target_str,
@@ -146,6 +176,7 @@ def make_spec(
         enable_batching,
         {r.name: [str(m.tag) for m in r.models] for r in service.runners},
         os.getcwd(),
+        built,
     )
     return spec, service
 
@@ -162,12 +193,15 @@ def load_service(spec: AppSpec) -> tuple[Service, ServeSettings]:
     The model versions the driver resolved are fetched first (from ``TIFFIN_REMOTE`` where
     this node's store lacks them), so that ``name:latest`` in the service's code finds them.
     """
-    from tiffin.store.models import get
+    if spec.built:
+        service = _load_built(spec.target)
+    else:
+        from tiffin.store.models import get
 
-    for tags in spec.models.values():
-        for tag in tags:
-            get(tag)
-    service = _resolve(spec.target, spec.cwd)
+        for tags in spec.models.values():
+            for tag in tags:
+                get(tag)
+        service = _resolve(spec.target, spec.cwd)
     settings = spec.settings
     service.apply_settings(settings)
     for runner in service.runners:
@@ -179,6 +213,25 @@ def load_service(spec: AppSpec) -> tuple[Service, ServeSettings]:
             if overrides:
                 method.settings = method.settings.with_overrides(**overrides)
     return service, settings
+
+
+def _load_built(tag: str) -> Service:
+    """The built tiffin ``tag`` from this node's store, pulled from ``TIFFIN_REMOTE`` first
+    when it is not here; served from its own ``src/`` (the working directory) and ``models/``."""
+    from tiffin.process.targets import load_built
+    from tiffin.store import tiffins
+    from tiffin.store.remote import REMOTE_ENV, pull_tiffin
+
+    try:
+        found = tiffins.get(tag)
+    except NotFound:
+        if not os.environ.get(REMOTE_ENV, "").strip():
+            raise NotFound(
+                f"built tiffin '{tag}' is not in this node's store and {REMOTE_ENV} is not set "
+                "here: push it (`tiffin push`) and set the remote on every node, or import it"
+            ) from None
+        found = pull_tiffin(tag)
+    return load_built(found.path, chdir=True)
 
 
 def _pin_models(runner: Runner, expected: list[str] | None) -> None:
@@ -210,6 +263,7 @@ def _max_batch(runner: Runner, spec: AppSpec) -> int | None:
 def ingress_options(config: Mapping[str, Any] | None, settings: ServeSettings) -> dict[str, Any]:
     options = dict(config or {})
     options.setdefault("max_ongoing_requests", settings.max_concurrent_requests)
+    options.setdefault("logging_config", dict(QUIET_LOGGING))
     return options
 
 
@@ -217,6 +271,7 @@ def runner_options(
     config: Mapping[str, Any] | None, runner: Runner, spec: AppSpec
 ) -> dict[str, Any]:
     options = dict(config or {})
+    options.setdefault("logging_config", dict(QUIET_LOGGING))
     largest = _max_batch(runner, spec)
     if "max_ongoing_requests" not in options:
         options["max_ongoing_requests"] = largest or NOT_BATCHABLE_ONGOING
@@ -226,3 +281,20 @@ def runner_options(
             runner.name, options["max_ongoing_requests"], largest,
         )  # fmt: skip
     return options
+
+
+def messages_in_flight(options: Mapping[str, Any]) -> int:
+    """How many messages an ingress replica keeps in flight to a runner deployment with these
+    options: two per replica it may have (``num_replicas``; with autoscaling its
+    ``max_replicas``, Ray's defaults included: 1 in a config, 100 for ``"auto"``)."""
+    replicas = options.get("num_replicas")
+    autoscaling = options.get("autoscaling_config")
+    if replicas == "auto":
+        replicas = 100
+    elif isinstance(autoscaling, Mapping):
+        replicas = autoscaling.get("max_replicas", 1)
+    elif autoscaling is not None:  # Ray's AutoscalingConfig object
+        replicas = getattr(autoscaling, "max_replicas", 1)
+    if not isinstance(replicas, int) or replicas < 1:
+        replicas = 1
+    return IN_FLIGHT_PER_REPLICA * replicas
