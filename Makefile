@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-# torch first, pinned to the CPU build that lies on disk; the extras then accept it.
+# torch first, pinned to the CPU build that lies on disk; the extras then accept it. The ray
+# extra too, for tests/test_ray.py (a two-node Ray cluster on loopback); it is not in `all`.
 TORCH := torch==2.13.0
 
 .PHONY: demo test test-contended lint typecheck bench gpu-check gpu-wheelhouse clean
@@ -12,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH)
-	$(PIP) install -q -e '.[all,test]'
+	$(PIP) install -q -e '.[all,test,ray]'
 	touch $@
 
 demo: $(VENV)/.installed

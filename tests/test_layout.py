@@ -60,7 +60,7 @@ def test_every_public_module_declares_all_and_it_resolves(path: Path) -> None:
         assert hasattr(module, name), f"{module.__name__}.__all__ names missing {name!r}"
 
 
-LAYERS = ["store", "frameworks", "runner", "io", "serving", "process", "building"]
+LAYERS = ["store", "frameworks", "runner", "io", "serving", "process", "building", "ray"]
 
 
 @pytest.mark.parametrize("layer", LAYERS)

@@ -56,3 +56,25 @@ def test_the_server_needs_nothing_an_extra_alone_lacks() -> None:
     assert "pydantic" in CORE
     for name in ("starlette", "uvicorn", "orjson", "prometheus-client", "httpx"):
         assert name in CORE, name
+
+
+def test_the_ray_extra_keeps_tiffins_web_bounds() -> None:
+    """``tiffin[ray]`` stays out of ``all`` and never moves starlette or uvicorn past tiffin's
+    bounds: where Ray is installed, what its serve extra asks of them is met by versions that
+    tiffin's bounds allow (the installed ones)."""
+    ray = EXTRAS["ray"]["ray"]
+    assert "serve" in ray.extras and _upper(ray) is not None, ray
+    assert not any("ray" in text for text in PROJECT["optional-dependencies"]["all"])
+    try:
+        requires = importlib.metadata.requires("ray") or []
+    except importlib.metadata.PackageNotFoundError:
+        return  # the static half above is all there is to check without Ray
+    assert ray.specifier.contains(Version(importlib.metadata.version("ray")))
+    for text in requires:
+        requirement = Requirement(text)
+        name = requirement.name.lower()
+        if name in ("starlette", "uvicorn") and requirement.marker is not None and \
+                requirement.marker.evaluate({"extra": "serve"}):  # fmt: skip
+            installed = Version(importlib.metadata.version(name))
+            assert requirement.specifier.contains(installed), (requirement, installed)
+            assert CORE[name].specifier.contains(installed), (CORE[name], installed)

@@ -13,7 +13,7 @@ from tiffin.exceptions import TiffinError
 from tiffin.tag import Tag
 
 if TYPE_CHECKING:
-    from tiffin import exceptions, io, models
+    from tiffin import exceptions, io, models, ray
     from tiffin.building.builder import build
     from tiffin.client import AsyncClient, Client
     from tiffin.frameworks import mlflow, picklable_model, pytorch, sklearn
@@ -35,6 +35,7 @@ _LAZY: dict[str, str] = {
     "models": "tiffin.models",
     "picklable_model": "tiffin.frameworks.picklable_model",
     "pytorch": "tiffin.frameworks.pytorch",
+    "ray": "tiffin.ray",
     "sklearn": "tiffin.frameworks.sklearn",
 }
 
@@ -69,5 +70,6 @@ __all__ = [
     "models",
     "picklable_model",
     "pytorch",
+    "ray",
     "sklearn",
 ]

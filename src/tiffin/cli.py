@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from tiffin import cli_remote
 from tiffin._version import __version__
 from tiffin.exceptions import TiffinError
 
@@ -286,9 +287,15 @@ def _settings(config_file: str | None, **overrides: Any) -> Any:
               help="TARGET is a service (module:attr or path/to/file.py:attr).")
 @click.option("--tiffin", "force", flag_value="tiffin",
               help="TARGET is a built tiffin's tag (NAME[:VERSION]).")
+@click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: deploy on a Ray cluster with Ray Serve (tiffin[ray]).")
+@click.option("--address", default=None, metavar="ADDR",
+              help="--backend ray: the Ray cluster [default: RAY_ADDRESS, one on this machine, "
+                   "or a new local one].")
 def serve(
-    target: str, config_file: str | None, reload: bool, force: str | None, **overrides: Any
-) -> None:
+    target: str, config_file: str | None, reload: bool, force: str | None, backend: str,
+    address: str | None, **overrides: Any,
+) -> None:  # fmt: skip
     """Serve a service (module:attr, path/to/file.py:attr) or a built tiffin (NAME[:VERSION]).
 
     A .py path, or an importable module with that attribute, is a service; anything else is a
@@ -297,6 +304,17 @@ def serve(
     from tiffin.process.targets import resolve_target
 
     settings = _settings(config_file, **overrides)
+    if backend == "ray":
+        if reload or settings.runner_processes:
+            raise click.UsageError(
+                "--backend ray scales by Ray replicas: drop --reload/--workers"
+            )
+        from tiffin.ray.cluster import serve_on_ray
+
+        serve_on_ray(target, settings, address, force=force)  # type: ignore[arg-type]
+        return
+    if address is not None:
+        raise click.UsageError("--address needs --backend ray")
     resolved = resolve_target(target, force=force)  # type: ignore[arg-type]
     if resolved.tiffin is not None and reload:
         raise click.UsageError("--reload watches source files; a built tiffin never changes")
@@ -342,6 +360,11 @@ from tiffin.cli_build import COMMANDS  # noqa: E402  (the commands for built tif
 
 for _command in COMMANDS:
     main.add_command(_command)
+
+models.add_command(cli_remote.models_push)
+models.add_command(cli_remote.models_pull)
+main.add_command(cli_remote.tiffin_push)
+main.add_command(cli_remote.tiffin_pull)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -28,6 +28,12 @@ The YAML file (``--config FILE`` or ``TIFFIN_CONFIG``) looks like::
         # embedded: true         # --workers N: load it in every API worker instead
         device: auto             # auto, cpu, cuda or cuda:N (tiffin.device_settings)
         # precision: float16     # or bfloat16: PyTorch weights and inputs in that dtype
+    ray:                         # --backend ray (tiffin.ray): Ray deployment options
+      service: {num_replicas: 1}
+      runners: {iris_clf: {num_replicas: 2, ray_actor_options: {num_cpus: 1}}}
+
+Read elsewhere, not server settings: ``TIFFIN_HOME`` (the store) and ``TIFFIN_REMOTE`` (the
+store's S3 remote, :mod:`tiffin.store.remote`).
 
 Environment variables: ``TIFFIN_HOST``, ``TIFFIN_PORT``, ``TIFFIN_API_TIMEOUT_S``,
 ``TIFFIN_MAX_BODY_SIZE``, ``TIFFIN_MAX_DECODED_CELLS``, ``TIFFIN_MAX_COLUMNS``,
@@ -60,6 +66,7 @@ __all__ = [
     "ENV_PREFIX",
     "MULTIPROC_ENV",
     "ApiSettings",
+    "RaySettings",
     "RunnerSettings",
     "ServeSettings",
     "load_settings",
@@ -74,6 +81,7 @@ _NOT_SETTINGS = frozenset(
         "TIFFIN_HOME",
         "TIFFIN_CONFIG",
         "TIFFIN_MLFLOW_MODEL_PATH",
+        "TIFFIN_REMOTE",
         "TIFFIN_RUNNER_THREADS",
         "TIFFIN_SERVE_TARGET",
         "TIFFIN_SETTINGS_JSON",
@@ -131,6 +139,23 @@ class ApiSettings(BaseModel):
     timeout_s: float | None = Field(default=None, gt=0)
 
 
+class RaySettings(BaseModel):
+    """``ray:`` in the settings file: how ``tiffin serve --backend ray`` deploys (file only)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: the cluster (else ``--address``, ``RAY_ADDRESS``, one on this machine, or a new one)
+    address: str | None = None
+    #: where Serve runs HTTP proxies: EveryNode (Ray's default), HeadOnly or Disabled
+    proxy_location: Literal["EveryNode", "HeadOnly", "Disabled"] | None = None
+    #: Ray deployment options of the ingress, and of each runner by name
+    service: dict[str, Any] = Field(default_factory=dict)
+    runners: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    enable_batching: bool = True
+    #: the driver's Ray runtime_env (working_dir, pip, env_vars), inherited by the replicas
+    runtime_env: dict[str, Any] | None = None
+
+
 class ServeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -158,6 +183,8 @@ class ServeSettings(BaseModel):
     cors_origins: list[str] = Field(default_factory=list)
     runners: dict[str, RunnerSettings] = Field(default_factory=dict)
     apis: dict[str, ApiSettings] = Field(default_factory=dict)
+    #: ``tiffin serve --backend ray`` (the settings file only)
+    ray: RaySettings = Field(default_factory=RaySettings)
 
     @property
     def runner_processes(self) -> bool:
@@ -168,7 +195,7 @@ class ServeSettings(BaseModel):
 
 def _env_settings(environ: Mapping[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    fields = set(ServeSettings.model_fields) - set(_NESTED)
+    fields = set(ServeSettings.model_fields) - set(_NESTED) - {"ray"}
     for key, value in environ.items():
         if not key.startswith(ENV_PREFIX) or key in _NOT_SETTINGS:
             continue

@@ -8,7 +8,10 @@ again here. This spares the runner process a message, a pickle and a dispatcher 
 request.
 
 Nothing is held back: the calls of one turn go out at the start of the next, any number of
-messages may be in flight, and the runner process does the real batching. A call of
+messages may be in flight, and the runner process does the real batching. With
+``max_in_flight`` (the Ray backend, whose every message costs an actor call on both sides), at
+most that many messages are out at once: the calls that find them all out wait, and go out
+merged when one comes back -- no wait window, and no wait at all below the cap. A call of
 ``max_batch_size`` rows or more goes alone (the runner process splits it). When a merged
 message fails, each of its calls is sent again alone, so an error reaches only the calls it
 belongs to -- unless the runner process is unavailable or overloaded, which every call hears
@@ -40,15 +43,24 @@ class Coalescer:
     """Merges one event-loop turn's calls of one method into messages; see the module doc."""
 
     def __init__(
-        self, send: Send, *, name: str, input_dim: int, output_dim: int, max_batch_size: int
+        self,
+        send: Send,
+        *,
+        name: str,
+        input_dim: int,
+        output_dim: int,
+        max_batch_size: int,
+        max_in_flight: int | None = None,
     ) -> None:
         self.send = send
         self.name = name
         self.input_dim = input_dim
         self.output_dim = output_dim
         self.max_batch_size = max_batch_size
+        self.max_in_flight = max_in_flight
         self._turn: list[tuple[Hashable, Call]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._scheduled = False
 
     async def submit(self, *args: Any, **kwargs: Any) -> Any:
         if not args:
@@ -62,9 +74,10 @@ class Coalescer:
         if rows >= self.max_batch_size:
             return await self.send(args, kwargs, 1)
         call = Call(args, kwargs, rows, loop.create_future())
-        if not self._turn:
-            loop.call_soon(self._flush)
         self._turn.append((key, call))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)
         try:
             return await call.future
         finally:
@@ -72,6 +85,7 @@ class Coalescer:
                 call.future.cancel()  # the caller went away: its rows are never sent
 
     def _flush(self) -> None:
+        self._scheduled = False
         pending, self._turn = self._turn, []
         groups: list[_Group] = []
         for key, call in pending:
@@ -85,9 +99,18 @@ class Coalescer:
             group.rows += call.rows
         loop = asyncio.get_running_loop()
         for group in groups:
+            if self.max_in_flight is not None and len(self._tasks) >= self.max_in_flight:
+                self._turn.extend((group.key, call) for call in group.calls)  # wait for one
+                continue
             task = loop.create_task(self._run(group.calls))
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if self._turn and not self._scheduled:  # calls held back by max_in_flight: go now
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
     async def _run(self, calls: list[Call]) -> None:
         await run_merged(
@@ -101,8 +124,11 @@ class Coalescer:
 
     async def aclose(self) -> None:
         """Wait for the messages in flight (their callers get their answers or errors)."""
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        while self._tasks or self._turn:  # held-back calls go out as messages come back
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            else:
+                await asyncio.sleep(0)  # their flush is scheduled
 
 
 @dataclass(eq=False, slots=True)

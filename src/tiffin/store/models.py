@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tiffin._version import __version__
-from tiffin.exceptions import CorruptEntry, InvalidArgument, UnknownFramework
+from tiffin.exceptions import CorruptEntry, InvalidArgument, NotFound, UnknownFramework
 from tiffin.store.model_info import (
     MODEL_FILE,
     ModelInfo,
@@ -312,8 +312,20 @@ def create(
 
 
 def get(tag: Tag | str, *, store: Store | None = None) -> Model:
-    """The model named by ``tag`` (``name``, ``name:latest`` or ``name:version``)."""
-    entry = (store or _lookup_store()).get(tag)
+    """The model named by ``tag`` (``name``, ``name:latest`` or ``name:version``).
+
+    A model that is not in the default store is pulled from ``TIFFIN_REMOTE`` when it is set
+    (checked before it enters the store: :mod:`tiffin.store.remote`); never while a built
+    tiffin is served (its lookups see its own ``models/`` only).
+    """
+    try:
+        entry = (store or _lookup_store()).get(tag)
+    except NotFound:
+        from tiffin.store.remote import REMOTE_ENV, pull_model
+
+        if store is not None or _bundled is not None or not os.environ.get(REMOTE_ENV, "").strip():
+            raise
+        return pull_model(tag)
     return Model.from_path(entry.path)
 
 

@@ -1,0 +1,236 @@
+"""tiffin.ray without a cluster: specs, deployment options, the stats book, error translation."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+import tiffin
+from tiffin.cli import main
+from tiffin.config import RunnerSettings, ServeSettings
+from tiffin.exceptions import InvalidArgument, LoadFailed, Overloaded, RunnerUnavailable
+from tiffin.ray.backend import translate
+from tiffin.ray.replica_stats import StatsBook, summed
+from tiffin.ray.spec import (
+    AppSpec,
+    load_service,
+    make_spec,
+    messages_in_flight,
+    runner_options,
+    target_of,
+)
+from tiffin.runner.stats import BatchStats
+
+SERVICE = """
+import tiffin
+
+class Echo(tiffin.Runnable):
+    @tiffin.Runnable.method(batchable=True)
+    def predict(self, rows):
+        return rows
+
+    @tiffin.Runnable.method()
+    def describe(self, rows):
+        return len(rows)
+
+runner = tiffin.Runner(Echo, name="echo", max_batch_size=32)
+svc = tiffin.Service("echoes", runners=[runner])
+"""
+
+
+@pytest.fixture
+def service_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "echo_svc.py"
+    path.write_text(SERVICE)
+    monkeypatch.chdir(tmp_path)
+    return path
+
+
+def _spec(**kwargs: Any) -> tuple[AppSpec, Any]:
+    return make_spec("echo_svc.py:svc", kwargs.pop("settings", ServeSettings()),
+                     batching=kwargs.pop("batching", None),
+                     enable_batching=kwargs.pop("enable_batching", True))  # fmt: skip
+
+
+def test_a_replica_builds_the_service_with_the_drivers_batching(service_file: Path) -> None:
+    spec, _service = _spec(batching={"echo": {"predict": {"max_batch_size": 8}}})
+    service, _settings = load_service(spec)
+    assert service.runners[0].methods["predict"].settings.max_batch_size == 8
+    spec, _service = _spec(enable_batching=False)
+    service, _settings = load_service(spec)
+    assert service.runners[0].methods["predict"].settings.max_batch_size == 1
+
+
+def test_batching_config_errors_name_what_exists(service_file: Path) -> None:
+    with pytest.raises(InvalidArgument, match=r"runner 'nope'.*\['echo'\]"):
+        _spec(batching={"nope": {}})
+    with pytest.raises(InvalidArgument, match=r"method 'fit'.*\['describe', 'predict'\]"):
+        _spec(batching={"echo": {"fit": {}}})
+    with pytest.raises(InvalidArgument, match=r"batch_wait_timeout_s.*adaptively"):
+        _spec(batching={"echo": {"predict": {"batch_wait_timeout_s": 0.1}}})
+    with pytest.raises(InvalidArgument, match="max_batch_size"):
+        _spec(batching={"echo": {"predict": {"max_batch_size": 0}}})
+
+
+def test_max_ongoing_requests_covers_a_whole_batch(service_file: Path) -> None:
+    spec, service = _spec()
+    runner = service.runners[0]
+    assert runner_options(None, runner, spec)["max_ongoing_requests"] == 32
+    quiet = {"enable_access_log": False}  # Ray's access log: tiffin's ingress writes its own
+    assert runner_options({"max_ongoing_requests": 7}, runner, spec) == {
+        "max_ongoing_requests": 7, "logging_config": quiet,
+    }  # fmt: skip
+    settings = ServeSettings(runners={"echo": RunnerSettings(max_batch_size=256)})
+    spec, service = _spec(settings=settings)
+    assert runner_options({"num_replicas": 2}, runner, spec) == {
+        "num_replicas": 2, "max_ongoing_requests": 256, "logging_config": quiet,
+    }  # fmt: skip
+    loud = {"logging_config": {"enable_access_log": True}}
+    assert runner_options(loud, runner, spec)["logging_config"] == loud["logging_config"]
+
+
+def test_an_ingress_keeps_two_messages_in_flight_per_runner_replica() -> None:
+    assert messages_in_flight({}) == 2
+    assert messages_in_flight({"num_replicas": 3}) == 6
+    assert messages_in_flight({"autoscaling_config": {"min_replicas": 1, "max_replicas": 5}}) == 10
+    assert messages_in_flight({"autoscaling_config": {"min_replicas": 1}}) == 2  # Ray's default
+    assert messages_in_flight({"num_replicas": "auto"}) == 200  # Ray's maximum for "auto"
+
+
+def test_a_replica_refuses_other_model_versions(tmp_path: Path) -> None:
+    from tests.fixtures_mlflow import fitted_classifier
+
+    for version in ("v1", "v2"):
+        tiffin.sklearn.save_model(f"clf:{version}", fitted_classifier())
+    (tmp_path / "clf_svc.py").write_text(
+        "import tiffin\nsvc = tiffin.Service('c', runners=[tiffin.models.get('clf').to_runner()])\n"
+    )
+    spec, _service = make_spec(str(tmp_path / "clf_svc.py:svc"), ServeSettings(), batching=None,
+                               enable_batching=True)  # fmt: skip
+    assert spec.models == {"clf": ["clf:v2"]}
+    pinned = AppSpec(spec.target, spec.settings_json, models={"clf": ["clf:v1"]}, cwd=spec.cwd)
+    with pytest.raises(LoadFailed, match=re.escape("['clf:v2'] on this node but ['clf:v1']")):
+        load_service(pinned)
+
+
+def test_target_of_finds_a_service_again(service_file: Path) -> None:
+    from tiffin.process.targets import resolve_service
+
+    service = resolve_service("echo_svc.py:svc")
+    assert target_of(service) == f"{service_file.resolve()}:svc"
+    assert target_of("pkg.mod:svc") == "pkg.mod:svc"
+    with pytest.raises(InvalidArgument, match="define it at the top level"):
+        target_of(tiffin.Service("nowhere"))
+    with pytest.raises(InvalidArgument, match=r"tiffin\.Service or a target"):
+        target_of(42)  # type: ignore[arg-type]
+
+
+def _snapshot(calls: int) -> dict[str, Any]:
+    stats = BatchStats()
+    stats.calls = stats.rows = calls
+    stats.batches = 1
+    stats.batch_rows.observe(calls)
+    return stats.snapshot()
+
+
+def test_the_stats_book_keeps_sums_as_replicas_come_and_go() -> None:
+    now = [0.0]
+    book = StatsBook(clock=lambda: now[0], retire_after=30)
+    book.report("r", "a", "node-1", {"predict": _snapshot(3)})
+    book.report("r", "b", "node-2", {"predict": _snapshot(4)})
+    collected = book.collect()
+    assert [(r["replica"], r["node"]) for r in collected["replicas"]] == [
+        ("a", "node-1"), ("b", "node-2"),
+    ]  # fmt: skip
+    assert summed(collected)["r"]["predict"]["calls"] == 7
+    now[0] = 20
+    book.report("r", "b", "node-2", {"predict": _snapshot(5)})  # b lives on, a goes silent
+    now[0] = 40
+    collected = book.collect()
+    assert [r["replica"] for r in collected["replicas"]] == ["b"]
+    assert summed(collected)["r"]["predict"]["calls"] == 8  # a's 3 stay in the sum
+    book.report("r", "b", "node-2", {"predict": _snapshot(6)}, final=True)
+    collected = book.collect()
+    assert collected["replicas"] == [] and summed(collected)["r"]["predict"]["calls"] == 9
+
+
+def test_ray_failures_become_tiffin_errors() -> None:
+    if importlib.util.find_spec("ray") is not None:
+        from ray.exceptions import ActorDiedError
+        from ray.serve.exceptions import BackPressureError
+
+        assert isinstance(translate(ActorDiedError(), "clf"), RunnerUnavailable)
+        assert isinstance(translate(BackPressureError(num_queued_requests=9,
+                                                      max_queued_requests=8), "clf"), Overloaded)
+    error = ValueError("the model's own")
+    assert translate(error, "clf") is error
+
+
+def test_the_serve_command_checks_its_flags(service_file: Path) -> None:
+    result = CliRunner().invoke(main, ["serve", "echo_svc.py:svc", "--backend", "ray",
+                                       "--workers", "2"])  # fmt: skip
+    assert result.exit_code == 2 and "--backend ray" in result.stderr
+    result = CliRunner().invoke(main, ["serve", "echo_svc.py:svc", "--address", "auto"])
+    assert result.exit_code == 2 and "--address needs --backend ray" in result.stderr
+
+
+def test_ray_settings_come_from_the_file_only(tmp_path: Path) -> None:
+    from tiffin.config import load_settings
+
+    config = tmp_path / "c.yaml"
+    config.write_text("ray:\n  proxy_location: HeadOnly\n  runners: {clf: {num_replicas: 2}}\n")
+    settings = load_settings(config, environ={})
+    assert settings.ray.proxy_location == "HeadOnly"
+    assert settings.ray.runners == {"clf": {"num_replicas": 2}}
+    config.write_text("ray:\n  replicas: 2\n")
+    with pytest.raises(InvalidArgument, match=re.escape("unknown key 'ray.replicas'")):
+        load_settings(config, environ={})
+
+
+@pytest.fixture
+def process_state(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """What serving a built tiffin changes in a process (sys.path, model lookups), restored."""
+    import sys
+
+    from tiffin.store.models import use_bundled_models
+
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    yield
+    use_bundled_models(None)
+
+
+def test_a_built_tiffin_travels_by_tag_and_a_new_node_pulls_it(
+    s3_bucket: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, process_state: Any
+) -> None:
+    from tests.test_build_support import invoke, project, save_clf
+    from tiffin.exceptions import NotFound
+    from tiffin.store.remote import REMOTE_ENV, push_tiffin
+
+    save_clf()
+    monkeypatch.chdir(project(tmp_path / "proj", tiffinfile='service: "service.py:svc"\n'))
+    tag = invoke("build", "-q").stdout.strip()
+    url = f"s3://{s3_bucket.name}/shared"
+    push_tiffin(tag, url)
+    monkeypatch.chdir(tmp_path)
+    spec, service = make_spec(tag.split(":")[0], ServeSettings(), batching=None,
+                              enable_batching=True)  # fmt: skip
+    assert (spec.built, spec.target, service.name) == (True, tag, "clfsvc")  # version pinned
+    assert spec.models == {"clf": [str(tiffin.models.get("clf").tag)]}
+    monkeypatch.setenv("TIFFIN_HOME", str(tmp_path / "new-node"))  # nothing stored there
+    monkeypatch.delenv(REMOTE_ENV, raising=False)
+    with pytest.raises(NotFound, match=f"built tiffin '{tag}' is not in this node's store"):
+        load_service(spec)
+    monkeypatch.setenv(REMOTE_ENV, url)
+    replica, _settings = load_service(spec)
+    assert Path.cwd() == tmp_path / "new-node" / "tiffins" / "clfsvc" / tag.split(":")[1] / "src"
+    runner = replica.runners[0]
+    runner.init_local()
+    try:
+        assert runner.predict.run([[0.0, 0.0], [1.0, 1.0]]).tolist() == [0, 1]
+    finally:
+        runner.destroy()
