@@ -190,7 +190,7 @@ def parse_costs(tag: str, info: Any, repeats: int) -> dict[str, tuple[float, boo
                 return predict.decode_request(body, ct)
         elif fmt == "csv":
             def call(body: bytes = body) -> Any:
-                return mi.from_csv(body, schema)
+                return mi.from_csv(body, schema, True)
         elif fmt == "parquet":
             def call(body: bytes = body) -> Any:
                 return mi.from_parquet(body, schema)
