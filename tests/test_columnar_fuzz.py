@@ -89,7 +89,7 @@ def test_unsigned_csv_matches_read_csv_or_falls_back(seed: int) -> None:
         found = columnar.csv_rows(body)
         typed = None
         if found is not None:
-            header, rows = found
+            _, rows = found
             typed = unsigned_cells([list(c) for c in zip(*rows, strict=True)])
         for columnar_mode in (False, True):
             ours = mlflow_inputs.from_csv(body, None, columnar_mode)
@@ -198,6 +198,40 @@ def test_parquet_whose_pandas_metadata_restores_more_goes_to_pandas(frame: pd.Da
     out = io.BytesIO()
     frame.to_parquet(out)  # the index as pandas keeps it: a range in the metadata
     assert columnar.parquet_columns(out.getvalue()) is None
+    body = out.getvalue()
     pd.testing.assert_frame_equal(
-        mlflow_inputs.from_parquet(out.getvalue(), None), pd.read_parquet(io.BytesIO(out.getvalue()))
+        mlflow_inputs.from_parquet(body, None), pd.read_parquet(io.BytesIO(body))
     )
+
+
+# -- a model without a signature: the frame of a dict of columns, per batch -------------------
+
+
+def _column(rng: random.Random, style: str, n: int) -> list[Any]:
+    if style == "float":
+        return [rng.uniform(-1e3, 1e3) for _ in range(n)]
+    if style == "int":
+        return [rng.randint(-(2**63), 2**63 - 1) for _ in range(n)]
+    pool: list[Any] = [1.5, 2, True, "x", None, float("nan"), 2**64, -(2**63)]
+    return [rng.choice(pool) for _ in range(n)]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_unsigned_dicts_of_columns_frame_as_pandas_frames_them(seed: int) -> None:
+    from tiffin.frameworks.mlflow.tables import unsigned
+
+    rng = random.Random(seed)
+    for _ in range(200):
+        n, width = rng.randint(1, 5), rng.randint(1, 6)
+        style = rng.choice(["float", "int", "mixed"])
+        columns = {f"c{j}": _column(rng, style, n) for j in range(width)}
+        if rng.random() < 0.2:  # one column of another kind among them
+            columns["odd"] = _column(rng, rng.choice(["float", "int", "mixed"]), n)
+        ours, expected = unsigned(columns), pd.DataFrame(columns)
+        pd.testing.assert_frame_equal(ours, expected, check_exact=True)
+        # the same memory layout, so that a model computes in the same order
+        def layout(frame: pd.DataFrame) -> list[Any]:
+            blocks = [b.values for b in frame._mgr.blocks]
+            return [v.flags["C_CONTIGUOUS"] if hasattr(v, "flags") else None for v in blocks]
+
+        assert layout(ours) == layout(expected)

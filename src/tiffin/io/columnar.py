@@ -131,8 +131,9 @@ _PANDAS_PLAIN = frozenset(
 
 def _pandas_plain(metadata: dict[bytes, bytes] | None) -> bool:
     """Whether pandas' metadata (if any) restores nothing a plain read would miss: no index
-    stored as a column or starting elsewhere than 0, no named column index, no column of an extension dtype (``Int64``,
-    ``string`` ...) or any other but plain numbers, booleans and ``str``/``object``."""
+    stored as a column or starting elsewhere than 0, no named column index, no column of an
+    extension dtype (``Int64``, ``string`` ...) or any other but plain numbers, booleans and
+    ``str``/``object``."""
     raw = (metadata or {}).get(b"pandas")
     if raw is None:
         return True

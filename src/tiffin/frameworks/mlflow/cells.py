@@ -15,7 +15,7 @@ import re
 from typing import Any
 
 from tiffin.frameworks.mlflow import casting
-from tiffin.frameworks.mlflow.tables import Columns, frame, range_index
+from tiffin.frameworks.mlflow.tables import Columns, column_index, frame, range_index
 
 __all__ = ["csv_frame", "typed_cells", "unsigned_cells", "unsigned_columns", "unsigned_frame"]
 
@@ -100,23 +100,6 @@ def unsigned_cells(columns: list[list[str]]) -> list[Any] | None:
     return typed
 
 
-_INDEXES: dict[tuple[str, ...], Any] = {}
-
-
-def _index(names: list[str]) -> Any:
-    """The column index of ``names`` (built once per set of names: pandas' ``str`` index
-    costs tens of microseconds)."""
-    key = tuple(names)
-    found = _INDEXES.get(key)
-    if found is None:
-        import pandas as pd
-
-        found = pd.Index(names)
-        if len(_INDEXES) < 64:
-            _INDEXES[key] = found
-    return found
-
-
 def unsigned_frame(names: list[str], columns: list[Any], rows: int, table: Any = None) -> Any:
     """A DataFrame of plain columns (arrays, or lists of Python values or strings) for a model
     without a signature, typed as pandas' readers type them (strings in pandas' string dtype);
@@ -125,7 +108,7 @@ def unsigned_frame(names: list[str], columns: list[Any], rows: int, table: Any =
     import pandas as pd
 
     if table is not None:
-        return pd.DataFrame(table, columns=_index(names), index=range_index(rows), copy=False)
+        return pd.DataFrame(table, columns=column_index(names), index=range_index(rows), copy=False)
     arrays = []
     for name, column in zip(names, columns, strict=True):
         if type(column) is list:
@@ -135,7 +118,7 @@ def unsigned_frame(names: list[str], columns: list[Any], rows: int, table: Any =
             else:  # typed by unsigned_cells: every value of first's type
                 column = np.array(column, dtype=_DTYPES[type(first)])
         arrays.append(column)
-    return frame(_index(names), arrays, range_index(rows))
+    return frame(column_index(names), arrays, range_index(rows))
 
 
 _DTYPES = {int: "int64", float: "float64", bool: "bool"}
