@@ -116,6 +116,14 @@ def test_unsigned_csv_cells_pandas_may_read_otherwise_fall_back(column: list[str
     assert unsigned_cells([column]) is None
 
 
+def layout(frame: pd.DataFrame) -> list[Any]:
+    """Whether each of the frame's blocks is C-contiguous (None: not a numpy block), in no
+    particular order of the blocks."""
+    blocks = [b.values for b in frame._mgr.blocks]
+    found = [v.flags["C_CONTIGUOUS"] if hasattr(v, "flags") else None for v in blocks]
+    return sorted(found, key=str)
+
+
 # -- Parquet: pd.read_parquet, for every column type, encoding and layout -------------------
 
 TYPES = [
@@ -169,6 +177,7 @@ def test_unsigned_parquet_matches_read_parquet_or_falls_back(seed: int) -> None:
         ours = mlflow_inputs.from_parquet(body, None)
         expected = pd.read_parquet(io.BytesIO(body))
         pd.testing.assert_frame_equal(ours, expected, check_exact=True)
+        assert layout(ours) == layout(expected)  # the model reads memory in the same order
         plain += columnar.parquet_columns(body) is not None
     assert plain > 50
 
@@ -230,8 +239,4 @@ def test_unsigned_dicts_of_columns_frame_as_pandas_frames_them(seed: int) -> Non
         ours, expected = unsigned(columns), pd.DataFrame(columns)
         pd.testing.assert_frame_equal(ours, expected, check_exact=True)
         # the same memory layout, so that a model computes in the same order
-        def layout(frame: pd.DataFrame) -> list[Any]:
-            blocks = [b.values for b in frame._mgr.blocks]
-            return [v.flags["C_CONTIGUOUS"] if hasattr(v, "flags") else None for v in blocks]
-
         assert layout(ours) == layout(expected)

@@ -165,7 +165,8 @@ def parquet_columns(body: bytes) -> tuple[list[str], Any, int] | None:
     """(column names, columns, rows) of a Parquet file of plain columns; None: let pandas
     read it (or say what is wrong with it). The columns are numpy arrays (numbers, booleans)
     and lists of ``str``, or, where every column holds one type of number, one 2-D array
-    (rows x columns) whose columns they are."""
+    (rows x columns, column-major, as pandas lays out the frame it reads) whose columns they
+    are."""
     if len(body) >= SMALL:
         return None
     reader = _parquet_reader(body)
@@ -187,8 +188,8 @@ def parquet_columns(body: bytes) -> tuple[list[str], Any, int] | None:
         if len(batches) == 1:
             import numpy as np
 
-            try:  # one call for every column; a null refuses it
-                return names, np.asarray(batches[0].to_tensor(row_major=True)), rows
+            try:  # one call for every column, column-major as pandas lays out a frame's block
+                return names, np.asarray(batches[0].to_tensor(row_major=False)), rows
             except (TypeError, ValueError):  # (pyarrow's errors subclass these)
                 return None
     columns: list[Any] = []
