@@ -184,7 +184,9 @@ def parquet_columns(body: bytes) -> tuple[list[str], Any, int] | None:
         return None
     names, rows = list(schema.names), table.num_rows
     if len(set(ids)) == 1 and ids[0] in _tensor_types() and rows:
-        batches = table.combine_chunks().to_batches()
+        if meta.num_row_groups > 1:  # (each call that leaves the GIL may wait to get it back)
+            table = table.combine_chunks()
+        batches = table.to_batches()
         if len(batches) == 1:
             import numpy as np
 

@@ -6,7 +6,11 @@ what the signature declares, and answers None wherever pandas could read a cell 
 body then goes to pandas after all). :func:`csv_frame` builds a column signature's frame as
 :meth:`~tiffin.frameworks.mlflow.tables.Columns.from_frame` builds it from ``pd.read_csv``
 (string columns as read: ``object``); :func:`unsigned_frame` a model without a signature's frame
-as pandas' readers build it (strings in pandas' string dtype).
+as pandas' readers build it (strings in pandas' string dtype). For a model without a signature,
+:func:`unsigned_cells` types a CSV body's columns as ``pd.read_csv`` does by default -- int64,
+float64, bool, str -- from the cells' text alone (regular expressions of the number forms pandas'
+parser and Python's read alike), and answers None for anything else (``inf``, integers beyond
+int64, words mixed with booleans, exponents of three digits), which pandas then reads.
 """
 
 from __future__ import annotations

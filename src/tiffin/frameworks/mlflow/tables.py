@@ -9,7 +9,9 @@ column is an ``InvalidArgument`` naming it.
 It is quick where requests are: rows whose numbers numpy reads in one call, one cast and one
 2-D block when every column shares a dtype, records read with ``operator.itemgetter`` when
 each holds the same keys, a column index built once per set of columns, a column of a few
-Python values cast value by value (numpy's per-call cost would outweigh it).
+Python values cast value by value (numpy's per-call cost would outweigh it). For a model
+without a signature, :func:`unsigned` builds the frame of a dict of columns that all hold floats
+(or all int64 integers) as one block, laid out as pandas would consolidate it.
 
 :data:`FALLBACK` is what a conversion returns where MLflow must decide instead.
 """
