@@ -48,6 +48,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 import mlflow_kinds as mk  # noqa: E402  (tests/mlflow_kinds.py: the model kinds)
 
 COSTS = ("heavy", "lr")
+FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs", "csv", "parquet",
+           "predict_json", "predict_npy")  # fmt: skip
 TARGET_VS_MLFLOW = 25.0
 TARGET_VS_BEST = 0.5
 TARGET_VS_BARE = {"heavy": 1.2, "lr": 1.5}
@@ -101,13 +103,16 @@ def start(cmd: list[str], ready: str, env: dict[str, str], log: Path) -> bs.Serv
 
 
 def measure_kind(
-    cost: str, kind: str, info: Any, tag: str, env: dict[str, str], root: Path, seconds: int
+    cost: str, kind: str, info: Any, tag: str, env: dict[str, str], root: Path, seconds: int,
+    only: list[str] | None = None,
 ) -> tuple[float, list[Cell]]:
-    """(mlflow's dataframe_split req/s, the cells) of one model."""
+    """(mlflow's dataframe_split req/s, the cells) of one model (``only``: these formats)."""
     formats = mk.bodies(info, 1)
+    scripts_for = formats
+    formats = {f: b for f, b in formats.items() if not only or f in only}
     work = root / f"{cost}-{kind}"
     work.mkdir()
-    scripts = {f: body_script(work, f, ct, body) for f, (_, ct, body) in formats.items()}
+    scripts = {f: body_script(work, f, ct, body) for f, (_, ct, body) in scripts_for.items()}
     mlflow_cmd = [str(bs.BIN / "mlflow"), "models", "serve", "-m", str(info.path),
                   "--env-manager", "local", "-h", "127.0.0.1", "-p", "{port}", "-w", "1"]
     server = start(mlflow_cmd, "/ping", env, work / "mlflow.log")
@@ -170,7 +175,9 @@ def _cpu_us(func: Any, repeats: int) -> float:
     return statistics.median(times)
 
 
-def parse_costs(tag: str, info: Any, repeats: int) -> dict[str, tuple[float, bool]]:
+def parse_costs(
+    tag: str, info: Any, repeats: int, only: list[str] | None = None
+) -> dict[str, tuple[float, bool]]:
     """CPU µs of tiffin's parse step per format, and whether it fell back to MLflow's parser;
     ``mlflow:dataframe_split`` is MLflow's own parse and schema enforcement of that body."""
     import orjson
@@ -185,12 +192,14 @@ def parse_costs(tag: str, info: Any, repeats: int) -> dict[str, tuple[float, boo
     predict = build_service(model).apis["predict"].input
     out: dict[str, tuple[float, bool]] = {}
     for fmt, (route, content_type, body) in mk.bodies(info, 1).items():
+        if only and fmt not in only:
+            continue
         if route == "/predict":
             def call(body: bytes = body, ct: str = content_type) -> Any:
                 return predict.decode_request(body, ct)
         elif fmt == "csv":
             def call(body: bytes = body) -> Any:
-                return mi.from_csv(body, schema)
+                return mi.from_csv(body, schema, True)
         elif fmt == "parquet":
             def call(body: bytes = body) -> Any:
                 return mi.from_parquet(body, schema)
@@ -228,8 +237,8 @@ def run(args: argparse.Namespace, root: Path) -> tuple[list[Cell], dict[tuple[st
             tag = f"{kind.replace('_', '-')}-{cost}"
             bs.import_models({tag: info.path}, env)
             mlflow_rps[(cost, kind)], got = measure_kind(
-                cost, kind, info, tag, env, root, args.seconds)
-            parsed = parse_costs(tag, info, args.parse_repeats)
+                cost, kind, info, tag, env, root, args.seconds, args.formats)
+            parsed = parse_costs(tag, info, args.parse_repeats, args.formats)
             for cell in got:
                 cell.parse_us, cell.fallback = parsed[cell.fmt]
             print(f"  {kind:<15} parse µs: " + ", ".join(
@@ -290,6 +299,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seconds", type=int, default=2, help="per wrk run (2)")
     parser.add_argument("--costs", nargs="+", default=list(COSTS), choices=COSTS)
     parser.add_argument("--kinds", nargs="+", default=list(mk.KINDS), choices=mk.KINDS)
+    parser.add_argument("--formats", nargs="+", default=None, choices=FORMATS,
+                        help="only these formats (every one that applies to a kind by default)")
     parser.add_argument("--parse-repeats", type=int, default=5, help="parse timings (5)")
     parser.add_argument("--omp1", action="store_true",
                         help="start every server with OMP_NUM_THREADS=1")

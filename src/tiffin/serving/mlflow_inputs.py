@@ -30,6 +30,7 @@ from tiffin.exceptions import InvalidArgument, SignatureMismatch
 from tiffin.frameworks.mlflow.cells import (
     csv_frame,
     typed_cells,
+    unsigned_cells,
     unsigned_columns,
     unsigned_frame,
 )
@@ -238,44 +239,65 @@ def from_npy(body: bytes, schema: InputSchema | None) -> Any:
     return array if schema is None else schema.from_array(array)
 
 
-def _cells(
-    names: list[str], columns: list[Any], rows: int, schema: InputSchema | None, csv: bool
+def _csv_cells(
+    names: list[str], columns: list[list[str]], rows: int, schema: InputSchema | None,
+    columnar: bool,
 ) -> Any:
-    """Plain columns read without pandas (:mod:`tiffin.io.columnar`: a CSV body's strings when
-    ``csv``, else a Parquet file's arrays and string lists) as the model's input; None where
-    pandas must read the body after all."""
-    import numpy as np
-
+    """A small CSV body's columns of strings (:func:`~tiffin.io.columnar.csv_rows`) as the
+    model's input; None where pandas must read the body after all."""
     if schema is None:
-        if csv:
-            typed = [typed_cells(c, None) for c in columns]
-            if any(t is None for t in typed):
-                return None
-            columns = typed
-        return unsigned_frame(names, columns, rows)
+        return _unsigned_csv(names, unsigned_cells(columns), rows, columnar)
     if schema.kind == "tensor":
         kind = schema.specs[0].dtype.kind
-        if csv:
-            if kind not in "iuf":
-                return None
-            table = typed_cells([c for row in zip(*columns, strict=True) for c in row], kind)
-            if table is None:
-                return None
-            return schema.from_table(table.reshape(rows, len(names)), len(names))
-        if any(isinstance(c, list) for c in columns):
-            return None  # strings where a tensor of numbers is declared: pandas' error
-        return schema.from_table(np.column_stack(columns), len(names))
+        if kind not in "iuf":
+            return None
+        table = typed_cells([c for row in zip(*columns, strict=True) for c in row], kind)
+        if table is None:
+            return None
+        return schema.from_table(table.reshape(rows, len(names)), len(names))
     if schema.columns is None:
         return None
-    if csv:
-        return csv_frame(schema.columns, names, columns, rows)
-    return schema.columns.from_dict(dict(zip(names, columns, strict=True)))
+    return csv_frame(schema.columns, names, columns, rows)
 
 
-def from_csv(body: bytes, schema: InputSchema | None) -> Any:
+def _unsigned_csv(names: list[str], typed: list[Any] | None, rows: int, columnar: bool) -> Any:
+    """Typed CSV columns for a model without a signature: a dict of lists of Python values
+    for the pyfunc runnable (``columnar``: it frames them per batch as pandas types them --
+    int64, float64, bool, str -- which is what ``pd.read_csv`` gives), else the frame."""
+    if typed is None:
+        return None
+    if columnar:
+        return {n: c if type(c) is list else c.tolist() for n, c in zip(names, typed, strict=True)}
+    return unsigned_frame(names, typed, rows)
+
+
+def _parquet_cells(names: list[str], columns: Any, rows: int, schema: InputSchema | None) -> Any:
+    """A small Parquet file's columns (:func:`~tiffin.io.columnar.parquet_columns`: arrays and
+    lists of strings, or one 2-D array) as the model's input; None where pandas must read it."""
+    import numpy as np
+
+    table = columns if type(columns) is np.ndarray else None
+    if schema is None:  # the frame pandas reads: the file's own types (float32 stays float32)
+        return unsigned_frame(names, list(table.T) if table is not None else columns, rows,
+                              table)  # fmt: skip
+    if schema.kind == "tensor":
+        if table is None:
+            if any(isinstance(c, list) for c in columns):
+                return None  # strings where a tensor of numbers is declared: pandas' error
+            table = np.column_stack(columns)
+        return schema.from_table(table, len(names))
+    if schema.columns is None:
+        return None
+    cells = list(table.T) if table is not None else columns
+    return schema.columns.from_dict(dict(zip(names, cells, strict=True)))
+
+
+def from_csv(body: bytes, schema: InputSchema | None, columnar: bool = False) -> Any:
     """A CSV body (a header line, then rows); string columns are read as text, as MLflow
     reads them, the others as pandas infers them and then cast exactly. A small plain body
-    is read without pandas, to the same result."""
+    is read without pandas, to the same result. ``columnar``: as for
+    :func:`from_invocation`, a table for a model without a signature may stay a dict of
+    columns."""
     import pandas as pd
 
     if schema is not None and schema.needs_mlflow:
@@ -283,8 +305,8 @@ def from_csv(body: bytes, schema: InputSchema | None) -> Any:
     plain = csv_rows(body)
     if plain is not None:
         header, rows = plain
-        converted = _cells(header, [list(c) for c in zip(*rows, strict=True)], len(rows),
-                           schema, csv=True)  # fmt: skip
+        columns = [list(c) for c in zip(*rows, strict=True)]
+        converted = _csv_cells(header, columns, len(rows), schema, columnar)
         if converted is not None:
             return converted
     check_csv(body)
@@ -305,7 +327,7 @@ def from_parquet(body: bytes, schema: InputSchema | None) -> Any:
     plain = parquet_columns(body)
     if plain is not None:
         try:
-            converted = _cells(*plain, schema, csv=False)
+            converted = _parquet_cells(*plain, schema)
         except SignatureMismatch:
             raise
         except InvalidArgument as exc:  # as for the frame below

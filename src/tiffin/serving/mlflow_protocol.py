@@ -231,7 +231,7 @@ def mlflow_routes(service: Service, state: AppState) -> MlflowRoutes | None:
             parsed = ss._parse_json_data(decoded, env["metadata"], env["schema"])
             data, params = parsed.data, parsed.params
         elif media_type == "text/csv":
-            data = from_csv(body, inputs)
+            data = from_csv(body, inputs, env["columnar"])
             if data is not FALLBACK:
                 return data, None
             check_csv(body)

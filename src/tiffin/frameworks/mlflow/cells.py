@@ -6,20 +6,38 @@ what the signature declares, and answers None wherever pandas could read a cell 
 body then goes to pandas after all). :func:`csv_frame` builds a column signature's frame as
 :meth:`~tiffin.frameworks.mlflow.tables.Columns.from_frame` builds it from ``pd.read_csv``
 (string columns as read: ``object``); :func:`unsigned_frame` a model without a signature's frame
-as pandas' readers build it (strings in pandas' string dtype).
+as pandas' readers build it (strings in pandas' string dtype). For a model without a signature,
+:func:`unsigned_cells` types a CSV body's columns as ``pd.read_csv`` does by default -- int64,
+float64, bool, str -- from the cells' text alone (regular expressions of the number forms pandas'
+parser and Python's read alike), and answers None for anything else (``inf``, integers beyond
+int64, words mixed with booleans, exponents of three digits), which pandas then reads.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from tiffin.frameworks.mlflow import casting
-from tiffin.frameworks.mlflow.tables import Columns, frame, range_index
+from tiffin.frameworks.mlflow.tables import Columns, column_index, frame, range_index
 
-__all__ = ["csv_frame", "typed_cells", "unsigned_columns", "unsigned_frame"]
+__all__ = ["csv_frame", "typed_cells", "unsigned_cells", "unsigned_columns", "unsigned_frame"]
 
 _TRUE = frozenset({"True", "true", "TRUE"})
 _BOOL_WORDS = _TRUE | {"False", "false", "FALSE"}
+
+# a column of cells (joined by spaces, which no cell holds: tiffin.io.columnar.csv_rows) that
+# pandas' C parser surely reads as int64, or as float64
+_INT = r"-?[0-9]{1,18}"
+_FLOAT = r"-?(?:[0-9]{1,18}|[0-9]{1,40}\.[0-9]{0,40}|\.[0-9]{1,40})(?:[eE][-+]?[0-9]{1,2})?"
+# (a whole number of 19 digits or more among floats is text to pandas; the digits and the
+# exponent are bounded so that no value nears overflow or the subnormals, where pandas' and
+# Python's parsers may round apart)
+_INTS = re.compile(f"{_INT}(?: {_INT})*")
+_FLOATS = re.compile(f"{_FLOAT}(?: {_FLOAT})*")
+#: a character no number holds: a column with one is text to pandas (but "inf", "Infinity")
+_TEXT = re.compile(r"[^0-9.eE+\- ]")
+_INFINITE = frozenset({"inf", "infinity"})
 
 
 def _numbers(cells: list[str], kind: str) -> Any:
@@ -62,16 +80,52 @@ def typed_cells(cells: list[str], kind: str | None) -> Any:
     return cells  # strings
 
 
-def unsigned_frame(names: list[str], columns: list[Any], rows: int) -> Any:
-    """A DataFrame of plain columns (arrays, or lists of strings) for a model without a
-    signature, typed as pandas' readers type them (strings in pandas' string dtype)."""
+def unsigned_cells(columns: list[list[str]]) -> list[Any] | None:
+    """A CSV body's columns of strings as ``pd.read_csv`` types them by default, for a model
+    without a signature: lists of Python ``int`` (pandas' int64), ``float`` (float64) or
+    ``bool``, or the strings themselves (pandas' string dtype); None where pandas must decide
+    (a column mixing words and numbers pandas might read otherwise, ``inf``, integers of 19
+    digits or more, unusual number forms)."""
+    typed: list[Any] = []
+    for cells in columns:
+        joined = " ".join(cells)
+        if _INTS.fullmatch(joined):
+            typed.append(list(map(int, cells)))
+        elif _FLOATS.fullmatch(joined):
+            typed.append(list(map(float, cells)))
+        elif _BOOL_WORDS.issuperset(cells):
+            typed.append([c in _TRUE for c in cells])
+        elif not _TEXT.search(joined) or not _BOOL_WORDS.isdisjoint(cells):
+            return None  # numbers in forms pandas may read otherwise, words mixed with booleans
+        elif any(c.lstrip("+-").lower() in _INFINITE for c in cells):
+            return None
+        else:  # a word among them: pandas keeps every cell as text
+            typed.append(cells)
+    return typed
+
+
+def unsigned_frame(names: list[str], columns: list[Any], rows: int, table: Any = None) -> Any:
+    """A DataFrame of plain columns (arrays, or lists of Python values or strings) for a model
+    without a signature, typed as pandas' readers type them (strings in pandas' string dtype);
+    ``table``: a 2-D array the columns are the columns of (one block, no copies)."""
+    import numpy as np
     import pandas as pd
 
-    arrays = [
-        casting.strings(c, casting.in_column(n), False) if isinstance(c, list) else c
-        for n, c in zip(names, columns, strict=True)
-    ]
-    return frame(pd.Index(names), arrays, range_index(rows))
+    if table is not None:
+        return pd.DataFrame(table, columns=column_index(names), index=range_index(rows), copy=False)
+    arrays = []
+    for name, column in zip(names, columns, strict=True):
+        if type(column) is list:
+            first = column[0] if column else ""
+            if type(first) is str:
+                column = casting.strings(column, casting.in_column(name), False)
+            else:  # typed by unsigned_cells: every value of first's type
+                column = np.array(column, dtype=_DTYPES[type(first)])
+        arrays.append(column)
+    return frame(column_index(names), arrays, range_index(rows))
+
+
+_DTYPES = {int: "int64", float: "float64", bool: "bool"}
 
 
 def csv_frame(columns: Columns, names: list[str], cells: list[list[str]], rows: int) -> Any:
