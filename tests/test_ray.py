@@ -41,6 +41,12 @@ if importlib.util.find_spec("ray") is None:  # CI installs tiffin[ray]: there, t
 
 HEAD_IP, NODE2_IP = "127.0.0.2", "127.0.0.3"
 NODE2 = "tiffin_node2"  # a custom resource only the second node has
+# Ray Serve's own health checks of its proxy, with room for a machine whose every core is busy
+# (its defaults, 5 s to get ready and 10 s per check, restart the proxy on a loaded 2-CPU host)
+SLOW_HOST = {
+    "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60",
+    "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "60",
+}
 
 
 @pytest.fixture
@@ -167,9 +173,9 @@ def test_a_service_on_two_ray_nodes(
     node2_home = tmp_path / "node2-home"  # empty: the runner replica pulls the model from S3
     port = free_port()
     log = tmp_path / "serve.log"
-    with two_node_cluster({**s3_env, "TIFFIN_HOME": str(tiffin_home)},
-                          {**s3_env, "TIFFIN_HOME": str(node2_home)}) as cluster:  # fmt: skip
-        env = {**subprocess_env, "RAY_TMPDIR": os.environ["RAY_TMPDIR"],
+    head_env = {**s3_env, **SLOW_HOST, "TIFFIN_HOME": str(tiffin_home)}
+    with two_node_cluster(head_env, {**head_env, "TIFFIN_HOME": str(node2_home)}) as cluster:
+        env = {**subprocess_env, **SLOW_HOST, "RAY_TMPDIR": os.environ["RAY_TMPDIR"],
                "RAY_USAGE_STATS_ENABLED": "0"}  # fmt: skip
         with log.open("wb") as out:
             proc = subprocess.Popen(
@@ -220,7 +226,7 @@ def _serves_and_recovers(client: httpx.Client, cluster: Any, model: Any, node2: 
 
     def caller(index: int) -> list[int]:
         seen = []
-        end = time.monotonic() + 120
+        end = time.monotonic() + 300  # Ray restarts the replica: slow on a loaded machine
         while time.monotonic() < end:
             response = _post(client, "/predict", rows[index: index + 2])  # a hung one: timeout
             seen.append(response.status_code)

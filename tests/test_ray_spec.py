@@ -234,3 +234,31 @@ def test_a_built_tiffin_travels_by_tag_and_a_new_node_pulls_it(
         assert runner.predict.run([[0.0, 0.0], [1.0, 1.0]]).tolist() == [0, 1]
     finally:
         runner.destroy()
+
+
+def test_serve_on_ray_whose_serve_does_not_start_is_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ray Serve's proxy dying while it starts (as on an overloaded host) is one line and exit
+    code 1, not Ray's traceback. (Ray itself is stood in for here; the real cluster is
+    tests/test_ray.py's.)"""
+    import ray
+    from ray import serve
+
+    import tiffin.ray.application as application
+    import tiffin.ray.cluster as cluster
+
+    class Named:
+        name = "svc"
+
+    def start(**_: Any) -> None:
+        raise RuntimeError("The actor died unexpectedly before finishing this task.\n  ProxyActor")
+
+    monkeypatch.setattr(application, "build", lambda *a, **k: (object(), Named()))
+    monkeypatch.setattr(cluster, "connect", lambda *a: False)
+    monkeypatch.setattr(serve, "start", start)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    result = CliRunner().invoke(main, ["serve", "svc.py:svc", "--backend", "ray"])
+    assert result.exit_code == 1
+    assert "Ray Serve did not start on the cluster: The actor died" in result.output
+    assert "Traceback" not in result.output and result.output.count("\n") == 1

@@ -97,7 +97,11 @@ def serve_on_ray(
         start: dict[str, Any] = {"http_options": {"host": settings.host, "port": settings.port}}
         if settings.ray.proxy_location:
             start["proxy_location"] = settings.ray.proxy_location
-        serve.start(**start)
+        try:
+            serve.start(**start)
+        except Exception as exc:  # its proxy or controller did not come up: one line
+            text = " ".join(str(exc).split())
+            raise ServerError(f"Ray Serve did not start on the cluster: {text[:800]}") from exc
         try:
             serve.run(app, name=name, route_prefix="/", blocking=False)
         except TiffinError:
