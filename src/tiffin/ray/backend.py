@@ -22,13 +22,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import weakref
 from typing import TYPE_CHECKING, Any
 
 from tiffin.exceptions import Overloaded, RunnerError, RunnerUnavailable, TiffinError
 from tiffin.runner.coalescer import Coalescer
-from tiffin.runner.runner import RemoteStats, wait_result
+from tiffin.runner.runner import RemoteStats, call_on_loop
 from tiffin.runner.wire import ERROR, OK
 
 if TYPE_CHECKING:
@@ -130,16 +129,12 @@ class RayRunner:
         self, method: RunnerMethod, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         """From a sync API function's thread: run on the ingress's event loop and wait."""
-        with contextlib.suppress(RuntimeError):
-            if asyncio.get_running_loop() is self.loop:
-                raise RunnerError(
-                    f"{self.name}.{method.name}.run() would block the server's event loop; in "
-                    "an async API function use `await ....async_run(...)`"
-                )
-        if self.loop is None:
-            raise RunnerUnavailable(f"runner {self.name!r} is not started yet; retry shortly")
-        future = asyncio.run_coroutine_threadsafe(self.call(method, args, kwargs), self.loop)
-        return wait_result(future, self.loop, f"runner method '{self.name}.{method.name}'")
+        return call_on_loop(
+            self.loop,
+            lambda: self.call(method, args, kwargs),
+            f"{self.name}.{method.name}",
+            lambda: RunnerUnavailable(f"runner {self.name!r} is not started yet; retry shortly"),
+        )
 
     async def refresh_stats(self, runner: Runner) -> None:
         """Every replica's figures from the stats deployment: summed into each method's

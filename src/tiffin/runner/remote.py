@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from tiffin.exceptions import FrameError, RunnerError, RunnerUnavailable
 from tiffin.runner import wire
 from tiffin.runner.coalescer import Coalescer
-from tiffin.runner.runner import RemoteStats, wait_result
+from tiffin.runner.runner import RemoteStats, call_on_loop
 from tiffin.runner.stats import add_snapshots
 
 if TYPE_CHECKING:
@@ -249,18 +249,12 @@ class RemoteRunner:
         self, method: RunnerMethod, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         """Blocking call from a thread that is not the API worker's event loop."""
-        with contextlib.suppress(RuntimeError):
-            if asyncio.get_running_loop() is self.loop:
-                raise RunnerError(
-                    f"{self.name}.{method.name}.run() would block the server's event loop; in "
-                    "an async API function use `await ....async_run(...)`"
-                )
-        if self.loop is None:
-            raise self.unavailable()
-        future = asyncio.run_coroutine_threadsafe(
-            self.call_method(method.name, args, kwargs), self.loop
+        return call_on_loop(
+            self.loop,
+            lambda: self.call_method(method.name, args, kwargs),
+            f"{self.name}.{method.name}",
+            self.unavailable,
         )
-        return wait_result(future, self.loop, f"runner method '{self.name}.{method.name}'")
 
     async def aclose_loop(self) -> None:
         loop = asyncio.get_running_loop()

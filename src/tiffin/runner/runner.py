@@ -30,7 +30,7 @@ import concurrent.futures
 import contextlib
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -51,6 +51,7 @@ __all__ = [
     "RemoteStats",
     "Runner",
     "RunnerMethod",
+    "call_on_loop",
     "check_runner_device",
     "wait_result",
 ]
@@ -78,6 +79,27 @@ def wait_result(
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(_turns(2), loop).result(timeout=5)
         raise TimeoutError(f"{what} did not finish before the request's deadline") from None
+
+
+def call_on_loop(
+    loop: asyncio.AbstractEventLoop | None,
+    call: Callable[[], Coroutine[Any, Any, Any]],
+    what: str,
+    unavailable: Callable[[], Exception],
+) -> Any:
+    """``call()``'s result, run on the server's event loop ``loop`` from another thread (a sync
+    API function's): refused on that loop itself (it would block it), ``unavailable()`` while
+    there is no loop yet, and bounded by the request's deadline (:func:`wait_result`)."""
+    with contextlib.suppress(RuntimeError):
+        if asyncio.get_running_loop() is loop:
+            raise RunnerError(
+                f"{what}.run() would block the server's event loop; in an async API function "
+                "use `await ....async_run(...)`"
+            )
+    if loop is None:
+        raise unavailable()
+    future = asyncio.run_coroutine_threadsafe(call(), loop)
+    return wait_result(future, loop, f"runner method '{what}'")
 
 
 async def _turns(count: int) -> None:
