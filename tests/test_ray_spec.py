@@ -13,7 +13,13 @@ from click.testing import CliRunner
 import tiffin
 from tiffin.cli import main
 from tiffin.config import RunnerSettings, ServeSettings
-from tiffin.exceptions import InvalidArgument, LoadFailed, Overloaded, RunnerUnavailable
+from tiffin.exceptions import (
+    InvalidArgument,
+    LoadFailed,
+    Overloaded,
+    RunnerUnavailable,
+    ServerError,
+)
 from tiffin.ray.backend import translate
 from tiffin.ray.replica_stats import StatsBook, summed
 from tiffin.ray.spec import (
@@ -165,8 +171,10 @@ def test_ray_failures_become_tiffin_errors() -> None:
         from ray.serve.exceptions import BackPressureError
 
         assert isinstance(translate(ActorDiedError(), "clf"), RunnerUnavailable)
-        assert isinstance(translate(BackPressureError(num_queued_requests=9,
-                                                      max_queued_requests=8), "clf"), Overloaded)
+        assert isinstance(
+            translate(BackPressureError(num_queued_requests=9, max_queued_requests=8), "clf"),
+            Overloaded,
+        )
     error = ValueError("the model's own")
     assert translate(error, "clf") is error
 
@@ -262,3 +270,39 @@ def test_serve_on_ray_whose_serve_does_not_start_is_one_line(
     assert result.exit_code == 1
     assert "Ray Serve did not start on the cluster: The actor died" in result.output
     assert "Traceback" not in result.output and result.output.count("\n") == 1
+
+
+def test_serve_start_waits_past_serves_own_proxy_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Serve gives its HTTP proxy a fixed 60 s; on a busy cluster it comes up later, and the
+    command waits for it (Serve's status polled) instead of failing; a proxy that never turns
+    healthy is one line. (Ray stood in for, as above.)"""
+    from types import SimpleNamespace
+
+    from ray import serve
+
+    import tiffin.ray.cluster as cluster
+
+    starts: list[dict[str, Any]] = []
+    states = iter(["STARTING", "STARTING", "HEALTHY"])
+
+    def start(**options: Any) -> None:
+        starts.append(options)
+        if len(starts) == 1:
+            raise TimeoutError("HTTP proxies not available after 60s.")
+
+    def status(state: Any = None) -> Any:
+        return SimpleNamespace(proxies={"node": state or next(states)})
+
+    monkeypatch.setattr(serve, "start", start)
+    monkeypatch.setattr(serve, "status", status)
+    monkeypatch.setattr(cluster.time, "sleep", lambda _s: None)
+    cluster._start_serve({"http_options": {"port": 1}}, wait_s=60)
+    assert starts == [{"http_options": {"port": 1}}] * 2
+    assert next(states, "drained") == "drained"  # polled until HEALTHY
+
+    starts.clear()
+    monkeypatch.setattr(serve, "status", lambda: status("UNHEALTHY"))
+    clock = iter(range(0, 1000, 10))
+    monkeypatch.setattr(cluster.time, "monotonic", lambda: float(next(clock)))
+    with pytest.raises(ServerError, match="its HTTP proxy was not healthy after 60 s more"):
+        cluster._start_serve({}, wait_s=60)

@@ -10,6 +10,8 @@ Rules:
 * The application is named after the service and served at ``/``; the command returns once
   SIGINT or SIGTERM arrives, after deleting the application (a cluster it started is shut
   down too). A deployment that fails is a :class:`~tiffin.exceptions.ServerError` in one line.
+* Serve waits a fixed 60 s for its HTTP proxy to start; on a busy cluster (a loaded host
+  imports Ray's modules slowly) the command waits up to :data:`PROXY_WAIT_S` more, saying so.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from typing import TYPE_CHECKING, Any, Literal
 
 import click
@@ -30,6 +33,9 @@ if TYPE_CHECKING:
 __all__ = ["connect", "serve_on_ray"]
 
 logger = logging.getLogger("tiffin.ray")
+
+#: seconds to wait for Serve's HTTP proxy after ``serve.start`` gave up on it (after 60 s)
+PROXY_WAIT_S = 540.0
 
 
 def connect(address: str | None, runtime_env: dict[str, Any] | None) -> bool:
@@ -71,6 +77,37 @@ def _wait_for_signal() -> None:
             signal.signal(sig, handler)
 
 
+def _start_serve(start: dict[str, Any], wait_s: float = PROXY_WAIT_S) -> None:
+    """``serve.start``, waiting up to ``wait_s`` for Serve's HTTP proxy where Serve itself gives
+    up after its fixed 60 s (the controller stays up and the proxy keeps starting: on a busy
+    cluster it may need longer); any other failure, or no healthy proxy by then, one line."""
+    from ray import serve
+
+    try:
+        serve.start(**start)
+        return
+    except TimeoutError as exc:  # only the proxy wait: Serve's controller is running
+        waited = exc
+    except Exception as exc:  # its controller did not come up: one line
+        text = " ".join(str(exc).split())
+        raise ServerError(f"Ray Serve did not start on the cluster: {text[:800]}") from exc
+    logger.warning("Ray Serve's HTTP proxy is not up after Serve's own wait (%s); waiting up "
+                   "to %d s more for it", waited, wait_s)  # fmt: skip
+    deadline = time.monotonic() + wait_s
+    try:
+        serve.start(**start)  # connects to the running controller: no second wait
+        while time.monotonic() < deadline:
+            states = {str(getattr(s, "value", s)) for s in serve.status().proxies.values()}
+            if "HEALTHY" in states:
+                return
+            time.sleep(1.0)
+    except Exception as exc:
+        text = " ".join(str(exc).split())
+        raise ServerError(f"Ray Serve did not start on the cluster: {text[:800]}") from exc
+    raise ServerError(f"Ray Serve did not start on the cluster: its HTTP proxy was not healthy "
+                      f"after {wait_s:.0f} s more than Serve's own wait")  # fmt: skip
+
+
 def serve_on_ray(
     target: str,
     settings: ServeSettings,
@@ -97,11 +134,7 @@ def serve_on_ray(
         start: dict[str, Any] = {"http_options": {"host": settings.host, "port": settings.port}}
         if settings.ray.proxy_location:
             start["proxy_location"] = settings.ray.proxy_location
-        try:
-            serve.start(**start)
-        except Exception as exc:  # its proxy or controller did not come up: one line
-            text = " ".join(str(exc).split())
-            raise ServerError(f"Ray Serve did not start on the cluster: {text[:800]}") from exc
+        _start_serve(start)
         try:
             serve.run(app, name=name, route_prefix="/", blocking=False)
         except TiffinError:
@@ -112,9 +145,7 @@ def serve_on_ray(
                 serve.delete(name)  # no half-deployed application left retrying on the cluster
             except Exception as cleanup:
                 logger.warning("could not remove application %r: %s", name, cleanup)
-            raise ServerError(
-                f"Ray Serve could not deploy service {name!r}: {text[:800]}"
-            ) from exc
+            raise ServerError(f"Ray Serve could not deploy service {name!r}: {text[:800]}") from exc
         click.echo(
             f"tiffin: serving {name!r} on Ray Serve at http://{settings.host}:{settings.port} "
             f"(cluster {ray.get_runtime_context().gcs_address}); Ctrl-C stops it", err=True,
