@@ -115,6 +115,35 @@ def test_dict_of_arrays_and_lists() -> None:
         count_rows({}, 0)
 
 
+def test_a_dict_of_columns_takes_the_short_path_to_the_same_answers() -> None:
+    """An object of plain lists (a table's columns, the usual dict payload) is counted, keyed
+    and merged without walking each column; the answers are those of the general walk."""
+    first = {"a": [1.0, 2.0], "b": ["x", "y"]}
+    second = {"a": [3.0], "b": ["z"]}
+    mixed = {"a": [1.0], "b": np.array(["x"])}  # not all lists: the general walk
+    assert count_rows(first, 0) == 2 and count_rows(second, 0) == 1
+    assert (
+        batch_key(first, 0)
+        == batch_key(second, 0)
+        == ("dict", (("a", ("list",)), ("b", ("list",))))
+    )
+    assert batch_key(first, 0) != batch_key(mixed, 0)
+    assert batch_key(first, 0) != batch_key({"b": ["x"], "a": [1.0]}, 0)  # order is a key too
+    merged = concat([first, second], 0)
+    assert merged == {"a": [1.0, 2.0, 3.0], "b": ["x", "y", "z"]}
+    assert merged["a"] is not first["a"]  # callers' lists are left as they were
+    assert first == {"a": [1.0, 2.0], "b": ["x", "y"]}
+    assert split(merged, [2, 1], 0) == [first, second]
+    with pytest.raises(InvalidArgument, match=r"different row counts \[1, 2\]"):
+        count_rows({"a": [1, 2], "b": [3]}, 0)
+    with pytest.raises(InvalidArgument, match="dimension 0 only"):
+        count_rows(first, 1)
+    with pytest.raises(InvalidArgument, match="dimension 0 only"):
+        batch_key(first, 1)
+    with pytest.raises(InvalidArgument, match="cannot merge"):
+        concat([first, {"a": [1.0], "c": ["z"]}], 0)
+
+
 def test_tuple_outputs_split_per_element() -> None:
     labels = np.array([0, 1, 1])
     scores = [0.1, 0.9, 0.8]
@@ -187,7 +216,6 @@ def test_importing_needs_no_ml_library() -> None:
 
 def test_dataframes_with_different_dtypes_never_share_a_batch():
     import pandas as pd
-
 
     numbers = pd.DataFrame({"a": [1.0, 2.0]})
     strings = pd.DataFrame({"a": ["x", "y"]})

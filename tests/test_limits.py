@@ -15,8 +15,9 @@ from tiffin.io.limits import DECODE_LIMITS, DecodeLimits
 
 @pytest.fixture
 def small() -> DecodeLimits:
-    token = DECODE_LIMITS.set(DecodeLimits(max_decoded_cells=100, max_columns=10,
-                                           max_image_pixels=400))
+    token = DECODE_LIMITS.set(
+        DecodeLimits(max_decoded_cells=100, max_columns=10, max_image_pixels=400)
+    )
     yield DECODE_LIMITS.get()
     DECODE_LIMITS.reset(token)
 
@@ -34,16 +35,23 @@ def _parquet(rows: int, columns: int) -> bytes:
 
 
 REFUSED = {
-    "csv-wide-header": (limits.check_csv, b",".join(b"c%d" % i for i in range(11)) + b"\n1\n",
-                        "max_columns"),
+    "csv-wide-header": (
+        limits.check_csv,
+        b",".join(b"c%d" % i for i in range(11)) + b"\n1\n",
+        "max_columns",
+    ),
     "csv-many-rows": (limits.check_csv, b"a,b\n" + b"1,2\n" * 51, "max_decoded_cells"),
-    "records-new-keys": (limits.check_json_table, [{f"k{i}": 1} for i in range(11)],
-                         "max_columns"),
-    "dict-of-dicts": (limits.check_json_table,
-                      {f"c{i}": {f"r{i}": 1, f"s{i}": 1} for i in range(10)},
-                      "max_decoded_cells"),
-    "split": (limits.check_json_table, {"columns": ["a", "b"], "data": [[1, 2]] * 51},
-              "max_decoded_cells"),
+    "records-new-keys": (limits.check_json_table, [{f"k{i}": 1} for i in range(11)], "max_columns"),
+    "dict-of-dicts": (
+        limits.check_json_table,
+        {f"c{i}": {f"r{i}": 1, f"s{i}": 1} for i in range(10)},
+        "max_decoded_cells",
+    ),
+    "split": (
+        limits.check_json_table,
+        {"columns": ["a", "b"], "data": [[1, 2]] * 51},
+        "max_decoded_cells",
+    ),
     "nested-lists": (limits.check_json_table, [[0] * 11] * 10, "max_decoded_cells"),
     "parquet": (limits.check_parquet, _parquet(60, 2), "max_decoded_cells"),
     "npy-header": (limits.check_npy, _npy((11, 10)), "max_decoded_cells"),
@@ -85,3 +93,18 @@ def test_malformed_bodies_are_left_to_their_parsers() -> None:
     limits.check_parquet(b"PAR1 not really")  # pandas words the error
     with pytest.raises(InvalidArgument, match=r"\.npy"):
         limits.check_npy(b"\x93NUMPY\x01\x00garbage")
+
+
+def test_each_named_input_of_an_envelope_is_measured(small: DecodeLimits) -> None:
+    """``{"inputs": {name: ...}}``: nested lists by their shape, a flat list by its length --
+    also where the object looks like a split table (``data`` and at most two more keys), whose
+    table count covers ``data`` only."""
+    from tiffin.io.payloads import check_envelope
+
+    check_envelope("inputs", {"a": [0.0] * 10, "b": [[0.0] * 10] * 10})  # within: nothing
+    for body, name in (
+        ({"a": [0.0], "b": [[0.0] * 11] * 10}, "'b'"),
+        ({"data": [1.0], "x": [0.0] * 101}, "'x'"),
+    ):
+        with pytest.raises(DecodedTooLarge, match=f"the inputs input {name} would hold"):
+            check_envelope("inputs", body)

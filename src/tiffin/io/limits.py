@@ -151,13 +151,14 @@ def check_json_table(value: Any, what: str = "the JSON table", orient: str = "co
         return
     labels: set[Any] = set()
     inner = 0
+    enough = current().max_decoded_cells // max(len(value), 1)
     for column in value.values():
         if isinstance(column, dict):
             labels.update(column)
             inner = len(labels)
         elif isinstance(column, list):
             inner = max(inner, len(column))
-        if inner * max(len(value), 1) > current().max_decoded_cells:
+        if inner > enough:
             break
     if orient == "index" and labels:
         check_table(len(value), inner, what)

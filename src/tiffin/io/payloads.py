@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tiffin.exceptions import InvalidArgument, NotFound, missing_dependency
-from tiffin.io.limits import check_array, check_json_table, nested_shape
+from tiffin.io.limits import check_array, check_json_table, current, nested_shape
 
 __all__ = [
     "ENVELOPES",
@@ -62,8 +62,12 @@ def check_envelope(key: str, body: Any) -> None:
     what = f"the {key} input"
     check_json_table(body, what)
     if isinstance(body, dict) and key != "dataframe_split":
+        limit = current().max_decoded_cells
         for name, value in body.items():
-            if isinstance(value, list):
+            # (a flat list is its length: only a long one needs the check's words)
+            if isinstance(value, list) and (
+                len(value) > limit or (value and isinstance(value[0], list))
+            ):
                 check_array(nested_shape(value), f"{what} {name!r}")
 
 
@@ -82,8 +86,9 @@ def from_json(value: Any) -> Any:
             if key == "dataframe_split":
                 if not isinstance(body, dict) or "data" not in body:
                     raise InvalidArgument("dataframe_split must be {columns, data, index?}")
-                return _pandas().DataFrame(**{k: body[k] for k in ("columns", "data", "index")
-                                              if k in body})
+                return _pandas().DataFrame(
+                    **{k: body[k] for k in ("columns", "data", "index") if k in body}
+                )
             if key == "dataframe_records":
                 return from_json(list(body) if isinstance(body, list) else body)
             if isinstance(body, dict):

@@ -18,8 +18,8 @@ once its library is imported, so the type checks look the library up in ``sys.mo
 from __future__ import annotations
 
 import sys
-from collections.abc import Hashable, Sequence
-from itertools import accumulate
+from collections.abc import Hashable, Iterable, Sequence
+from itertools import accumulate, chain, repeat
 from typing import Any
 
 from tiffin.exceptions import InvalidArgument
@@ -87,7 +87,11 @@ def count_rows(payload: Any, dim: int) -> int:
     values = list(payload.values()) if kind == "dict" else list(payload)
     if not values:
         raise InvalidArgument(f"cannot batch an empty {kind}")
-    sizes = {count_rows(value, dim) for value in values}
+    if _all_lists(values):  # columns of a table, the usual dict: no walk per value
+        _only_rows("list", dim)
+        sizes = set(map(len, values))
+    else:
+        sizes = {count_rows(value, dim) for value in values}
     if len(sizes) != 1:
         raise InvalidArgument(
             f"the parts of a {kind} payload hold different row counts {sorted(sizes)} "
@@ -122,8 +126,21 @@ def batch_key(payload: Any, dim: int) -> Hashable:
         _only_rows(kind, dim)
         return (kind,)
     if kind == "dict":
+        if _all_lists(payload.values()):  # (the key the walk below gives it, in one step)
+            _only_rows("list", dim)
+            return (kind, tuple(zip(payload, repeat(_LIST_KEY))))
         return (kind, tuple((key, batch_key(value, dim)) for key, value in payload.items()))
     return (kind, type(payload), tuple(batch_key(value, dim) for value in payload))
+
+
+_LIST_KEY = ("list",)
+
+
+_LISTS = {list}
+
+
+def _all_lists(values: Iterable[Any]) -> bool:
+    return set(map(type, values)) == _LISTS
 
 
 def _mismatch(kind: str, exc: Exception | None = None) -> InvalidArgument:
@@ -181,6 +198,9 @@ def concat(payloads: list[Any], dim: int) -> Any:
         keys = list(first)
         if any(list(payload) != keys for payload in payloads[1:]):
             raise _mismatch(kind)
+        if all(_all_lists(payload.values()) for payload in payloads):
+            _only_rows("list", dim)
+            return {key: list(chain.from_iterable(p[key] for p in payloads)) for key in keys}
         return {key: concat([payload[key] for payload in payloads], dim) for key in keys}
     # tuple
     width = len(first)

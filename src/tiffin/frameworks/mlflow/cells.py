@@ -149,11 +149,7 @@ def csv_frame(columns: Columns, names: list[str], cells: list[list[str]], rows: 
     return columns.build([s.name for s in present], arrays, None, rows)
 
 
-_SCALARS = (int, float, str)  # bool is an int
-
-
-def _scalars(column: list[Any]) -> bool:
-    return all(type(v) in _SCALARS or type(v) is bool for v in column)
+_SCALAR_TYPES = frozenset({int, float, str, bool})
 
 
 def unsigned_columns(key: str | None, payload: Any) -> dict[str, list[Any]] | None:
@@ -188,6 +184,9 @@ def unsigned_columns(key: str | None, payload: Any) -> dict[str, list[Any]] | No
             return None
     else:
         return None
-    if not all(type(n) is str and _scalars(v) for n, v in columns.items()):
+    if not all(type(n) is str for n in columns):
         return None
-    return columns
+    kinds: set[type] = set()
+    for values in columns.values():
+        kinds.update(map(type, values))
+    return columns if kinds <= _SCALAR_TYPES else None
