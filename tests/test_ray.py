@@ -105,6 +105,7 @@ def two_node_cluster(
             dirs_exist_ok=True,
             ignore_dangling_symlinks=True,
         )
+        _print_serve_errors(keep_logs / "serve")  # pytest shows it with the failure
         raise
     finally:
         import ray
@@ -117,6 +118,15 @@ def two_node_cluster(
             else:
                 os.environ[name] = value
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _print_serve_errors(logs: Path) -> None:
+    """Serve's error lines (controller, proxy, replicas), with their tracebacks."""
+    for path in sorted(logs.glob("*.log")):
+        lines = path.read_text(errors="replace").splitlines()
+        marks = [i for i, line in enumerate(lines) if " ERROR " in line or " WARNING " in line]
+        for i in marks[-8:]:
+            print(f"{path.name}: " + "\n  ".join(lines[i : i + 12]))
 
 
 SERVICE = """

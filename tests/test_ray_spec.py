@@ -24,6 +24,7 @@ from tiffin.ray.backend import translate
 from tiffin.ray.replica_stats import StatsBook, summed
 from tiffin.ray.spec import (
     AppSpec,
+    ingress_options,
     load_service,
     make_spec,
     messages_in_flight,
@@ -89,15 +90,31 @@ def test_max_ongoing_requests_covers_a_whole_batch(service_file: Path) -> None:
     assert runner_options(None, runner, spec)["max_ongoing_requests"] == 32
     quiet = {"enable_access_log": False}  # Ray's access log: tiffin's ingress writes its own
     assert runner_options({"max_ongoing_requests": 7}, runner, spec) == {
-        "max_ongoing_requests": 7, "logging_config": quiet,
+        "max_ongoing_requests": 7, "logging_config": quiet, "graceful_shutdown_timeout_s": 65.0,
     }  # fmt: skip
     settings = ServeSettings(runners={"echo": RunnerSettings(max_batch_size=256)})
     spec, service = _spec(settings=settings)
     assert runner_options({"num_replicas": 2}, runner, spec) == {
         "num_replicas": 2, "max_ongoing_requests": 256, "logging_config": quiet,
+        "graceful_shutdown_timeout_s": 65.0,
     }  # fmt: skip
     loud = {"logging_config": {"enable_access_log": True}}
     assert runner_options(loud, runner, spec)["logging_config"] == loud["logging_config"]
+
+
+def test_a_replaced_replica_may_finish_a_whole_request(service_file: Path) -> None:
+    """Serve's default 20 s of graceful shutdown becomes the request timeout and 5 s (ingress
+    and runners), at least 20 s; one given in a deployment config is kept."""
+    assert ingress_options(None, ServeSettings())["graceful_shutdown_timeout_s"] == 65.0
+    assert (
+        ingress_options(None, ServeSettings(api_timeout_s=2))["graceful_shutdown_timeout_s"] == 20
+    )
+    given = {"graceful_shutdown_timeout_s": 3}
+    assert ingress_options(given, ServeSettings())["graceful_shutdown_timeout_s"] == 3
+    spec, service = _spec(settings=ServeSettings(api_timeout_s=300))
+    runner = service.runners[0]
+    assert runner_options(None, runner, spec)["graceful_shutdown_timeout_s"] == 305.0
+    assert runner_options(given, runner, spec)["graceful_shutdown_timeout_s"] == 3
 
 
 def test_an_ingress_keeps_two_messages_in_flight_per_runner_replica() -> None:

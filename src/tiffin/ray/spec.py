@@ -23,7 +23,10 @@ Rules:
 * Every replica serves the model versions the driver saw: a ``name:latest`` that resolves to
   another version on a node is an error naming both, not a silent mix of versions.
 * Deployment options pass through to Ray as given (Ray checks them); tiffin only fills
-  ``max_ongoing_requests`` when it is not given: the ingress takes as many requests as the
+  ``max_ongoing_requests`` and ``graceful_shutdown_timeout_s`` when they are not given: a
+  replica being replaced finishes its calls for up to a request's ``api_timeout_s`` (Serve's
+  20 s can cut a slow call off, a 500, in a redeploy on a busy machine; :func:`drain_s`);
+  for ``max_ongoing_requests`` the ingress takes as many requests as the
   server's ``max_concurrent_requests``, a runner at least its largest ``max_batch_size``
   (Ray's default of 5 would cap every batch at 5 calls). Ray's own access log is off on
   every tiffin deployment unless ``logging_config`` is given: the ingress writes tiffin's
@@ -54,6 +57,7 @@ if TYPE_CHECKING:
 __all__ = [
     "NOT_BATCHABLE_ONGOING",
     "AppSpec",
+    "drain_s",
     "ingress_options",
     "load_service",
     "messages_in_flight",
@@ -70,6 +74,9 @@ IN_FLIGHT_PER_REPLICA = 2
 #: ``max_ongoing_requests`` of a runner with no batchable method (its calls queue in tiffin)
 NOT_BATCHABLE_ONGOING = 100
 _BATCH_KEYS = frozenset({"max_batch_size", "max_latency_ms"})
+#: Serve's default ``graceful_shutdown_timeout_s``, and what tiffin adds to ``api_timeout_s``
+GRACEFUL_SHUTDOWN_S = 20.0
+DRAIN_MARGIN_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -264,7 +271,14 @@ def ingress_options(config: Mapping[str, Any] | None, settings: ServeSettings) -
     options = dict(config or {})
     options.setdefault("max_ongoing_requests", settings.max_concurrent_requests)
     options.setdefault("logging_config", dict(QUIET_LOGGING))
+    options.setdefault("graceful_shutdown_timeout_s", drain_s(settings))
     return options
+
+
+def drain_s(settings: ServeSettings) -> float:
+    """How long a replica being replaced (a redeploy, a scale-down) may finish the calls it
+    has: a request's whole ``api_timeout_s`` and a little more, at least Serve's own 20 s."""
+    return max(GRACEFUL_SHUTDOWN_S, settings.api_timeout_s + DRAIN_MARGIN_S)
 
 
 def runner_options(
@@ -272,6 +286,7 @@ def runner_options(
 ) -> dict[str, Any]:
     options = dict(config or {})
     options.setdefault("logging_config", dict(QUIET_LOGGING))
+    options.setdefault("graceful_shutdown_timeout_s", drain_s(spec.settings))
     largest = _max_batch(runner, spec)
     if "max_ongoing_requests" not in options:
         options["max_ongoing_requests"] = largest or NOT_BATCHABLE_ONGOING
