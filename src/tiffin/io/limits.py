@@ -116,6 +116,9 @@ def nested_shape(value: Any) -> tuple[int, ...]:
     return tuple(shape)
 
 
+_LIST = {list}
+
+
 def check_json_table(value: Any, what: str = "the JSON table", orient: str = "columns") -> None:
     """Rows and columns of parsed JSON that will become a table, counted before it is built.
 
@@ -148,6 +151,9 @@ def check_json_table(value: Any, what: str = "the JSON table", orient: str = "co
             else (len(data[0]) if data and isinstance(data[0], list) else 1)
         )
         check_table(len(data), width, what)
+        return
+    if set(map(type, value.values())) == _LIST:  # an object of columns, in one pass
+        check_table(max(map(len, value.values())), len(value), what)
         return
     labels: set[Any] = set()
     inner = 0

@@ -150,6 +150,7 @@ def csv_frame(columns: Columns, names: list[str], cells: list[list[str]], rows: 
 
 
 _SCALAR_TYPES = frozenset({int, float, str, bool})
+_LIST, _STR = {list}, {str}
 
 
 def unsigned_columns(key: str | None, payload: Any) -> dict[str, list[Any]] | None:
@@ -178,13 +179,14 @@ def unsigned_columns(key: str | None, payload: Any) -> dict[str, list[Any]] | No
         columns = {n: [r[n] for r in payload] for n in names}
     elif type(payload) is dict and payload:
         columns = payload
-        if not all(type(v) is list and v for v in columns.values()):
+        if set(map(type, columns.values())) != _LIST:
             return None
-        if len({len(v) for v in columns.values()}) != 1:
+        lengths = set(map(len, columns.values()))
+        if len(lengths) != 1 or 0 in lengths:
             return None
     else:
         return None
-    if not all(type(n) is str for n in columns):
+    if set(map(type, columns)) != _STR:
         return None
     kinds: set[type] = set()
     for values in columns.values():
