@@ -9,7 +9,8 @@ from typing import Any
 from tiffin.exceptions import InvalidArgument, InvalidOutput, TiffinError
 from tiffin.io.base import JSON_TYPE, IODescriptor, check_content_type, negotiate, require_body
 from tiffin.io.json import dumps_json, loads_json
-from tiffin.io.limits import check_array, check_npy, nested_shape
+from tiffin.io.limits import check_array, nested_shape
+from tiffin.io.npy import read_npy
 
 __all__ = [
     "NPY_TYPES",
@@ -154,7 +155,6 @@ class NumpyNdarray(IODescriptor):
         return arr
 
     def _from_npy(self, body: bytes) -> Any:
-        np = _np()
         if not body.startswith(_NPY_MAGIC):
             hint = ""
             if body.lstrip()[:1] in (b"[", b"{"):
@@ -163,9 +163,10 @@ class NumpyNdarray(IODescriptor):
                 f"request body is not .npy data: it does not start with the .npy magic bytes "
                 f"(received {len(body)} bytes starting {body[:8]!r}){hint}"
             )
-        check_npy(body)
         try:
-            return np.load(io.BytesIO(body), allow_pickle=False)
+            return read_npy(body)
+        except TiffinError:
+            raise
         except (ValueError, OSError, EOFError) as exc:
             raise InvalidArgument(
                 f"request body is not a readable .npy array ({exc}); expected numpy.save output "

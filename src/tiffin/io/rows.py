@@ -16,9 +16,9 @@ from typing import Any
 
 import orjson
 
-from tiffin.exceptions import InvalidArgument
+from tiffin.exceptions import InvalidArgument, TiffinError
 from tiffin.io.base import JSON_TYPE, IODescriptor, check_content_type, negotiate, require_body
-from tiffin.io.limits import check_npy
+from tiffin.io.npy import read_npy
 from tiffin.io.payloads import from_json, to_jsonable
 
 __all__ = ["NPY_TYPES", "Rows", "as_npy_array", "npy_bytes"]
@@ -71,11 +71,10 @@ class Rows(IODescriptor):
 
     @staticmethod
     def read_npy(body: bytes) -> Any:
-        import numpy as np
-
-        check_npy(body)  # the shape its header declares, before numpy allocates it
         try:
-            return np.load(io.BytesIO(body), allow_pickle=False)
+            return read_npy(body)
+        except TiffinError:
+            raise
         except Exception as exc:
             raise InvalidArgument(f"request body is not a valid .npy array: {exc}") from exc
 
@@ -111,8 +110,10 @@ class Rows(IODescriptor):
         return orjson.loads(body)
 
     def input_schema(self) -> dict[str, Any]:
-        return {"description": "a JSON array of rows, or an object of columns",
-                "type": ["array", "object"]}
+        return {
+            "description": "a JSON array of rows, or an object of columns",
+            "type": ["array", "object"],
+        }
 
     def output_schema(self) -> dict[str, Any]:
         return {"type": "array"}

@@ -26,7 +26,7 @@ import io
 from functools import cache
 from typing import Any
 
-from tiffin.exceptions import InvalidArgument, SignatureMismatch
+from tiffin.exceptions import InvalidArgument, SignatureMismatch, TiffinError
 from tiffin.frameworks.mlflow.cells import (
     csv_frame,
     typed_cells,
@@ -46,11 +46,11 @@ from tiffin.io.limits import (
     check_array,
     check_csv,
     check_json_table,
-    check_npy,
     check_parquet,
     current,
     nested_shape,
 )
+from tiffin.io.npy import read_npy
 from tiffin.io.payloads import check_envelope
 
 __all__ = [
@@ -229,18 +229,20 @@ def from_json(value: Any, schema: InputSchema | None, columnar: bool = False) ->
 
 def from_npy(body: bytes, schema: InputSchema | None) -> Any:
     """An ``.npy`` body."""
-    import numpy as np
-
-    check_npy(body)
     try:
-        array = np.load(io.BytesIO(body), allow_pickle=False)
+        array = read_npy(body)
+    except TiffinError:
+        raise
     except Exception as exc:  # numpy's own words for a malformed file
         raise InvalidArgument(f"request body is not a valid .npy array: {exc}") from exc
     return array if schema is None else schema.from_array(array)
 
 
 def _csv_cells(
-    names: list[str], columns: list[list[str]], rows: int, schema: InputSchema | None,
+    names: list[str],
+    columns: list[list[str]],
+    rows: int,
+    schema: InputSchema | None,
     columnar: bool,
 ) -> Any:
     """A small CSV body's columns of strings (:func:`~tiffin.io.columnar.csv_rows`) as the
