@@ -89,8 +89,7 @@ def _start_serve(start: dict[str, Any], wait_s: float = PROXY_WAIT_S) -> None:
     except TimeoutError as exc:  # only the proxy wait: Serve's controller is running
         waited = exc
     except Exception as exc:  # its controller did not come up: one line
-        text = " ".join(str(exc).split())
-        raise ServerError(f"Ray Serve did not start on the cluster: {text[:800]}") from exc
+        raise _not_started(exc) from exc
     logger.warning("Ray Serve's HTTP proxy is not up after Serve's own wait (%s); waiting up "
                    "to %d s more for it", waited, wait_s)  # fmt: skip
     deadline = time.monotonic() + wait_s
@@ -102,10 +101,14 @@ def _start_serve(start: dict[str, Any], wait_s: float = PROXY_WAIT_S) -> None:
                 return
             time.sleep(1.0)
     except Exception as exc:
-        text = " ".join(str(exc).split())
-        raise ServerError(f"Ray Serve did not start on the cluster: {text[:800]}") from exc
-    raise ServerError(f"Ray Serve did not start on the cluster: its HTTP proxy was not healthy "
-                      f"after {wait_s:.0f} s more than Serve's own wait")  # fmt: skip
+        raise _not_started(exc) from exc
+    raise _not_started(f"its HTTP proxy was not healthy after {wait_s:.0f} s more than Serve's "
+                       "own wait")  # fmt: skip
+
+
+def _not_started(why: BaseException | str) -> ServerError:
+    text = " ".join(str(why).split())  # Ray's multi-line messages as one line
+    return ServerError(f"Ray Serve did not start on the cluster: {text[:800]}")
 
 
 def serve_on_ray(
