@@ -75,7 +75,7 @@ def test_other_headers_and_dtypes_go_through_numpys_reader() -> None:
 def test_bytes_after_the_data_are_ignored_and_too_few_are_numpys_error() -> None:
     body = _saved(np.arange(4, dtype="i8"))
     _same(read_npy(body + b"extra"), np.arange(4))
-    with pytest.raises(ValueError, match="[Ee]xpected|EOF|cannot reshape|size"):
+    with pytest.raises(ValueError, match=r"[Ee]xpected|EOF|cannot reshape|size"):
         read_npy(body[:-8])
 
 

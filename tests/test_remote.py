@@ -314,6 +314,6 @@ def test_in_flight_callers_get_503_when_the_runner_process_dies(runner_process):
         return elapsed
 
     elapsed = asyncio.run(main())
-    assert elapsed < 5, "callers hung after the runner process died"
+    assert elapsed < 30, "callers hung after the runner process died"  # (they would wait forever)
     process.join(5)
     assert process.exitcode == -signal.SIGKILL
