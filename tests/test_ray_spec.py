@@ -23,6 +23,7 @@ from tiffin.exceptions import (
 from tiffin.ray.backend import translate
 from tiffin.ray.replica_stats import StatsBook, summed
 from tiffin.ray.spec import (
+    REPLICA_ENV,
     AppSpec,
     ingress_options,
     load_service,
@@ -89,14 +90,16 @@ def test_max_ongoing_requests_covers_a_whole_batch(service_file: Path) -> None:
     runner = service.runners[0]
     assert runner_options(None, runner, spec)["max_ongoing_requests"] == 32
     quiet = {"enable_access_log": False}  # Ray's access log: tiffin's ingress writes its own
+    env = {"ray_actor_options": {"runtime_env": {"env_vars": REPLICA_ENV}}}
     assert runner_options({"max_ongoing_requests": 7}, runner, spec) == {
         "max_ongoing_requests": 7, "logging_config": quiet, "graceful_shutdown_timeout_s": 65.0,
+        **env,
     }  # fmt: skip
     settings = ServeSettings(runners={"echo": RunnerSettings(max_batch_size=256)})
     spec, service = _spec(settings=settings)
     assert runner_options({"num_replicas": 2}, runner, spec) == {
         "num_replicas": 2, "max_ongoing_requests": 256, "logging_config": quiet,
-        "graceful_shutdown_timeout_s": 65.0,
+        "graceful_shutdown_timeout_s": 65.0, **env,
     }  # fmt: skip
     loud = {"logging_config": {"enable_access_log": True}}
     assert runner_options(loud, runner, spec)["logging_config"] == loud["logging_config"]
@@ -115,6 +118,46 @@ def test_a_replaced_replica_may_finish_a_whole_request(service_file: Path) -> No
     runner = service.runners[0]
     assert runner_options(None, runner, spec)["graceful_shutdown_timeout_s"] == 305.0
     assert runner_options(given, runner, spec)["graceful_shutdown_timeout_s"] == 3
+
+
+def test_every_replica_runs_tiffin_on_serves_own_loop_unless_told(service_file: Path) -> None:
+    """Serve's per-process settings ride in each deployment's runtime_env; a user's own
+    env_vars win, and the rest of a runtime_env and of ray_actor_options is kept."""
+    spec, service = _spec()
+    runner = service.runners[0]
+    assert REPLICA_ENV["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"] == "0"
+    for options in (ingress_options(None, ServeSettings()), runner_options(None, runner, spec)):
+        assert options["ray_actor_options"] == {"runtime_env": {"env_vars": REPLICA_ENV}}
+    given = {"ray_actor_options": {"num_cpus": 0.5, "runtime_env": {
+        "working_dir": ".", "env_vars": {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "1",
+                                         "MINE": "x"}}}}  # fmt: skip
+    for options in (ingress_options(given, ServeSettings()), runner_options(given, runner, spec)):
+        actor = options["ray_actor_options"]
+        assert actor["num_cpus"] == 0.5 and actor["runtime_env"]["working_dir"] == "."
+        assert actor["runtime_env"]["env_vars"] == {
+            **REPLICA_ENV, "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "1", "MINE": "x"
+        }  # fmt: skip
+    # the caller's options are not changed in place
+    assert given["ray_actor_options"]["runtime_env"]["env_vars"] == {  # type: ignore[index]
+        "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "1", "MINE": "x"}  # fmt: skip
+
+
+def test_direct_http_settings_are_checked_where_given(service_file: Path) -> None:
+    from tiffin.ray.application import app_builder, with_direct_http
+
+    settings = ServeSettings(api_timeout_s=7)
+    assert with_direct_http(settings, None) is settings
+    direct = with_direct_http(settings, 3999, "127.0.0.9")
+    assert (direct.ray.direct_port, direct.ray.direct_host, direct.api_timeout_s) == (
+        3999, "127.0.0.9", 7)  # fmt: skip
+    assert settings.ray.direct_port is None  # a new settings object
+    for bad in (0, 70000):
+        with pytest.raises(InvalidArgument, match=r"ray\.direct_port"):
+            with_direct_http(settings, bad)
+    with pytest.raises(InvalidArgument, match="unknown args"):
+        app_builder({"target": "echo_svc.py:svc", "direct": 1})
+    result = CliRunner().invoke(main, ["serve", "echo_svc.py:svc", "--direct-port", "3001"])
+    assert result.exit_code == 2 and "--direct-port needs --backend ray" in result.stderr
 
 
 def test_an_ingress_keeps_two_messages_in_flight_per_runner_replica() -> None:

@@ -292,9 +292,12 @@ def _settings(config_file: str | None, **overrides: Any) -> Any:
 @click.option("--address", default=None, metavar="ADDR",
               help="--backend ray: the Ray cluster [default: RAY_ADDRESS, one on this machine, "
                    "or a new local one].")
+@click.option("--direct-port", type=click.IntRange(1, 65535), default=None, metavar="PORT",
+              help="--backend ray: each ingress replica also serves HTTP on this port of its "
+                   "node (at ray.direct_host, 127.0.0.1 unless set), past Serve's proxy.")
 def serve(
     target: str, config_file: str | None, reload: bool, force: str | None, backend: str,
-    address: str | None, **overrides: Any,
+    address: str | None, direct_port: int | None, **overrides: Any,
 ) -> None:  # fmt: skip
     """Serve a service (module:attr, path/to/file.py:attr) or a built tiffin (NAME[:VERSION]).
 
@@ -303,6 +306,10 @@ def serve(
     """
     from tiffin.process.targets import resolve_target
 
+    if direct_port is not None:
+        if backend != "ray":
+            raise click.UsageError("--direct-port needs --backend ray")
+        overrides["ray"] = {"direct_port": direct_port}
     settings = _settings(config_file, **overrides)
     if backend == "ray":
         if reload or settings.runner_processes:

@@ -31,6 +31,8 @@ The YAML file (``--config FILE`` or ``TIFFIN_CONFIG``) looks like::
     ray:                         # --backend ray (tiffin.ray): Ray deployment options
       service: {num_replicas: 1}
       runners: {iris_clf: {num_replicas: 2, ray_actor_options: {num_cpus: 1}}}
+      # direct_port: 3001        # each ingress replica serves HTTP itself too, past Serve's
+      # direct_host: 127.0.0.1   # proxy (--direct-port)
 
 Read elsewhere, not server settings: ``TIFFIN_HOME`` (the store) and ``TIFFIN_REMOTE`` (the
 store's S3 remote, :mod:`tiffin.store.remote`).
@@ -154,6 +156,10 @@ class RaySettings(BaseModel):
     enable_batching: bool = True
     #: the driver's Ray runtime_env (working_dir, pip, env_vars), inherited by the replicas
     runtime_env: dict[str, Any] | None = None
+    #: each ingress replica also serves HTTP itself on this port of its node, past Serve's
+    #: proxy (tiffin.ray.direct); None: Serve's proxy only
+    direct_port: int | None = Field(default=None, ge=1, le=65535)
+    direct_host: str = "127.0.0.1"
 
 
 class ServeSettings(BaseModel):

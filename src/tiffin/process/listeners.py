@@ -31,6 +31,7 @@ __all__ = [
     "BACKLOG",
     "SPREADS_CONNECTIONS",
     "Listeners",
+    "shared_port_socket",
 ]
 
 SPREADS_CONNECTIONS = sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
@@ -64,11 +65,7 @@ class Listeners:
         self.port: int = self.held.getsockname()[1]
 
     def _socket(self, *, reuse_port: bool) -> socket.socket:
-        sock = socket.socket(self.family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        return sock
+        return _new_socket(self.family, reuse_port=reuse_port)
 
     def for_worker(self) -> socket.socket:
         """A socket for one API worker process; the caller closes its copy once the process
@@ -92,3 +89,29 @@ class Listeners:
 
     def close(self) -> None:
         self.held.close()
+
+
+def _new_socket(family: socket.AddressFamily, *, reuse_port: bool) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    return sock
+
+
+def shared_port_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` with ``SO_REUSEPORT``, not yet listening: every process
+    of this user that binds the same address this way shares it (the kernel spreads new
+    connections over them), and anything else that has the address makes this fail with
+    :class:`AddressInUse`. For servers that come and go on their own (Ray ingress replicas),
+    with no supervisor to keep the port."""
+    if not SPREADS_CONNECTIONS:
+        raise AddressInUse(f"cannot share {host}:{port}: this system has no SO_REUSEPORT that "
+                           "spreads connections (Linux only)")  # fmt: skip
+    sock = _new_socket(socket.AF_INET6 if ":" in host else socket.AF_INET, reuse_port=True)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise AddressInUse(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+    return sock

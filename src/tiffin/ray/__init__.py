@@ -9,6 +9,8 @@
   through a Ray Serve handle;
 * :mod:`~tiffin.ray.replica_stats` -- every runner replica's batching figures for
   ``/metrics``;
+* :mod:`~tiffin.ray.direct` -- direct HTTP: an ingress replica serving tiffin's app on a
+  port of its own, past Serve's proxy (``direct_port``);
 * :mod:`~tiffin.ray.cluster` -- the command line's way onto a cluster;
 * ``_deployments`` -- the deployment classes themselves (the one module that imports Ray at
   its top; loaded only when an application is built).

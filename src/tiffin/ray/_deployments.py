@@ -2,7 +2,8 @@
 
 * :class:`TiffinIngress` runs tiffin's own ASGI app (:func:`~tiffin.serving.app.build_app`:
   the same routes, IO descriptors, MLflow protocol, auth and metrics as ``tiffin serve``), its
-  runners attached to :class:`~tiffin.ray.backend.RayRunner` backends.
+  runners attached to :class:`~tiffin.ray.backend.RayRunner` backends; with ``direct_port``
+  set it serves that app on its own port too (:mod:`tiffin.ray.direct`).
 * :class:`TiffinRunner` loads one runner (a local backend: tiffin's adaptive dispatcher and
   worker thread) and answers ``call`` with ``("ok", value)`` or ``("error", exception)``.
 * :class:`TiffinStats` keeps the runner replicas' batching figures for ``/metrics``.
@@ -66,7 +67,14 @@ class _Ingress:
                 backend.loop = loop
 
         service.startup_hooks.insert(0, capture_loop)
-        app = build_app(service, settings)
+        # a start-up that fails (a direct port taken) fails the replica: Serve says so
+        app = build_app(service, settings, load_before_serving=True)
+        if settings.ray.direct_port is not None:  # the app runs the hooks when it starts
+            from tiffin.ray.direct import DirectHTTP
+
+            direct = DirectHTTP(settings, settings.ray.direct_host, settings.ray.direct_port)
+            service.startup_hooks.append(lambda: direct.start(app))  # listens last
+            service.shutdown_hooks.insert(0, direct.stop)  # stops listening first
         app.state.tiffin.metrics.registry.register(collector)
         _PENDING.append(app)
 

@@ -41,6 +41,7 @@ __all__ = [
     "build",
     "deployment",
     "runner_deployment_name",
+    "with_direct_http",
 ]
 
 STATS_DEPLOYMENT = "tiffin-stats"
@@ -77,6 +78,8 @@ def deployment(
     *,
     settings: ServeSettings | None = None,
     force: Literal["service", "tiffin"] | None = None,
+    direct_port: int | None = None,
+    direct_host: str | None = None,
 ) -> Any:
     """A Ray Serve application serving ``target`` (a Service, ``module:attr`` /
     ``path.py:attr``, or a built tiffin's ``NAME[:VERSION]``; ``force`` says which, as
@@ -86,12 +89,15 @@ def deployment(
     deployment options (``num_replicas``, ``autoscaling_config``, ``ray_actor_options``
     with ``num_cpus``/``num_gpus``/``resources``, ``max_ongoing_requests``, ...).
     ``settings``: the server settings (default: the config file and ``TIFFIN_*`` variables,
-    as ``tiffin serve`` reads them).
+    as ``tiffin serve`` reads them). ``direct_port``/``direct_host``: each ingress replica
+    also serves HTTP on that address of its node, past Serve's proxy (:mod:`tiffin.ray.direct`;
+    default: ``settings.ray``'s).
     """
     if settings is None:
         from tiffin.config import load_settings
 
         settings = load_settings()
+    settings = with_direct_http(settings, direct_port, direct_host)
     return build(
         target, service_deployment_config, runners_deployment_config_map, enable_batching,
         batching_config, settings=settings, force=force,
@@ -137,16 +143,31 @@ def build(
     return ingress.bind(plain, runners, stats, in_flight), service
 
 
+def with_direct_http(
+    settings: ServeSettings, port: int | None, host: str | None = None
+) -> ServeSettings:
+    """``settings`` with ``ray.direct_port``/``direct_host`` set where given (checked)."""
+    update = {key: value for key, value in (("direct_port", port), ("direct_host", host))
+              if value is not None}  # fmt: skip
+    if not update:
+        return settings
+    from tiffin.config import load_settings
+
+    data = settings.model_dump()
+    data["ray"].update(update)
+    return load_settings(overrides=data, environ={})
+
+
 def app_builder(args: dict[str, Any]) -> Any:
     """A Serve application builder: ``import_path: tiffin.ray:app_builder`` with ``args``
     ``target`` (required), ``service_deployment_config``, ``runners_deployment_config_map``,
-    ``enable_batching`` and ``batching_config``."""
+    ``enable_batching``, ``batching_config``, ``direct_port`` and ``direct_host``."""
     args = dict(args)
     target = args.pop("target", None)
     if not isinstance(target, str):
         raise InvalidArgument("tiffin.ray:app_builder needs args.target, e.g. 'service:svc'")
     allowed = {"service_deployment_config", "runners_deployment_config_map",
-               "enable_batching", "batching_config"}  # fmt: skip
+               "enable_batching", "batching_config", "direct_port", "direct_host"}  # fmt: skip
     unknown = sorted(set(args) - allowed)
     if unknown:
         raise InvalidArgument(f"tiffin.ray:app_builder: unknown args {unknown}")

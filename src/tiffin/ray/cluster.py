@@ -149,9 +149,12 @@ def serve_on_ray(
             except Exception as cleanup:
                 logger.warning("could not remove application %r: %s", name, cleanup)
             raise ServerError(f"Ray Serve could not deploy service {name!r}: {text[:800]}") from exc
+        direct = settings.ray.direct_port
+        also = f" and http://{settings.ray.direct_host}:{direct} (direct)" if direct else ""
         click.echo(
-            f"tiffin: serving {name!r} on Ray Serve at http://{settings.host}:{settings.port} "
-            f"(cluster {ray.get_runtime_context().gcs_address}); Ctrl-C stops it", err=True,
+            f"tiffin: serving {name!r} on Ray Serve at http://{settings.host}:{settings.port}"
+            f"{also} (cluster {ray.get_runtime_context().gcs_address}); Ctrl-C stops it",
+            err=True,
         )  # fmt: skip
         _wait_for_signal()
         click.echo(f"tiffin: removing application {name!r} from the cluster", err=True)

@@ -31,6 +31,9 @@ Rules:
   (Ray's default of 5 would cap every batch at 5 calls). Ray's own access log is off on
   every tiffin deployment unless ``logging_config`` is given: the ingress writes tiffin's
   access log line per request, as ``tiffin serve`` does, and a runner call is no request.
+  Each deployment's ``ray_actor_options.runtime_env`` carries :data:`REPLICA_ENV` (Serve's
+  per-process options: tiffin's code and the handles' routing on the replica's main event
+  loop) under the user's own ``env_vars``; Ray merges those with the job's.
 * An ingress replica keeps at most two messages per runner replica in flight to a runner
   (:func:`messages_in_flight`, from ``num_replicas`` or the autoscaling maximum); calls that
   find them all out go together when one comes back (:class:`~tiffin.runner.coalescer.
@@ -56,6 +59,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "NOT_BATCHABLE_ONGOING",
+    "REPLICA_ENV",
     "AppSpec",
     "drain_s",
     "ingress_options",
@@ -77,6 +81,14 @@ _BATCH_KEYS = frozenset({"max_batch_size", "max_latency_ms"})
 #: Serve's default ``graceful_shutdown_timeout_s``, and what tiffin adds to ``api_timeout_s``
 GRACEFUL_SHUTDOWN_S = 20.0
 DRAIN_MARGIN_S = 5.0
+#: Ray Serve's per-process settings in every tiffin replica unless its ``runtime_env`` sets
+#: them: tiffin's code runs on the replica's own event loop (no thread hop per call: nothing
+#: of tiffin's blocks a loop, models run on the runner's worker thread), and handles route on
+#: that loop too
+REPLICA_ENV = {
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+}
 
 
 @dataclass(frozen=True)
@@ -272,7 +284,7 @@ def ingress_options(config: Mapping[str, Any] | None, settings: ServeSettings) -
     options.setdefault("max_ongoing_requests", settings.max_concurrent_requests)
     options.setdefault("logging_config", dict(QUIET_LOGGING))
     options.setdefault("graceful_shutdown_timeout_s", drain_s(settings))
-    return options
+    return _with_replica_env(options)
 
 
 def drain_s(settings: ServeSettings) -> float:
@@ -295,6 +307,17 @@ def runner_options(
             "runner %r: max_ongoing_requests=%s caps its batches below max_batch_size=%d",
             runner.name, options["max_ongoing_requests"], largest,
         )  # fmt: skip
+    return _with_replica_env(options)
+
+
+def _with_replica_env(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with :data:`REPLICA_ENV` in its ``ray_actor_options``' ``runtime_env``
+    where it does not set them (Ray merges a job's ``env_vars`` with a replica's)."""
+    actor = dict(options.get("ray_actor_options") or {})
+    runtime_env = dict(actor.get("runtime_env") or {})
+    runtime_env["env_vars"] = {**REPLICA_ENV, **(runtime_env.get("env_vars") or {})}
+    actor["runtime_env"] = runtime_env
+    options["ray_actor_options"] = actor
     return options
 
 
