@@ -20,7 +20,8 @@ Rules:
   it (a redeploy, a scale-down): its open requests finish (up to ``api_timeout_s``, within
   the deployment's graceful shutdown), idle keep-alive connections close. Connections the
   kernel had queued on the closing socket and not yet handed over are reset: clients that
-  must not see one retry a request that never reached a server.
+  must not see one retry a request that never reached a server (or the nodes set
+  ``net.ipv4.tcp_migrate_req=1``, Linux 5.14+, and the kernel moves them to a sibling).
 * Requests sent directly are not Serve's: its autoscaling of the ingress does not see them
   (give the ingress ``num_replicas``); the runner deployments' calls are Serve's as ever.
 * Put a load balancer in front of the nodes' addresses for a cluster; ``direct_host``
