@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
+from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 import tiffin
@@ -36,6 +36,13 @@ def _halve(x: Any) -> Any:
     return x / 2
 
 
+class Halver:
+    """A callable object: a function in all but name."""
+
+    def __call__(self, x: Any) -> Any:
+        return x / 2
+
+
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
     root = tmp_path_factory.mktemp("sklearn-arrays")
@@ -44,6 +51,12 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]
         "named": LogisticRegression().fit(pd.DataFrame(X, columns=NAMES), Y),
         "function": make_pipeline(FunctionTransformer(_halve), LogisticRegression()).fit(X, Y),
         "own_class": OwnLogistic().fit(X, Y),
+        "callable_object": make_pipeline(FunctionTransformer(Halver()), LogisticRegression())
+        .fit(X, Y),
+        # a pipeline opening with "passthrough" has no feature_names_in_ of its own; its
+        # model, fitted on the frame, has them
+        "passthrough_first": Pipeline([("keep", "passthrough"), ("model", LogisticRegression())])
+        .fit(pd.DataFrame(X, columns=NAMES), Y),
     }
     out = {}
     for name, model in models.items():
@@ -57,7 +70,8 @@ def test_only_scikit_learns_own_array_fitted_estimators_take_arrays(
 ) -> None:
     found = {name: _sklearn_on_arrays(mlflow.pyfunc.load_model(str(path)))
              for name, path in saved.items()}  # fmt: skip
-    assert found == {"arrays": True, "named": False, "function": False, "own_class": False}
+    assert found == {"arrays": True, "named": False, "function": False, "own_class": False,
+                     "callable_object": False, "passthrough_first": False}  # fmt: skip
 
 
 def _run(saved: dict[str, Path], kind: str, data: Any) -> tuple[Any, list[str]]:

@@ -381,8 +381,9 @@ def _rolls_over_to_a_new_version(
     assert all(answers[-1][1] == new for answers in seen)
     assert sum(len(answers) for answers in seen) > 12
     assert (node2 / "models" / "iris" / str(model.tag.version) / "model.yaml").is_file()
-    # the new ingress replica took the shared port over from the old one, which let go of it:
-    # new connections (the kernel spreads them over every socket on the port) meet the new one
+    # after the redeploy (its settings carry the port too) the direct port serves the new
+    # version on fresh connections. (With one ingress replica the port is closed while Serve
+    # replaces it -- the README says so -- so no direct traffic runs during the rollover.)
     for _ in range(8):
         with httpx.Client(base_url=f"http://127.0.0.1:{direct_port}", timeout=90) as direct:
             assert _post(direct, "/predict", rows).json() == new

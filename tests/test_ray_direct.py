@@ -16,10 +16,13 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
+import tiffin
 from tests.conftest import free_port
+from tests.test_serving_support import asgi_client
 from tiffin.config import ServeSettings
 from tiffin.exceptions import AddressInUse
 from tiffin.ray.direct import DirectHTTP
+from tiffin.serving.app import build_app
 
 pytestmark = pytest.mark.anyio
 SETTINGS = ServeSettings(api_timeout_s=30)
@@ -88,7 +91,20 @@ async def test_a_stop_stops_listening_and_answers_what_it_holds() -> None:
         answer = await held
         await stopping
     assert (answer.status_code, answer.text) == (200, "only after all")
+    assert not server.failed()  # it was told to stop
     await server.stop()  # a second stop is a no-op
+
+
+async def test_a_server_that_stopped_by_itself_is_failed() -> None:
+    """What the ingress replica's health check reads (Serve then replaces the replica)."""
+    port = free_port()
+    server = DirectHTTP(SETTINGS, "127.0.0.1", port)
+    await server.start(_app("short-lived"))
+    assert not server.failed()
+    assert server._task is not None
+    server._task.cancel()  # uvicorn's task ends without a stop
+    await _until(lambda: server.failed(), "failed server")
+    await server.stop()
 
 
 async def test_an_address_something_else_holds_is_named() -> None:
@@ -98,3 +114,21 @@ async def test_an_address_something_else_holds_is_named() -> None:
         port = taken.getsockname()[1]
         with pytest.raises(AddressInUse, match=f"cannot listen on 127.0.0.1:{port}"):
             await DirectHTTP(SETTINGS, "127.0.0.1", port).start(_app("late"))
+
+
+async def test_a_listener_of_the_apps_own_stops_while_the_app_still_answers() -> None:
+    """An ingress replica's direct listener stops before the app turns 'not ready' (which
+    would answer whatever still arrives with 503s) and before the service's own shutdown."""
+    service = tiffin.Service("stopping")
+    app = build_app(service, SETTINGS)
+    state = app.state.tiffin
+    seen: list[tuple[str, bool]] = []
+
+    async def stop_listener() -> None:
+        seen.append(("listener", state.ready))
+
+    state.stop_first.append(stop_listener)
+    service.shutdown_hooks.append(lambda: seen.append(("service", state.ready)))
+    async with asgi_client(app) as client:
+        assert (await client.get("/readyz")).status_code == 200
+    assert seen == [("listener", True), ("service", False)]

@@ -90,16 +90,14 @@ def test_max_ongoing_requests_covers_a_whole_batch(service_file: Path) -> None:
     runner = service.runners[0]
     assert runner_options(None, runner, spec)["max_ongoing_requests"] == 32
     quiet = {"enable_access_log": False}  # Ray's access log: tiffin's ingress writes its own
-    env = {"ray_actor_options": {"runtime_env": {"env_vars": REPLICA_ENV}}}
     assert runner_options({"max_ongoing_requests": 7}, runner, spec) == {
         "max_ongoing_requests": 7, "logging_config": quiet, "graceful_shutdown_timeout_s": 65.0,
-        **env,
     }  # fmt: skip
     settings = ServeSettings(runners={"echo": RunnerSettings(max_batch_size=256)})
     spec, service = _spec(settings=settings)
     assert runner_options({"num_replicas": 2}, runner, spec) == {
         "num_replicas": 2, "max_ongoing_requests": 256, "logging_config": quiet,
-        "graceful_shutdown_timeout_s": 65.0, **env,
+        "graceful_shutdown_timeout_s": 65.0,
     }  # fmt: skip
     loud = {"logging_config": {"enable_access_log": True}}
     assert runner_options(loud, runner, spec)["logging_config"] == loud["logging_config"]
@@ -120,14 +118,28 @@ def test_a_replaced_replica_may_finish_a_whole_request(service_file: Path) -> No
     assert runner_options(given, runner, spec)["graceful_shutdown_timeout_s"] == 3
 
 
-def test_every_replica_runs_tiffin_on_serves_own_loop_unless_told(service_file: Path) -> None:
+def test_every_replica_runs_tiffin_on_serves_own_loop_unless_told(
+    service_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Serve's per-process settings ride in each deployment's runtime_env; a user's own
-    env_vars win, and the rest of a runtime_env and of ray_actor_options is kept."""
+    env_vars win, and the rest of a runtime_env and of ray_actor_options is kept. A deployment
+    given no runtime_env starts from the driver's (Serve gives it the driver's whole one only
+    when it sets none): with no connection to Ray to ask, it is left for Serve to give."""
+    import tiffin.ray.spec as ray_spec
+
     spec, service = _spec()
     runner = service.runners[0]
     assert REPLICA_ENV["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"] == "0"
+    assert ray_spec._driver_runtime_env() is None  # this process is not connected to Ray
     for options in (ingress_options(None, ServeSettings()), runner_options(None, runner, spec)):
-        assert options["ray_actor_options"] == {"runtime_env": {"env_vars": REPLICA_ENV}}
+        assert "ray_actor_options" not in options
+    driver = {"pip": ["scikit-learn"], "working_dir": "gcs://_ray_pkg_1.zip",
+              "env_vars": {"TIFFIN_HOME": "/models", "MINE": "driver"}}  # fmt: skip
+    monkeypatch.setattr(ray_spec, "_driver_runtime_env", lambda: dict(driver))
+    for options in (ingress_options(None, ServeSettings()), runner_options(None, runner, spec)):
+        assert options["ray_actor_options"] == {"runtime_env": {
+            **driver, "env_vars": {**REPLICA_ENV, "TIFFIN_HOME": "/models", "MINE": "driver"},
+        }}  # fmt: skip
     given = {"ray_actor_options": {"num_cpus": 0.5, "runtime_env": {
         "working_dir": ".", "env_vars": {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "1",
                                          "MINE": "x"}}}}  # fmt: skip
@@ -158,6 +170,12 @@ def test_direct_http_settings_are_checked_where_given(service_file: Path) -> Non
         app_builder({"target": "echo_svc.py:svc", "direct": 1})
     result = CliRunner().invoke(main, ["serve", "echo_svc.py:svc", "--direct-port", "3001"])
     assert result.exit_code == 2 and "--direct-port needs --backend ray" in result.stderr
+    # Serve's proxy binds with SO_REUSEPORT too: one port for both would be shared silently
+    result = CliRunner().invoke(main, ["serve", "echo_svc.py:svc", "--backend", "ray",
+                                       "--port", "3001", "--direct-port", "3001"])  # fmt: skip
+    assert result.exit_code != 0
+    assert "direct port 3001 is Serve's HTTP port" in result.output
+    assert "Traceback" not in result.output and result.output.count("\n") == 1
 
 
 def test_an_ingress_keeps_two_messages_in_flight_per_runner_replica() -> None:

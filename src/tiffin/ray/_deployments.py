@@ -69,21 +69,32 @@ class _Ingress:
         service.startup_hooks.insert(0, capture_loop)
         # a start-up that fails (a direct port taken) fails the replica: Serve says so
         app = build_app(service, settings, load_before_serving=True)
+        self._direct: Any = None
         if settings.ray.direct_port is not None:  # the app runs the hooks when it starts
             from tiffin.ray.direct import DirectHTTP
 
             direct = DirectHTTP(settings, settings.ray.direct_host, settings.ray.direct_port)
             service.startup_hooks.append(lambda: direct.start(app))  # listens last
-            service.shutdown_hooks.insert(0, direct.stop)  # stops listening first
+            # stops listening first, while the app still answers what it has taken
+            app.state.tiffin.stop_first.append(direct.stop)
+            self._direct = direct
         app.state.tiffin.metrics.registry.register(collector)
         _PENDING.append(app)
 
+    async def check_health(self) -> None:
+        """Serve's health check: a direct listener that stopped by itself fails it (Serve
+        then replaces the replica)."""
+        if self._direct is not None and self._direct.failed():
+            raise RuntimeError("this replica's direct HTTP server stopped")
+
 
 class _Runner:
-    def __init__(self, spec: dict[str, Any], runner_name: str, stats: Any) -> None:
+    async def __init__(self, spec: dict[str, Any], runner_name: str, stats: Any) -> None:  # type: ignore[misc]  # Serve awaits it
         service, _settings = load_service(AppSpec(**spec))
         self.runner = next(r for r in service.runners if r.name == runner_name)
-        self.runner.init_local()
+        # the model loads on a thread of its own, as in tiffin serve: the replica's event loop
+        # (Serve's own work runs on it too, spec.REPLICA_ENV) keeps turning meanwhile
+        await asyncio.to_thread(self.runner.init_local)
         self.stats = stats
         self.replica = serve.get_replica_context().replica_id.unique_id
         self.node = ray.get_runtime_context().get_node_id()

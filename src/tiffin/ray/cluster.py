@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import click
 
-from tiffin.exceptions import ServerError, TiffinError, missing_dependency
+from tiffin.exceptions import InvalidArgument, ServerError, TiffinError, missing_dependency
 
 if TYPE_CHECKING:
     from tiffin.config import ServeSettings
@@ -124,16 +124,27 @@ def serve_on_ray(
     from tiffin.ray.application import build
 
     configure_logging(settings.log_level, settings.log_format)
-    app, service = build(
-        target, settings.ray.service, settings.ray.runners, settings.ray.enable_batching, None,
-        settings=settings, force=force,
-    )  # fmt: skip
+    if settings.ray.direct_port is not None and settings.ray.direct_port == settings.port:
+        raise InvalidArgument(
+            f"direct port {settings.port} is Serve's HTTP port (--port): Serve's proxy binds "
+            "with SO_REUSEPORT too, so the two would share it; give each a port of its own"
+        )
+
+    def application() -> tuple[Any, Any]:
+        return build(
+            target, settings.ray.service, settings.ray.runners, settings.ray.enable_batching,
+            None, settings=settings, force=force,
+        )  # fmt: skip
+
+    app, service = application()  # a wrong target says so before anything touches a cluster
     name = service.name
     started = connect(address or settings.ray.address, settings.ray.runtime_env)
     import ray
     from ray import serve
 
     try:
+        # again, connected: the replicas' runtime_env starts from the job's (spec.REPLICA_ENV)
+        app, service = application()
         start: dict[str, Any] = {"http_options": {"host": settings.host, "port": settings.port}}
         if settings.ray.proxy_location:
             start["proxy_location"] = settings.ray.proxy_location

@@ -14,8 +14,14 @@ Rules:
 
 * Every ingress replica on a node binds the same address with ``SO_REUSEPORT``
   (:func:`~tiffin.process.listeners.shared_port_socket`): the kernel spreads new
-  connections over them; an address anything else holds fails the replica's start with
-  the address named (Serve then reports the deployment failed). Linux only.
+  connections over them; an address a plain socket holds fails the replica's start with the
+  address named (Serve then reports the deployment failed). A socket of this user that binds
+  with ``SO_REUSEPORT`` too -- another application given the same port, Serve's own proxy --
+  would share the port silently: give each application a port of its own
+  (``tiffin serve --backend ray`` refuses Serve's HTTP port). Linux only.
+* Serve's rolling update stops old replicas before it starts their replacements, a fifth
+  of them at a time: with one ingress replica on a node, the direct port is closed for that
+  gap; give the ingress two or more replicas per node to keep it open.
 * A replica listens once its app has started and stops listening first when Serve stops
   it (a redeploy, a scale-down): its open requests finish (up to ``api_timeout_s``, within
   the deployment's graceful shutdown), idle keep-alive connections close. Connections the
@@ -80,10 +86,16 @@ class DirectHTTP:
         while not server.started:
             if task.done():
                 sock.close()
+                why = None if task.cancelled() else task.exception()
                 raise ServerError(f"direct HTTP on {self.host}:{self.port} did not start: "
-                                  f"{task.exception() or 'uvicorn stopped'}")  # fmt: skip
+                                  f"{why or 'uvicorn stopped'}")  # fmt: skip
             await asyncio.sleep(0.005)
         logger.info("direct HTTP on http://%s:%d", self.host, self.port)
+
+    def failed(self) -> bool:
+        """Whether the server stopped without being told to (uvicorn's task ended)."""
+        server, task = self._server, self._task
+        return task is not None and task.done() and not (server and server.should_exit)
 
     async def stop(self) -> None:
         """Stop listening, let open requests finish, close the connections."""
@@ -93,3 +105,5 @@ class DirectHTTP:
         server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        for listener in getattr(server, "servers", []):  # closed already, unless cut short
+            listener.close()

@@ -33,7 +33,9 @@ Rules:
   access log line per request, as ``tiffin serve`` does, and a runner call is no request.
   Each deployment's ``ray_actor_options.runtime_env`` carries :data:`REPLICA_ENV` (Serve's
   per-process options: tiffin's code and the handles' routing on the replica's main event
-  loop) under the user's own ``env_vars``; Ray merges those with the job's.
+  loop) under the user's own ``env_vars``; a deployment given no runtime_env gets the
+  driver's with them (what Serve would give it), and where the process is not connected to
+  Ray when the application is built, nothing (:func:`_with_replica_env`).
 * An ingress replica keeps at most two messages per runner replica in flight to a runner
   (:func:`messages_in_flight`, from ``num_replicas`` or the autoscaling maximum); calls that
   find them all out go together when one comes back (:class:`~tiffin.runner.coalescer.
@@ -42,6 +44,7 @@ Rules:
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import sys
@@ -312,13 +315,33 @@ def runner_options(
 
 def _with_replica_env(options: dict[str, Any]) -> dict[str, Any]:
     """``options`` with :data:`REPLICA_ENV` in its ``ray_actor_options``' ``runtime_env``
-    where it does not set them (Ray merges a job's ``env_vars`` with a replica's)."""
+    under the variables that runtime_env sets.
+
+    A deployment given no ``runtime_env`` gets the driver's from Serve (its pip, env_vars,
+    working_dir, ...), and one given any gets only the driver's ``working_dir``: so where none
+    is given, the driver's is the base (as Ray knows it when the application is built: the
+    process must be connected, else Serve is left to give it and the variables are not set)."""
     actor = dict(options.get("ray_actor_options") or {})
-    runtime_env = dict(actor.get("runtime_env") or {})
+    given = actor.get("runtime_env")
+    if given is None:
+        base = _driver_runtime_env()
+        if base is None:
+            return options
+        given = base
+    runtime_env = dict(given)
     runtime_env["env_vars"] = {**REPLICA_ENV, **(runtime_env.get("env_vars") or {})}
     actor["runtime_env"] = runtime_env
     options["ray_actor_options"] = actor
     return options
+
+
+def _driver_runtime_env() -> dict[str, Any] | None:
+    """The runtime_env Serve gives a deployment that sets none (the connected driver's, or a
+    Serve config's application's in its build task); None when not connected to Ray."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return None
+    return copy.deepcopy(dict(ray.get_runtime_context().runtime_env or {}))
 
 
 def messages_in_flight(options: Mapping[str, Any]) -> int:

@@ -84,6 +84,9 @@ class AppState:
         self.mlflow_paths: frozenset[str] = frozenset()
         #: requests in the pipelines now (max_concurrent_requests)
         self.in_flight = InFlight()
+        #: run first when the app stops, while it still answers: servers of the app's own that
+        #: take requests past the host's server (tiffin.ray.direct) stop listening here
+        self.stop_first: list[Callable[[], Any]] = []
 
     def api_timeout(self, api: str) -> float:
         # environment variables arrive lower-cased: TIFFIN_APIS__PREDICT__TIMEOUT_S
@@ -254,6 +257,11 @@ def build_app(
         try:
             yield
         finally:
+            for stop in state.stop_first:
+                try:
+                    await _call_hook(stop)
+                except Exception:
+                    logger.exception("stopping %r failed", stop)
             state.ready = False
             if not loading.done():
                 loading.cancel()

@@ -60,11 +60,9 @@ def _sklearn_on_arrays(pyfunc_model: Any) -> bool:
     """Whether an ndarray may stand in for a frame of one numeric dtype for this model without
     a signature: an ``mlflow.sklearn`` model whose estimator was fitted on arrays (no
     ``feature_names_in_``: scikit-learn then reads a frame only as ``np.asarray(frame)`` and
-    warns of its names), made only of scikit-learn's own classes and no function of the
-    user's (a ``FunctionTransformer``'s ``func`` might read columns). scikit-learn's checks of
-    a frame cost ~1 ms per call, of the same array ~0.2 ms."""
-    import functools
-
+    warns of its names; no step of it either), made only of scikit-learn's own classes and no
+    callable (a ``FunctionTransformer``'s ``func`` might read columns). scikit-learn's checks
+    of a frame cost ~1 ms per call, of the same array ~0.2 ms."""
     metadata = getattr(pyfunc_model, "metadata", None)
     flavors = getattr(metadata, "flavors", None) or {}
     if flavors.get("python_function", {}).get("loader_module") != "mlflow.sklearn":
@@ -74,13 +72,16 @@ def _sklearn_on_arrays(pyfunc_model: Any) -> bool:
         parts = [estimator, *estimator.get_params(deep=True).values()]
     except Exception:  # not an estimator as scikit-learn makes them: leave it the frame
         return False
-    if hasattr(estimator, "feature_names_in_"):
-        return False
     for part in parts:
-        if inspect.isroutine(part) or isinstance(part, functools.partial):
-            return False
-        if hasattr(part, "fit") and not type(part).__module__.startswith("sklearn."):
-            return False
+        if callable(part) and not isinstance(part, type):
+            return False  # a function, a ufunc, an object with __call__: it might read columns
+        if hasattr(part, "fit"):
+            if not type(part).__module__.startswith("sklearn."):
+                return False
+            # any fitted step, not only the first (a Pipeline opening with "passthrough" has
+            # none of its own): names mean scikit-learn checks a frame's columns against them
+            if hasattr(part, "feature_names_in_"):
+                return False
     return True
 
 
