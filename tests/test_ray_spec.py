@@ -350,6 +350,46 @@ def test_serve_on_ray_whose_serve_does_not_start_is_one_line(
     assert "Traceback" not in result.output and result.output.count("\n") == 1
 
 
+def test_a_stop_while_deploying_removes_the_application(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM while Serve deploys (before the command serves): the half-deployed application
+    is removed and the command ends cleanly, instead of Ray's handler aborting the process
+    with the application left on the cluster. (Ray stood in for, as above.)"""
+    import os
+    import signal
+    import time
+
+    import ray
+    from ray import serve
+
+    import tiffin.ray.application as application
+    import tiffin.ray.cluster as cluster
+
+    class Named:
+        name = "svc"
+
+    deleted: list[str] = []
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def deploying(*_: Any, **__: Any) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        deadline = time.monotonic() + 30  # the signal interrupts this; the bound is a guard
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+        raise AssertionError("SIGTERM did not stop the deploy")
+
+    monkeypatch.setattr(application, "build", lambda *a, **k: (object(), Named()))
+    monkeypatch.setattr(cluster, "connect", lambda *a: False)
+    monkeypatch.setattr(cluster, "_start_serve", lambda start: None)
+    monkeypatch.setattr(serve, "run", deploying)
+    monkeypatch.setattr(serve, "delete", deleted.append)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    result = CliRunner().invoke(main, ["serve", "svc.py:svc", "--backend", "ray"])
+    assert result.exit_code == 0, result.output
+    assert "stopped while deploying; removing application 'svc'" in result.output
+    assert deleted == ["svc"]
+    assert {sig: signal.getsignal(sig) for sig in handlers} == handlers  # put back
+
+
 def test_serve_start_waits_past_serves_own_proxy_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
     """Serve gives its HTTP proxy a fixed 60 s; on a busy cluster it comes up later, and the
     command waits for it (Serve's status polled) instead of failing; a proxy that never turns

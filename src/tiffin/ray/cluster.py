@@ -65,6 +65,18 @@ def connect(address: str | None, runtime_env: dict[str, Any] | None) -> bool:
         raise ServerError(f"cannot connect to the Ray cluster at {where}: {exc}") from exc
 
 
+class _Stopped(BaseException):
+    """SIGINT or SIGTERM before the application serves (connecting, starting Serve,
+    deploying): Ray's own handler would abort the process and leave a half-deployed
+    application on a cluster that outlives it."""
+
+
+def _raise_stopped(signum: int, frame: Any) -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):  # a second one: the cleanup goes on
+        signal.signal(sig, signal.SIG_IGN)
+    raise _Stopped
+
+
 def _wait_for_signal() -> None:
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set())
@@ -142,6 +154,7 @@ def serve_on_ray(
     import ray
     from ray import serve
 
+    previous = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         # again, connected: the replicas' runtime_env starts from the job's (spec.REPLICA_ENV)
         app, service = application()
@@ -151,6 +164,14 @@ def serve_on_ray(
         _start_serve(start)
         try:
             serve.run(app, name=name, route_prefix="/", blocking=False)
+        except _Stopped:
+            click.echo(f"tiffin: stopped while deploying; removing application {name!r} from "
+                       "the cluster", err=True)  # fmt: skip
+            try:
+                serve.delete(name)
+            except Exception as cleanup:
+                logger.warning("could not remove application %r: %s", name, cleanup)
+            return
         except TiffinError:
             raise
         except Exception as exc:  # Serve's deploy errors: one line, the replica logs have more
@@ -168,9 +189,15 @@ def serve_on_ray(
             err=True,
         )  # fmt: skip
         _wait_for_signal()
+        for sig in previous:  # a second signal: the removal goes on
+            signal.signal(sig, signal.SIG_IGN)
         click.echo(f"tiffin: removing application {name!r} from the cluster", err=True)
         serve.delete(name)
+    except _Stopped:
+        click.echo("tiffin: stopped before the application was deployed", err=True)
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if started:
             serve.shutdown()
         ray.shutdown()
