@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import socket
 import sys
+from typing import Any
 
 from tiffin.exceptions import AddressInUse
 
@@ -44,24 +45,16 @@ class Listeners:
     def __init__(self, host: str, port: int, *, spread: bool = SPREADS_CONNECTIONS) -> None:
         self.family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.spread = spread
-        probe = self._socket(reuse_port=False)
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            probe.close()
-            raise AddressInUse(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+        where = f"{host}:{port}"
+        probe = _bound(self.family, (host, port), reuse_port=False, where=where)
         if not spread:
             probe.listen(BACKLOG)
             self.held = probe  # the one socket every worker accepts from
         else:
             self.address = probe.getsockname()  # the port the system chose, for port 0
             probe.close()
-            self.held = self._socket(reuse_port=True)
-            try:
-                self.held.bind(self.address)  # never listens: it only keeps the port
-            except OSError as exc:  # taken in between
-                self.held.close()
-                raise AddressInUse(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+            # never listens: it only keeps the port (taken in between: AddressInUse)
+            self.held = _bound(self.family, self.address, reuse_port=True, where=where)
         self.port: int = self.held.getsockname()[1]
 
     def _socket(self, *, reuse_port: bool) -> socket.socket:
@@ -108,10 +101,18 @@ def shared_port_socket(host: str, port: int) -> socket.socket:
     if not SPREADS_CONNECTIONS:
         raise AddressInUse(f"cannot share {host}:{port}: this system has no SO_REUSEPORT that "
                            "spreads connections (Linux only)")  # fmt: skip
-    sock = _new_socket(socket.AF_INET6 if ":" in host else socket.AF_INET, reuse_port=True)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return _bound(family, (host, port), reuse_port=True, where=f"{host}:{port}")
+
+
+def _bound(
+    family: socket.AddressFamily, address: Any, *, reuse_port: bool, where: str
+) -> socket.socket:
+    """A new socket bound to ``address``; AddressInUse naming ``where`` if it cannot be."""
+    sock = _new_socket(family, reuse_port=reuse_port)
     try:
-        sock.bind((host, port))
+        sock.bind(address)
     except OSError as exc:
         sock.close()
-        raise AddressInUse(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+        raise AddressInUse(f"cannot listen on {where}: {exc.strerror}") from exc
     return sock
