@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import threading
 import time
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -66,27 +65,15 @@ def connect(address: str | None, runtime_env: dict[str, Any] | None) -> bool:
 
 
 class _Stopped(BaseException):
-    """SIGINT or SIGTERM before the application serves (connecting, starting Serve,
-    deploying): Ray's own handler would abort the process and leave a half-deployed
-    application on a cluster that outlives it."""
+    """SIGINT or SIGTERM, from the connection on: while the application serves it is the stop;
+    before (starting Serve, deploying) Ray's own handler would abort the process and leave a
+    half-deployed application on a cluster that outlives it."""
 
 
 def _raise_stopped(signum: int, frame: Any) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):  # a second one: the cleanup goes on
         signal.signal(sig, signal.SIG_IGN)
     raise _Stopped
-
-
-def _wait_for_signal() -> None:
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set())
-                for sig in (signal.SIGINT, signal.SIGTERM)}  # fmt: skip
-    try:
-        while not stop.wait(1.0):
-            pass
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def _start_serve(start: dict[str, Any], wait_s: float = PROXY_WAIT_S) -> None:
@@ -188,9 +175,11 @@ def serve_on_ray(
             f"{also} (cluster {ray.get_runtime_context().gcs_address}); Ctrl-C stops it",
             err=True,
         )  # fmt: skip
-        _wait_for_signal()
-        for sig in previous:  # a second signal: the removal goes on
-            signal.signal(sig, signal.SIG_IGN)
+        try:
+            while True:  # until SIGINT/SIGTERM (_raise_stopped, which ignores a second one)
+                time.sleep(3600)
+        except _Stopped:
+            pass
         click.echo(f"tiffin: removing application {name!r} from the cluster", err=True)
         serve.delete(name)
     except _Stopped:
