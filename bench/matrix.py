@@ -32,6 +32,7 @@ the same format (``1.5x`` for ``lr``). A row of the table gives what each cell m
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import sys
@@ -40,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import serve as bs
 
 ROOT = bs.HERE.parent
@@ -70,16 +72,43 @@ class Cell:
     notes: list[str] = field(default_factory=list)
 
 
-def body_script(root: Path, name: str, content_type: str, body: bytes) -> Path:
-    """A wrk script that POSTs ``body`` (read from a file: it may be binary)."""
-    data = root / f"{name}.body"
-    data.write_bytes(body)
+#: one-row bodies per format, of as many rows of the kind's pool, that each wrk connection sends
+#: in turn: a server meets other values request after request, as from a real client
+ROWS = 16
+
+
+def rotated(info: Any) -> dict[str, tuple[str, str, list[bytes]]]:
+    """Per format: (route, content type, ``ROWS`` one-row bodies of different rows)."""
+    pool = info.pool
+    each = [mk.bodies(info, pool[i : i + 1] if isinstance(pool, np.ndarray) else
+                      pool.iloc[i : i + 1]) for i in range(ROWS)]  # fmt: skip
+    return {fmt: (route, ct, [b[fmt][2] for b in each]) for fmt, (route, ct, _) in each[0].items()}
+
+
+def body_script(root: Path, name: str, content_type: str, bodies: list[bytes]) -> Path:
+    """A wrk script that POSTs ``bodies`` in turn (read from files: they may be binary)."""
+    paths = []
+    for i, body in enumerate(bodies):
+        paths.append(root / f"{name}-{i}.body")
+        paths[-1].write_bytes(body)
     script = root / f"{name}.lua"
+    files = ", ".join(f'"{p}"' for p in paths)
     script.write_text(
         'wrk.method = "POST"\n'
         f'wrk.headers["Content-Type"] = "{content_type}"\n'
-        f'local f = assert(io.open("{data}", "rb"))\n'
-        "wrk.body = f:read('*all')\nf:close()\n"
+        f"local files = {{{files}}}\n"
+        "local requests, n = {}, 0\n"
+        "function init(args)\n"
+        "  for i, path in ipairs(files) do\n"
+        '    local f = assert(io.open(path, "rb"))\n'
+        "    requests[i] = wrk.format(nil, nil, nil, f:read('*all'))\n"
+        "    f:close()\n"
+        "  end\n"
+        "end\n"
+        "function request()\n"
+        "  n = n % #requests + 1\n"
+        "  return requests[n]\n"
+        "end\n"
     )
     return script
 
@@ -107,12 +136,12 @@ def measure_kind(
     only: list[str] | None = None,
 ) -> tuple[float, list[Cell]]:
     """(mlflow's dataframe_split req/s, the cells) of one model (``only``: these formats)."""
-    formats = mk.bodies(info, 1)
+    formats = rotated(info)
     scripts_for = formats
     formats = {f: b for f, b in formats.items() if not only or f in only}
     work = root / f"{cost}-{kind}"
     work.mkdir()
-    scripts = {f: body_script(work, f, ct, body) for f, (_, ct, body) in scripts_for.items()}
+    scripts = {f: body_script(work, f, ct, bodies) for f, (_, ct, bodies) in scripts_for.items()}
     mlflow_cmd = [str(bs.BIN / "mlflow"), "models", "serve", "-m", str(info.path),
                   "--env-manager", "local", "-h", "127.0.0.1", "-p", "{port}", "-w", "1"]
     server = start(mlflow_cmd, "/ping", env, work / "mlflow.log")
@@ -191,21 +220,22 @@ def parse_costs(
     schema = InputSchema.from_model(model, columnar=True)  # as the server reads (pyfunc)
     predict = build_service(model).apis["predict"].input
     out: dict[str, tuple[float, bool]] = {}
-    for fmt, (route, content_type, body) in mk.bodies(info, 1).items():
+    for fmt, (route, content_type, bodies) in rotated(info).items():
         if only and fmt not in only:
             continue
+        turn = itertools.cycle(bodies).__next__  # other values each call, as the servers get
         if route == "/predict":
-            def call(body: bytes = body, ct: str = content_type) -> Any:
-                return predict.decode_request(body, ct)
+            def call(turn: Any = turn, ct: str = content_type) -> Any:
+                return predict.decode_request(turn(), ct)
         elif fmt == "csv":
-            def call(body: bytes = body) -> Any:
-                return mi.from_csv(body, schema, True)
+            def call(turn: Any = turn) -> Any:
+                return mi.from_csv(turn(), schema, True)
         elif fmt == "parquet":
-            def call(body: bytes = body) -> Any:
-                return mi.from_parquet(body, schema)
+            def call(turn: Any = turn) -> Any:
+                return mi.from_parquet(turn(), schema)
         else:
-            def call(body: bytes = body) -> Any:
-                return mi.from_invocation(orjson.loads(body), schema, True)
+            def call(turn: Any = turn) -> Any:
+                return mi.from_invocation(orjson.loads(turn()), schema, True)
         out[fmt] = (_cpu_us(call, repeats), call() is FALLBACK)
     from mlflow.pyfunc import _enforce_schema
     from mlflow.pyfunc import scoring_server as ss

@@ -25,6 +25,7 @@ import io
 from functools import cache
 from typing import Any
 
+from tiffin.io import parquet_layouts
 from tiffin.io.limits import check_csv, check_table
 
 __all__ = ["SMALL", "csv_rows", "parquet_columns"]
@@ -169,6 +170,18 @@ def parquet_columns(body: bytes) -> tuple[list[str], Any, int] | None:
     are."""
     if len(body) >= SMALL:
         return None
+    known = parquet_layouts.read(body)
+    if known is not None:
+        check_table(known[2], len(known[0]))
+        return known
+    plain = _parquet_columns(body)
+    if plain is not None:
+        parquet_layouts.learn(body, *plain)
+    return plain
+
+
+def _parquet_columns(body: bytes) -> tuple[list[str], Any, int] | None:
+    """:func:`parquet_columns` by pyarrow."""
     reader = _parquet_reader(body)
     if reader is None:
         return None
