@@ -295,3 +295,66 @@ def test_unsigned_tables_that_are_not_plain_columns_are_built_as_before(body: di
         assert "inputs" in body
         return
     assert not isinstance(out, dict)
+
+
+# -- tables of one dtype for a model without a signature: one block per batch ------------------
+
+ONE_DTYPE_BODIES = [
+    {"inputs": {"a": [1.5, -2.0], "b": [3.25, 4.0]}},
+    {"dataframe_split": {"columns": ["a", "b"], "data": [[1.5, 3.25], [-2.0, 4.0]]}},
+    {"dataframe_records": [{"a": 1.5, "b": 3.25}, {"a": -2.0, "b": 4.0}]},
+    {"instances": [{"a": 1.5, "b": 3.25}, {"a": -2.0, "b": 4.0}]},
+    {"inputs": {"a": [1, -2], "b": [3, 2**63 - 1]}},  # int64, its top included
+]
+
+
+@pytest.mark.parametrize("body", ONE_DTYPE_BODIES)
+def test_unsigned_cells_of_one_type_come_as_the_block_pandas_frames(body: dict) -> None:
+    """Every cell a float (or every one an int64): a Table, framed by the runnable as pandas
+    frames the dict of columns (same columns, dtype and values), merged as an array."""
+    from tiffin.frameworks.mlflow.runnable import as_model_input
+    from tiffin.frameworks.mlflow.tables import unsigned
+    from tiffin.runner import containers
+
+    got = mlflow_inputs.from_invocation(body, None, columnar=True)
+    assert type(got) is containers.Table and got.names == ("a", "b")
+    envelope = next(iter(body.values()))
+    if "dataframe_split" in body:
+        envelope = [dict(zip(envelope["columns"], row, strict=True)) for row in envelope["data"]]
+    elif isinstance(envelope, dict):
+        rows = zip(*envelope.values(), strict=True)
+        envelope = [dict(zip(envelope, row, strict=True)) for row in rows]
+    same(as_model_input(got, None), unsigned(envelope))
+    merged = containers.concat([got, got], 0)
+    framed, expected = as_model_input(merged, None), unsigned(envelope + envelope)
+    same(framed, expected)
+    # laid out alike (each block C-contiguous), so that a model computes in the same order
+    assert [b.values.flags.c_contiguous for b in framed._mgr.blocks] == [
+        b.values.flags.c_contiguous for b in expected._mgr.blocks
+    ]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"inputs": {"a": [1, 2], "b": [2.5, 3.0]}},  # int64 and float64 columns
+        {"inputs": {"a": [1, 2**63]}},  # beyond int64: pandas makes uint64
+        {"inputs": {"a": [1.5, 2.0], "b": [True, False]}},
+    ],
+)
+def test_unsigned_cells_of_several_types_stay_columns(body: dict) -> None:
+    from tiffin.frameworks.mlflow.tables import unsigned
+
+    got = mlflow_inputs.from_invocation(body, None, columnar=True)
+    assert type(got) is dict
+    same(unsigned(got), unsigned(body["inputs"]))
+
+
+def test_unsigned_csv_of_numbers_of_one_type_comes_as_a_table() -> None:
+    from tiffin.frameworks.mlflow.runnable import as_model_input
+    from tiffin.runner.containers import Table
+
+    body = b"a,b,c\n1.5,2,3\n4,5e3,-6.25\n"
+    got = mlflow_inputs.from_csv(body, None, columnar=True)
+    assert type(got) is Table and got.names == ("a", "b", "c")
+    same(as_model_input(got, None), pd.read_csv(io.BytesIO(body)))

@@ -222,3 +222,25 @@ def test_dataframes_with_different_dtypes_never_share_a_batch():
     assert batch_key(numbers, 0) != batch_key(strings, 0)
     assert batch_key(numbers, 0) == batch_key(pd.DataFrame({"a": [3.0]}), 0)
     assert batch_key(pd.Series([1.0]), 0) != batch_key(pd.Series(["x"]), 0)
+
+
+def test_tables_merge_as_one_block_and_only_with_the_same_names_and_dtype() -> None:
+    from tiffin.runner.containers import Table
+
+    a = Table(("x", "y"), np.array([[1.0, 2.0]]))
+    b = Table(("x", "y"), np.array([[3.0, 4.0], [5.0, 6.0]]))
+    merged = concat([a, b], 0)
+    assert type(merged) is Table and merged.names == ("x", "y")
+    np.testing.assert_array_equal(merged.values, [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+    assert count_rows(merged, 0) == 3
+    back = split(merged, [1, 2], 0)
+    assert [p.names for p in back] == [("x", "y")] * 2
+    np.testing.assert_array_equal(back[1].values, b.values)
+    assert batch_key(a, 0) == batch_key(b, 0)
+    other_names = Table(("y", "x"), np.array([[1.0, 2.0]]))
+    ints = Table(("x", "y"), np.array([[1, 2]]))
+    assert len({batch_key(t, 0) for t in (a, other_names, ints)}) == 3
+    with pytest.raises(InvalidArgument, match="cannot merge"):
+        concat([a, other_names], 0)
+    with pytest.raises(InvalidArgument, match="dimension 0 only"):
+        count_rows(a, 1)

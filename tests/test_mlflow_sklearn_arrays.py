@@ -111,3 +111,22 @@ def test_mixed_columns_and_other_models_still_get_the_frame(saved: dict[str, Pat
     answer, said = _run(saved, "own_class", columns)
     assert answer.tolist() == own.predict(X[:5]).tolist()
     assert [w for w in said if NAMES_WARNING in w], said
+
+
+@pytest.mark.parametrize("kind", ["arrays", "named", "own_class"])
+def test_a_servers_table_of_one_dtype_answers_as_its_columns(
+    saved: dict[str, Path], kind: str
+) -> None:
+    """What a server hands the runnable for an unsigned table of floats (one block) gets the
+    answers the dict of columns gets: the array for an array-fitted model, else the frame."""
+    from tiffin.runner.containers import Table
+
+    rows = X[:7] * 2
+    columns = {name: rows[:, i].tolist() for i, name in enumerate(NAMES)}
+    table = Table(tuple(NAMES), rows.copy())
+    from_table, said_table = _run(saved, kind, table)
+    from_columns, said_columns = _run(saved, kind, columns)
+    assert from_table.tolist() == from_columns.tolist()
+    named = [w for w in said_table if NAMES_WARNING in w]
+    assert bool(named) == bool([w for w in said_columns if NAMES_WARNING in w])
+    assert bool(named) == (kind == "own_class")  # a frame reached an array-fitted model

@@ -10,6 +10,8 @@ Supported payloads, with the dimension the batch runs along (``dim``):
 * ``list``: dimension 0; one item is one row.
 * ``dict`` of any of the above: every value runs along ``dim``; all values agree on the row count.
 * ``tuple`` of any of the above (a model with several outputs): split element by element.
+* :class:`Table`: named columns of one dtype as one 2-D array, dimension 0; merged like an
+  array, and only with tables of the same names and dtype.
 
 Nothing here imports numpy, pandas or torch: a payload of one of their types can only exist
 once its library is imported, so the type checks look the library up in ``sys.modules``.
@@ -19,12 +21,23 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass
 from itertools import accumulate, chain, repeat
 from typing import Any
 
 from tiffin.exceptions import InvalidArgument
 
-__all__ = ["batch_key", "concat", "count_rows", "split"]
+__all__ = ["Table", "batch_key", "concat", "count_rows", "split"]
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    """A table whose columns share one dtype: ``values`` (a 2-D numpy array, rows x columns)
+    and the columns' ``names``. What a server hands a runnable that makes a DataFrame per batch
+    (one block: cheaper to merge, split and frame than a dict of columns)."""
+
+    names: tuple[str, ...]
+    values: Any
 
 _SUPPORTED = (
     "numpy.ndarray, pandas.DataFrame, pandas.Series, list, torch.Tensor, "
@@ -40,6 +53,8 @@ def _kind(payload: Any) -> str:
         return "tuple"
     if isinstance(payload, dict):
         return "dict"
+    if type(payload) is Table:
+        return "table"
     np = sys.modules.get("numpy")
     if np is not None and isinstance(payload, np.ndarray):
         return "ndarray"
@@ -84,6 +99,9 @@ def count_rows(payload: Any, dim: int) -> int:
     if kind in ("dataframe", "series", "list"):
         _only_rows(kind, dim)
         return len(payload)
+    if kind == "table":
+        _only_rows(kind, dim)
+        return len(payload.values)
     values = list(payload.values()) if kind == "dict" else list(payload)
     if not values:
         raise InvalidArgument(f"cannot batch an empty {kind}")
@@ -125,6 +143,9 @@ def batch_key(payload: Any, dim: int) -> Hashable:
     if kind == "list":
         _only_rows(kind, dim)
         return (kind,)
+    if kind == "table":
+        _only_rows(kind, dim)
+        return (kind, payload.names, payload.values.shape[1:], payload.values.dtype.str)
     if kind == "dict":
         if _all_lists(payload.values()):  # (the key the walk below gives it, in one step)
             _only_rows("list", dim)
@@ -163,7 +184,7 @@ def concat(payloads: list[Any], dim: int) -> Any:
     if any(_kind(payload) != kind for payload in payloads[1:]):
         kinds = sorted({type(payload).__name__ for payload in payloads})
         raise InvalidArgument(f"cannot merge payloads of different types {kinds} into one batch")
-    if kind in ("dataframe", "series", "list"):
+    if kind in ("dataframe", "series", "list", "table"):
         _only_rows(kind, dim)
     if len(payloads) == 1:
         return first
@@ -172,13 +193,17 @@ def concat(payloads: list[Any], dim: int) -> Any:
         for payload in payloads:
             merged.extend(payload)
         return merged
-    if kind == "ndarray":
+    if kind in ("ndarray", "table"):
         import numpy as np
 
+        if kind == "table" and any(payload.names != first.names for payload in payloads):
+            raise _mismatch(kind)
+        arrays = [p.values for p in payloads] if kind == "table" else payloads
         try:
-            return np.concatenate(payloads, axis=dim)
+            block = np.concatenate(arrays, axis=dim)
         except (ValueError, TypeError, IndexError) as exc:
             raise _mismatch(kind, exc) from exc
+        return Table(first.names, block) if kind == "table" else block
     if kind == "tensor":
         import torch
 
@@ -242,6 +267,9 @@ def split(result: Any, sizes: list[int], dim: int) -> list[Any]:
         return [result.iloc[start:stop] for start, stop in zip(starts, bounds, strict=True)]
     if kind == "list":
         return [result[start:stop] for start, stop in zip(starts, bounds, strict=True)]
+    if kind == "table":
+        pieces = zip(starts, bounds, strict=True)
+        return [Table(result.names, result.values[start:stop]) for start, stop in pieces]
     if kind == "dict":
         columns = {key: split(value, sizes, dim) for key, value in result.items()}
         return [{key: pieces[i] for key, pieces in columns.items()} for i in range(len(sizes))]

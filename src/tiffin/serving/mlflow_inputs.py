@@ -29,6 +29,7 @@ from typing import Any
 from tiffin.exceptions import InvalidArgument, SignatureMismatch, TiffinError
 from tiffin.frameworks.mlflow.cells import (
     csv_frame,
+    one_dtype_table,
     typed_cells,
     unsigned_cells,
     unsigned_columns,
@@ -269,7 +270,7 @@ def _unsigned_csv(names: list[str], typed: list[Any] | None, rows: int, columnar
     if typed is None:
         return None
     if columnar:
-        return {n: c if type(c) is list else c.tolist() for n, c in zip(names, typed, strict=True)}
+        return one_dtype_table(names, typed)
     return unsigned_frame(names, typed, rows)
 
 

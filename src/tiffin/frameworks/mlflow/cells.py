@@ -16,12 +16,21 @@ int64, words mixed with booleans, exponents of three digits), which pandas then 
 from __future__ import annotations
 
 import re
+from itertools import chain
 from typing import Any
 
 from tiffin.frameworks.mlflow import casting
 from tiffin.frameworks.mlflow.tables import Columns, column_index, frame, range_index
+from tiffin.runner.containers import Table
 
-__all__ = ["csv_frame", "typed_cells", "unsigned_cells", "unsigned_columns", "unsigned_frame"]
+__all__ = [
+    "csv_frame",
+    "one_dtype_table",
+    "typed_cells",
+    "unsigned_cells",
+    "unsigned_columns",
+    "unsigned_frame",
+]
 
 _TRUE = frozenset({"True", "true", "TRUE"})
 _BOOL_WORDS = _TRUE | {"False", "false", "FALSE"}
@@ -153,30 +162,33 @@ _SCALAR_TYPES = frozenset({int, float, str, bool})
 _LIST, _STR = {list}, {str}
 
 
-def unsigned_columns(key: str | None, payload: Any) -> dict[str, list[Any]] | None:
+def unsigned_columns(key: str | None, payload: Any) -> dict[str, list[Any]] | Table | None:
     """For a model without a signature, served through the pyfunc runnable (which makes a frame
     of a dict of columns per batch): the payload of envelope ``key`` (None: a bare body) as a
     dict of equal-length lists of numbers and strings -- records sharing their keys, an object of
-    columns, ``dataframe_split`` without an index; None for anything else, which becomes a
-    frame per request as before."""
+    columns, ``dataframe_split`` without an index --, or as a
+    :class:`~tiffin.runner.containers.Table` where every cell is a float (or every one an int):
+    the one float64 (int64) block pandas frames; None for anything else, which becomes a frame
+    per request as before."""
+    columns: dict[str, list[Any]] | None = None
     if key == "dataframe_split":
         if not isinstance(payload, dict) or set(payload) != {"columns", "data"}:
             return None
-        names, rows = payload["columns"], payload["data"]
-        if not (isinstance(names, list) and isinstance(rows, list) and rows):
+        names, lines = payload["columns"], payload["data"]
+        if not (isinstance(names, list) and isinstance(lines, list) and lines):
             return None
-        if not all(type(n) is str for n in names) or len(set(names)) != len(names):
+        if set(map(type, names)) != _STR or len(set(names)) != len(names):
             return None
-        if not all(type(r) is list and len(r) == len(names) for r in rows):
+        if not all(type(r) is list and len(r) == len(names) for r in lines):
             return None
-        columns = {n: [r[j] for r in rows] for j, n in enumerate(names)}
+        rows: Any = lines
     elif key == "dataframe_records" or (type(payload) is list and payload):
         if type(payload) is not list or not payload or type(payload[0]) is not dict:
             return None
         names = list(payload[0])
         if not all(type(r) is dict and list(r) == names for r in payload):
             return None
-        columns = {n: [r[n] for r in payload] for n in names}
+        rows = [r.values() for r in payload]
     elif type(payload) is dict and payload:
         columns = payload
         if set(map(type, columns.values())) != _LIST:
@@ -184,11 +196,50 @@ def unsigned_columns(key: str | None, payload: Any) -> dict[str, list[Any]] | No
         lengths = set(map(len, columns.values()))
         if len(lengths) != 1 or 0 in lengths:
             return None
+        names, rows = list(columns), None
     else:
         return None
-    if set(map(type, columns)) != _STR:
+    if set(map(type, names)) != _STR:
         return None
-    kinds: set[type] = set()
-    for values in columns.values():
-        kinds.update(map(type, values))
-    return columns if kinds <= _SCALAR_TYPES else None
+    kinds = set(map(type, chain.from_iterable(rows if columns is None else columns.values())))
+    if kinds in _ONE_DTYPE:
+        lists = None if columns is None else list(columns.values())
+        table = _block(names, rows, lists, kinds.pop())
+        if table is not None:
+            return table
+    if not kinds <= _SCALAR_TYPES:
+        return None
+    if columns is None:
+        columns = {n: list(c) for n, c in zip(names, zip(*rows, strict=True), strict=True)}
+    return columns
+
+
+_ONE_DTYPE = ({float}, {int})  # cells pandas frames as one float64 or int64 block
+
+
+def one_dtype_table(names: list[str], columns: list[Any]) -> dict[str, list[Any]] | Table:
+    """Typed CSV columns (:func:`unsigned_cells`) as one :class:`~tiffin.runner.containers.Table`
+    where pandas frames them as one float64 or int64 block; else as a dict of lists."""
+    if all(type(c) is list for c in columns):
+        kinds = set(map(type, chain.from_iterable(columns)))
+        table = _block(names, None, columns, kinds.pop()) if kinds in _ONE_DTYPE else None
+        if table is not None:
+            return table
+    return {n: c if type(c) is list else c.tolist() for n, c in zip(names, columns, strict=True)}
+
+
+def _block(names: list[str], rows: Any, columns: Any, kind: type) -> Table | None:
+    """Cells all Python floats (or ints), given by ``rows`` or else by ``columns`` (lists), as
+    the float64 (int64) table pandas makes of them; None for an int beyond int64 (pandas' to
+    type: uint64 or object)."""
+    import numpy as np
+
+    by_rows = rows is not None
+    count = len(rows) if by_rows else len(columns[0])
+    cells = chain.from_iterable(rows if by_rows else columns)
+    try:
+        flat = np.fromiter(cells, np.float64 if kind is float else np.int64, count * len(names))
+    except OverflowError:
+        return None
+    block = flat.reshape(count, len(names)) if by_rows else flat.reshape(len(names), count).T
+    return Table(tuple(names), block)

@@ -37,6 +37,7 @@ from tiffin.frameworks.mlflow.pytorch import (
     signature_example,
 )
 from tiffin.frameworks.pytorch_runnable import torch_runnable
+from tiffin.runner.containers import Table
 from tiffin.runner.runnable import Runnable, model_runnable
 
 if TYPE_CHECKING:
@@ -47,6 +48,14 @@ __all__ = ["as_model_input", "get_runnable"]
 
 def as_model_input(data: Any, schema: InputSchema | None) -> Any:
     """``data`` as the model's input, or :data:`FALLBACK` where MLflow must read it."""
+    if type(data) is Table:  # a server's table of one dtype: the frame of it
+        import numpy as np
+        import pandas as pd
+
+        # column-major, so that the frame's block is laid out as one framed from the columns
+        # (a model may then compute in another order, and round otherwise)
+        data = pd.DataFrame(np.asfortranarray(data.values), columns=list(data.names))
+        return data if schema is None else schema.convert(data)
     if schema is None:
         if isinstance(data, list | dict):
             return unsigned(data)
@@ -152,6 +161,8 @@ def get_runnable(model: Model) -> type[Runnable]:
             self.on_arrays = self.schema is None and _sklearn_on_arrays(self.model)
 
         def predict(self, data: Any, params: dict[str, Any] | None = None) -> Any:
+            if self.on_arrays and not params and type(data) is Table:
+                return self.model.predict(data.values)
             converted = as_model_input(data, self.schema)
             if self.on_arrays and not params:
                 plain = _one_dtype_array(data if converted is FALLBACK else converted)
