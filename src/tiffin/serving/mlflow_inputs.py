@@ -221,9 +221,9 @@ def from_json(value: Any, schema: InputSchema | None, columnar: bool = False) ->
     if schema is not None and schema.kind == "columns":
         value = known_columns(value, schema.name_set)
     check_json_table(value, "the input")
-    if isinstance(value, dict):  # an object of arrays: each one's nested lists too
-        for name, column in value.items():
-            if isinstance(column, list):
+    if isinstance(value, dict):  # an object of arrays: each one's nested lists too (a flat
+        for name, column in value.items():  # one is a column the table's check counted)
+            if isinstance(column, list) and column and isinstance(column[0], list):
                 check_array(nested_shape(column), f"the input {name!r}")
     return _unsigned(None, value, columnar) if schema is None else schema.from_inputs(value)
 
