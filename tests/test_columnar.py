@@ -358,3 +358,19 @@ def test_unsigned_csv_of_numbers_of_one_type_comes_as_a_table() -> None:
     got = mlflow_inputs.from_csv(body, None, columnar=True)
     assert type(got) is Table and got.names == ("a", "b", "c")
     same(as_model_input(got, None), pd.read_csv(io.BytesIO(body)))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int64"])
+def test_unsigned_parquet_of_one_dtype_comes_as_a_table_framed_as_read_parquet(dtype: str) -> None:
+    """The file's own dtype kept (float32 stays float32), as pd.read_parquet frames it; a file
+    of several dtypes still comes as the frame."""
+    from tiffin.frameworks.mlflow.runnable import as_model_input
+    from tiffin.runner.containers import Table
+
+    frame = pd.DataFrame(np.arange(6).reshape(2, 3).astype(dtype), columns=["a", "b", "c"])
+    body = parquet(frame)
+    got = mlflow_inputs.from_parquet(body, None, columnar=True)
+    assert type(got) is Table and got.values.dtype == np.dtype(dtype)
+    same(as_model_input(got, None), pd.read_parquet(io.BytesIO(body)))
+    mixed = parquet(MIXED_FRAME)
+    same(mlflow_inputs.from_parquet(mixed, None, columnar=True), pd.read_parquet(io.BytesIO(mixed)))

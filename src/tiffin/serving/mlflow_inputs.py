@@ -53,6 +53,7 @@ from tiffin.io.limits import (
 )
 from tiffin.io.npy import read_npy
 from tiffin.io.payloads import check_envelope
+from tiffin.runner.containers import Table
 
 __all__ = [
     "FALLBACK",
@@ -274,13 +275,18 @@ def _unsigned_csv(names: list[str], typed: list[Any] | None, rows: int, columnar
     return unsigned_frame(names, typed, rows)
 
 
-def _parquet_cells(names: list[str], columns: Any, rows: int, schema: InputSchema | None) -> Any:
+def _parquet_cells(
+    names: list[str], columns: Any, rows: int, schema: InputSchema | None, columnar: bool = False
+) -> Any:
     """A small Parquet file's columns (:func:`~tiffin.io.columnar.parquet_columns`: arrays and
-    lists of strings, or one 2-D array) as the model's input; None where pandas must read it."""
+    lists of strings, or one 2-D array) as the model's input; None where pandas must read it.
+    ``columnar``: as for :func:`from_invocation` (a table of one dtype stays a Table)."""
     import numpy as np
 
     table = columns if type(columns) is np.ndarray else None
     if schema is None:  # the frame pandas reads: the file's own types (float32 stays float32)
+        if columnar and table is not None:
+            return Table(tuple(names), table)
         return unsigned_frame(names, list(table.T) if table is not None else columns, rows,
                               table)  # fmt: skip
     if schema.kind == "tensor":
@@ -321,8 +327,9 @@ def from_csv(body: bytes, schema: InputSchema | None, columnar: bool = False) ->
     return frame if schema is None else schema.from_frame(frame)
 
 
-def from_parquet(body: bytes, schema: InputSchema | None) -> Any:
-    """A Parquet body; a small one of plain columns is read with pyarrow alone."""
+def from_parquet(body: bytes, schema: InputSchema | None, columnar: bool = False) -> Any:
+    """A Parquet body; a small one of plain columns is read with pyarrow alone (or at a known
+    layout's positions). ``columnar``: as for :func:`from_invocation`."""
     import pandas as pd
 
     if schema is not None and schema.needs_mlflow:
@@ -330,7 +337,7 @@ def from_parquet(body: bytes, schema: InputSchema | None) -> Any:
     plain = parquet_columns(body)
     if plain is not None:
         try:
-            converted = _parquet_cells(*plain, schema)
+            converted = _parquet_cells(*plain, schema, columnar)
         except SignatureMismatch:
             raise
         except InvalidArgument as exc:  # as for the frame below

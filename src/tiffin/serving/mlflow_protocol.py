@@ -237,7 +237,7 @@ def mlflow_routes(service: Service, state: AppState) -> MlflowRoutes | None:
             check_csv(body)
             data = ss.parse_csv_input(io.StringIO(body.decode("utf-8")), env["schema"])
         else:
-            data = from_parquet(body, inputs)
+            data = from_parquet(body, inputs, env["columnar"])
             if data is not FALLBACK:
                 return data, None
             check_parquet(body)

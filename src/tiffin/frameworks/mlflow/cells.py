@@ -43,6 +43,7 @@ _FLOAT = r"-?(?:[0-9]{1,18}|[0-9]{1,40}\.[0-9]{0,40}|\.[0-9]{1,40})(?:[eE][-+]?[
 # exponent are bounded so that no value nears overflow or the subnormals, where pandas' and
 # Python's parsers may round apart)
 _INTS = re.compile(f"{_INT}(?: {_INT})*")
+_DECIMAL = re.compile("[.eE]")  # what a number of _FLOAT's forms has where _INT's have none
 _FLOATS = re.compile(f"{_FLOAT}(?: {_FLOAT})*")
 #: a character no number holds: a column with one is text to pandas (but "inf", "Infinity")
 _TEXT = re.compile(r"[^0-9.eE+\- ]")
@@ -95,9 +96,12 @@ def unsigned_cells(columns: list[list[str]]) -> list[Any] | None:
     ``bool``, or the strings themselves (pandas' string dtype); None where pandas must decide
     (a column mixing words and numbers pandas might read otherwise, ``inf``, integers of 19
     digits or more, unusual number forms)."""
+    texts = [" ".join(cells) for cells in columns]
+    if _FLOATS.fullmatch(" ".join(texts)):  # numbers only: integers where no cell has . e E
+        return [list(map(float if _DECIMAL.search(text) else int, cells))
+                for cells, text in zip(columns, texts, strict=True)]  # fmt: skip
     typed: list[Any] = []
-    for cells in columns:
-        joined = " ".join(cells)
+    for cells, joined in zip(columns, texts, strict=True):
         if _INTS.fullmatch(joined):
             typed.append(list(map(int, cells)))
         elif _FLOATS.fullmatch(joined):
