@@ -334,3 +334,20 @@ def test_cost_model_running_sums_give_the_fit_over_its_window() -> None:
         assert model.a == pytest.approx(a, rel=1e-6, abs=1e-12)
         assert model.b == pytest.approx(b, rel=1e-6, abs=1e-12)
         assert model.runs == len(window)
+
+
+def test_loop_clock_reads_time_inside_one_callback_under_uvloop() -> None:
+    """uvloop's loop.time() stands still within a callback (libuv's time of the loop's turn,
+    in milliseconds); the dispatcher's clock must not, or a model call run inline lasts 0."""
+    uvloop = pytest.importorskip("uvloop", reason="uvloop is not installed")
+    import time
+
+    async def main() -> tuple[float, float]:
+        clock = LoopClock(asyncio.get_running_loop())
+        before, spun = clock.now(), time.perf_counter()
+        while time.perf_counter() - spun < 0.002:  # 2 ms of work in this one callback
+            pass
+        return before, clock.now()
+
+    before, after = uvloop.run(main())
+    assert after - before >= 0.0019

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -122,12 +123,16 @@ class Clock(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class LoopClock:
-    """An event loop's clock: ``loop.time()`` and ``loop.call_at``."""
+    """An event loop's timers (``loop.call_at``), and the time they are set in read to the
+    microsecond: ``time.monotonic()``, the clock asyncio's ``loop.time()`` reads. (uvloop's
+    ``loop.time()`` is libuv's time of the loop's current turn in whole milliseconds: a model
+    call run inside one callback would last 0, every batch a multiple of 1 ms, and the cost
+    model, the holds and the batch and queue-wait metrics would read those.)"""
 
     loop: asyncio.AbstractEventLoop
 
     def now(self) -> float:
-        return self.loop.time()
+        return time.monotonic()
 
     def call_at(self, when: float, callback: Callable[[], object]) -> TimerHandle:
         return self.loop.call_at(when, callback)
