@@ -546,12 +546,35 @@ def check_concurrent_params(pair: Pair) -> list[str]:
     return problems
 
 
+def check_parquet_rows(pair: Pair) -> list[str]:
+    """One-row Parquet files of six other rows, each sent twice: after the first bodies tiffin
+    reads this layout at its values' positions (tiffin.io.parquet_layouts), and every answer is
+    still the one MLflow gives for that very body."""
+    pool, problems = pair.info.pool, []
+    files = [bodies(pair.info, pool[i : i + 1] if isinstance(pool, np.ndarray) else
+                    pool.iloc[i : i + 1])["parquet"] for i in range(6)]  # fmt: skip
+    if pair.info.tensor:  # one layout (same size): all but the first bodies take the new path
+        assert len({len(body) for _, _, body in files}) == 1
+    expected = [post(pair.mlflow, Case(f"row {i}", ct, body)) for i, (_, ct, body) in
+                enumerate(files)]  # fmt: skip
+    for turn in range(2):
+        for i, (_, content_type, body) in enumerate(files):
+            ours, theirs = post(pair.tiffin, Case(f"row {i}", content_type, body)), expected[i]
+            fine = ours.status == theirs.status and (
+                same(ours.json(), theirs.json()) if theirs.status == 200
+                else ours.json().get("error_code") == theirs.json().get("error_code"))
+            if not fine:
+                problems.append(f"{pair.info.kind} / Parquet row {i}, turn {turn}: {ours.status} "
+                                f"{ours.text[:300]} (MLflow: {theirs.status} {theirs.text[:300]})")
+    return problems
+
+
 def test_every_kind_answers_as_mlflow_models_serve(pairs: dict[str, Pair]) -> None:
     """One test for every check on the servers, so that one xdist worker starts them; every
     mismatch of every kind is reported together."""
     problems: list[str] = []
     for pair in pairs.values():
-        for check in (check_formats, check_predict_route, check_runner):
+        for check in (check_formats, check_predict_route, check_runner, check_parquet_rows):
             problems += check(pair)
     problems += check_concurrent_params(pairs["pyfunc_params"])
     assert not problems, f"{len(problems)} mismatches:\n" + "\n".join(problems)
