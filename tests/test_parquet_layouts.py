@@ -242,3 +242,18 @@ def test_one_row_parquet_requests_of_other_values_give_pyarrows_inputs(
             pd.testing.assert_frame_equal(value, want)
         else:
             assert value.dtype == want.dtype and value.tobytes() == want.tobytes()
+
+
+def test_a_footer_of_unexpected_types_is_not_learned_and_raises_nothing() -> None:
+    """A footer whose fields hold other Thrift types than Parquet's (here the schema a list
+    of integers) is never learned, whatever it trips over: the body stays pyarrow's."""
+    footer = bytes([
+        0x29, 0x15, 0x02,  # field 2 (schema): a list of one i32
+        0x16, 0x02,  # field 3 (num_rows): 1
+        0x19, 0x1C, 0x19, 0x0C, 0x00,  # field 4 (row_groups): one group of no columns
+        0x00,
+    ])  # fmt: skip
+    body = b"PAR1" + footer + len(footer).to_bytes(4, "little") + b"PAR1"
+    for _ in range(3):
+        layouts.learn(body, ["a"], np.zeros((1, 1)), 1)
+    assert not layouts._layouts

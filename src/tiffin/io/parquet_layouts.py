@@ -391,7 +391,7 @@ def learn(body: bytes, names: list[str], result: Any, rows: int) -> None:
         return  # first sighting, or tried enough
     try:
         layout = Layout(body, names, result, rows)
-    except (_Unreadable, IndexError, KeyError, TypeError, ValueError, RecursionError):
+    except Exception:  # anything the walk trips over (a footer of other types ...): pyarrow's
         return
     _layouts.setdefault(key, []).append(layout)
     _layouts.move_to_end(key)
