@@ -29,7 +29,6 @@ from typing import Any
 from tiffin.exceptions import InvalidArgument, SignatureMismatch, TiffinError
 from tiffin.frameworks.mlflow.cells import (
     csv_frame,
-    one_dtype_table,
     typed_cells,
     unsigned_cells,
     unsigned_columns,
@@ -265,13 +264,14 @@ def _csv_cells(
 
 
 def _unsigned_csv(names: list[str], typed: list[Any] | None, rows: int, columnar: bool) -> Any:
-    """Typed CSV columns for a model without a signature: a dict of lists of Python values
-    for the pyfunc runnable (``columnar``: it frames them per batch as pandas types them --
-    int64, float64, bool, str -- which is what ``pd.read_csv`` gives), else the frame."""
+    """Typed CSV columns for a model without a signature: for the pyfunc runnable
+    (``columnar``), a dict of lists of Python values, or one Table where all are floats (or all
+    ints), which it frames per batch as pandas types them -- int64, float64, bool, str -- what
+    ``pd.read_csv`` gives; else the frame."""
     if typed is None:
         return None
-    if columnar:
-        return one_dtype_table(names, typed)
+    if columnar:  # typed cells are ints, floats, bools and strings: a Table or the dict
+        return unsigned_columns(None, dict(zip(names, typed, strict=True)))
     return unsigned_frame(names, typed, rows)
 
 

@@ -25,7 +25,6 @@ from tiffin.runner.containers import Table
 
 __all__ = [
     "csv_frame",
-    "one_dtype_table",
     "typed_cells",
     "unsigned_cells",
     "unsigned_columns",
@@ -219,17 +218,6 @@ def unsigned_columns(key: str | None, payload: Any) -> dict[str, list[Any]] | Ta
 
 
 _ONE_DTYPE = ({float}, {int})  # cells pandas frames as one float64 or int64 block
-
-
-def one_dtype_table(names: list[str], columns: list[Any]) -> dict[str, list[Any]] | Table:
-    """Typed CSV columns (:func:`unsigned_cells`) as one :class:`~tiffin.runner.containers.Table`
-    where pandas frames them as one float64 or int64 block; else as a dict of lists."""
-    if all(type(c) is list for c in columns):
-        kinds = set(map(type, chain.from_iterable(columns)))
-        table = _block(names, None, columns, kinds.pop()) if kinds in _ONE_DTYPE else None
-        if table is not None:
-            return table
-    return {n: c if type(c) is list else c.tolist() for n, c in zip(names, columns, strict=True)}
 
 
 def _block(names: list[str], rows: Any, columns: Any, kind: type) -> Table | None:
