@@ -36,6 +36,8 @@ from tiffin.frameworks.mlflow.pytorch import (
     load_pyfunc_torch,
     signature_example,
 )
+from tiffin.frameworks.mlflow.sklearn_arrays import array_predict, one_dtype_array
+from tiffin.frameworks.mlflow.tables import column_index
 from tiffin.frameworks.pytorch_runnable import torch_runnable
 from tiffin.runner.containers import Table
 from tiffin.runner.runnable import Runnable, model_runnable
@@ -54,7 +56,7 @@ def as_model_input(data: Any, schema: InputSchema | None) -> Any:
 
         # column-major, so that the frame's block is laid out as one framed from the columns
         # (a model may then compute in another order, and round otherwise)
-        data = pd.DataFrame(np.asfortranarray(data.values), columns=list(data.names))
+        data = pd.DataFrame(np.asfortranarray(data.values), columns=column_index(data.names))
         return data if schema is None else schema.convert(data)
     if schema is None:
         if isinstance(data, list | dict):
@@ -63,52 +65,6 @@ def as_model_input(data: Any, schema: InputSchema | None) -> Any:
     if schema.needs_mlflow:
         return FALLBACK
     return schema.convert(data)
-
-
-def _sklearn_on_arrays(pyfunc_model: Any) -> bool:
-    """Whether an ndarray may stand in for a frame of one numeric dtype for this model without
-    a signature: an ``mlflow.sklearn`` model whose estimator was fitted on arrays (no
-    ``feature_names_in_``: scikit-learn then reads a frame only as ``np.asarray(frame)`` and
-    warns of its names; no step of it either), made only of scikit-learn's own classes and no
-    callable (a ``FunctionTransformer``'s ``func`` might read columns). scikit-learn's checks
-    of a frame cost ~1 ms per call, of the same array ~0.2 ms."""
-    metadata = getattr(pyfunc_model, "metadata", None)
-    flavors = getattr(metadata, "flavors", None) or {}
-    if flavors.get("python_function", {}).get("loader_module") != "mlflow.sklearn":
-        return False
-    try:
-        estimator = pyfunc_model.get_raw_model()
-        parts = [estimator, *estimator.get_params(deep=True).values()]
-    except Exception:  # not an estimator as scikit-learn makes them: leave it the frame
-        return False
-    for part in parts:
-        if callable(part) and not isinstance(part, type):
-            return False  # a function, a ufunc, an object with __call__: it might read columns
-        if hasattr(part, "fit"):
-            if not type(part).__module__.startswith("sklearn."):
-                return False
-            # any fitted step, not only the first (a Pipeline opening with "passthrough" has
-            # none of its own): names mean scikit-learn checks a frame's columns against them
-            if hasattr(part, "feature_names_in_"):
-                return False
-    return True
-
-
-def _one_dtype_array(data: Any) -> Any:
-    """A DataFrame of numeric columns all of one dtype as its ``to_numpy()`` (what
-    scikit-learn would make of it); None for anything else."""
-    import numpy as np
-    import pandas as pd
-
-    if type(data) is not pd.DataFrame or data.shape[1] == 0:
-        return None
-    dtypes = set(data.dtypes)
-    if len(dtypes) != 1:
-        return None
-    dtype = dtypes.pop()
-    if not isinstance(dtype, np.dtype) or dtype.kind not in "iuf":
-        return None
-    return data.to_numpy()
 
 
 def _checked_once(pyfunc_model: Any) -> tuple[Callable[..., Any] | None, ParamsChecker | None]:
@@ -158,16 +114,26 @@ def get_runnable(model: Model) -> type[Runnable]:
             self.direct, self.check_params = (
                 _checked_once(self.model) if self.schema is not None else (None, None)
             )
-            self.on_arrays = self.schema is None and _sklearn_on_arrays(self.model)
+            how = array_predict(self.model) if self.schema is None else None
+            self.on_array: Callable[[Any], Any] | None = how[0] if how else None
+            self.array_names: tuple[str, ...] | None = how[1] if how else None
 
         def predict(self, data: Any, params: dict[str, Any] | None = None) -> Any:
-            if self.on_arrays and not params and type(data) is Table:
-                return self.model.predict(data.values)
+            on_array = self.on_array if not params else None
+            if (
+                on_array is not None
+                and type(data) is Table
+                and (self.array_names is None or data.names == self.array_names)
+            ):
+                import numpy as np
+
+                return on_array(np.asfortranarray(data.values))
             converted = as_model_input(data, self.schema)
-            if self.on_arrays and not params:
-                plain = _one_dtype_array(data if converted is FALLBACK else converted)
+            if on_array is not None:
+                frame = data if converted is FALLBACK else converted
+                plain = one_dtype_array(frame, self.array_names)
                 if plain is not None:
-                    return self.model.predict(plain)
+                    return on_array(plain)
             if converted is not FALLBACK:
                 if self.direct is not None:
                     if self.check_params is not None:  # MLflow's check of the params, alone

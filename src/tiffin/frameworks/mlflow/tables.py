@@ -18,6 +18,7 @@ without a signature, :func:`unsigned` builds the frame of a dict of columns that
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Final
 
@@ -359,7 +360,7 @@ def _one_block(columns: dict[Any, list[Any]]) -> Any:
 _COLUMN_INDEXES: dict[tuple[Any, ...], Any] = {}
 
 
-def column_index(names: list[Any]) -> Any:
+def column_index(names: Sequence[Any]) -> Any:
     """``pd.Index(names)``, built once per set of names (a few dozen kept): pandas' ``str``
     index of many names costs tens of microseconds."""
     key = tuple(names)
