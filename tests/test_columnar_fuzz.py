@@ -120,6 +120,75 @@ def test_unsigned_csv_cells_pandas_may_read_otherwise_fall_back(column: list[str
     assert unsigned_cells([column]) is None
 
 
+def _numbers_body(rng: random.Random) -> bytes:
+    """Only numbers: every cell pointed (floats), every cell an integer, or a mix."""
+    width, rows = rng.randint(1, 40), rng.randint(1, 5)
+    style = rng.choice(["float", "int", "mixed", "number"])
+    lines = [",".join(f"f{j}" for j in range(width))]
+    for _ in range(rows):
+        if style == "float":
+            cells = [rng.choice([repr(rng.uniform(-9, 9)),
+                                 f"{rng.uniform(-1, 1):.{rng.randint(0, 19)}e}",
+                                 rng.choice(["1.", ".5", "-.5", "-0.0", "7E3", "1e-5"])])
+                     for _ in range(width)]  # fmt: skip
+        elif style == "int":
+            cells = [str(rng.randint(-(10**rng.randint(0, 18)), 10**rng.randint(0, 18)))
+                     for _ in range(width)]  # fmt: skip
+        elif style == "mixed":
+            cells = [rng.choice([str(rng.randint(-9, 9)), repr(rng.uniform(-9, 9))])
+                     for _ in range(width)]  # fmt: skip
+        else:
+            cells = [_number(rng) for _ in range(width)]
+        lines.append(",".join(cells))
+    return ("\n".join(lines) + "\n").encode()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_unsigned_csv_of_numbers_is_one_block_as_read_csv_types_it(seed: int) -> None:
+    """Bodies of numbers only: all pointed or all integers come as one Table (one regular
+    expression over the body), others as before; each is the frame pandas reads, exactly."""
+    rng = random.Random(100 + seed)
+    blocks = 0
+    for _ in range(200):
+        body = _numbers_body(rng)
+        ours = mlflow_inputs.from_csv(body, None, columnar=True)
+        try:
+            _same_frame(ours, body)
+        except AssertionError as exc:
+            raise AssertionError(repr(body)) from exc
+        blocks += isinstance(ours, Table)
+    assert blocks > 60  # the one-block path is taken (and so checked)
+
+
+def _split_body(rng: random.Random) -> bytes:
+    """Bodies that test where a split at newlines and commas could part from csv.reader."""
+    pieces = ["a", "b", "1", "2.5", "", ",", "\n", "\n\n", "\x0b", "\x0c", "\u2028", "\x1c", "é",
+              "'", "\\", "#", ";", "x|y"]  # fmt: skip
+    return "".join(rng.choice(pieces) for _ in range(rng.randint(0, 24))).encode()
+
+
+def test_csv_rows_without_quotes_are_csv_readers_rows() -> None:
+    """A body without quotes is split at newlines and commas: the rows (or the refusal) are
+    those of the standard library's csv reader."""
+    import csv
+
+    rng = random.Random(7)
+    read = 0
+    for _ in range(3000):
+        body = _split_body(rng)
+        found = columnar.csv_rows(body)
+        lines = list(csv.reader(io.StringIO(body.decode())))
+        if found is not None:
+            read += 1
+            assert [found[0], *found[1]] == lines, body
+        else:  # refused: csv's rows fail the same checks (ragged, empty cells, one line)
+            width = len(lines[0]) if lines else 0
+            assert (len(lines) < 2 or not width or len(set(lines[0])) != width
+                    or any(len(r) != width or not all(r) for r in lines[1:])
+                    or "" in lines[0]), body  # fmt: skip
+    assert read > 100
+
+
 def layout(frame: pd.DataFrame) -> list[Any]:
     """Whether each of the frame's blocks is C-contiguous (None: not a numpy block), in no
     particular order of the blocks."""

@@ -5,7 +5,8 @@ pandas' readers cost hundreds of microseconds per call whatever the size of the 
 request. These readers give the plain cells instead, or None where pandas must read the body
 because its answer could differ:
 
-* :func:`csv_rows`: the header and the rows as strings (the standard library's ``csv``), for a
+* :func:`csv_rows`: the header and the rows as strings (split at newlines and commas, or the
+  standard library's ``csv`` where a quote may join them), for a
   body under :data:`SMALL` bytes whose every row has the header's width and whose cells are
   neither empty nor one of pandas' missing-value words (``NA``, ``null``, ``nan`` ...) and hold no
   whitespace or ``_`` (pandas reads those differently from Python's number parsing);
@@ -62,14 +63,22 @@ def csv_rows(body: bytes) -> tuple[list[str], list[list[str]]] | None:
     """(header, rows of strings) of a small, plain CSV body; None: let pandas read it."""
     if len(body) >= SMALL or b"_" in body or b" " in body or b"\t" in body or b"\r" in body:
         return None
-    import csv
-
     check_csv(body)
     try:
         text = body.decode("utf-8")
-        lines = list(csv.reader(io.StringIO(text)))
-    except (UnicodeDecodeError, csv.Error):
+    except UnicodeDecodeError:
         return None  # pandas' own words
+    if b'"' in body or b"\x00" in body:
+        import csv
+
+        try:
+            lines = list(csv.reader(io.StringIO(text)))
+        except csv.Error:
+            return None
+    else:  # no quotes: csv's excel dialect splits at newlines and commas, and nothing else
+        lines = [line.split(",") for line in text.split("\n")]
+        if lines[-1] == [""]:  # the body's last newline (csv.reader gives no row after it)
+            lines.pop()
     if len(lines) < 2:
         return None
     header, rows = lines[0], lines[1:]

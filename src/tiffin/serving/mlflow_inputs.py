@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import io
 from functools import cache
+from itertools import chain
 from typing import Any
 
 from tiffin.exceptions import InvalidArgument, SignatureMismatch, TiffinError
 from tiffin.frameworks.mlflow.cells import (
     csv_frame,
     typed_cells,
+    unsigned_block,
     unsigned_cells,
     unsigned_columns,
     unsigned_frame,
@@ -240,27 +242,29 @@ def from_npy(body: bytes, schema: InputSchema | None) -> Any:
 
 
 def _csv_cells(
-    names: list[str],
-    columns: list[list[str]],
-    rows: int,
-    schema: InputSchema | None,
-    columnar: bool,
+    names: list[str], rows: list[list[str]], schema: InputSchema | None, columnar: bool
 ) -> Any:
-    """A small CSV body's columns of strings (:func:`~tiffin.io.columnar.csv_rows`) as the
+    """A small CSV body's rows of strings (:func:`~tiffin.io.columnar.csv_rows`) as the
     model's input; None where pandas must read the body after all."""
     if schema is None:
-        return _unsigned_csv(names, unsigned_cells(columns), rows, columnar)
+        if columnar:  # every cell a float (or every one an int): one Table
+            block = unsigned_block(rows)
+            if block is not None:
+                return Table(tuple(names), block)
+        columns = [list(c) for c in zip(*rows, strict=True)]
+        return _unsigned_csv(names, unsigned_cells(columns), len(rows), columnar)
     if schema.kind == "tensor":
         kind = schema.specs[0].dtype.kind
         if kind not in "iuf":
             return None
-        table = typed_cells([c for row in zip(*columns, strict=True) for c in row], kind)
+        table = typed_cells(list(chain.from_iterable(rows)), kind)
         if table is None:
             return None
-        return schema.from_table(table.reshape(rows, len(names)), len(names))
+        return schema.from_table(table.reshape(len(rows), len(names)), len(names))
     if schema.columns is None:
         return None
-    return csv_frame(schema.columns, names, columns, rows)
+    columns = [list(c) for c in zip(*rows, strict=True)]
+    return csv_frame(schema.columns, names, columns, len(rows))
 
 
 def _unsigned_csv(names: list[str], typed: list[Any] | None, rows: int, columnar: bool) -> Any:
@@ -313,9 +317,7 @@ def from_csv(body: bytes, schema: InputSchema | None, columnar: bool = False) ->
         return FALLBACK
     plain = csv_rows(body)
     if plain is not None:
-        header, rows = plain
-        columns = [list(c) for c in zip(*rows, strict=True)]
-        converted = _csv_cells(header, columns, len(rows), schema, columnar)
+        converted = _csv_cells(*plain, schema, columnar)
         if converted is not None:
             return converted
     check_csv(body)

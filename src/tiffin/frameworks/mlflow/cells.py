@@ -26,6 +26,7 @@ from tiffin.runner.containers import Table
 __all__ = [
     "csv_frame",
     "typed_cells",
+    "unsigned_block",
     "unsigned_cells",
     "unsigned_columns",
     "unsigned_frame",
@@ -42,6 +43,11 @@ _FLOAT = r"-?(?:[0-9]{1,18}|[0-9]{1,40}\.[0-9]{0,40}|\.[0-9]{1,40})(?:[eE][-+]?[
 # exponent are bounded so that no value nears overflow or the subnormals, where pandas' and
 # Python's parsers may round apart)
 _INTS = re.compile(f"{_INT}(?: {_INT})*")
+# a _FLOAT with a point or an exponent (pandas reads a column of only these as float64)
+_EXPONENT = r"[eE][-+]?[0-9]{1,2}"
+_POINT = r"(?:[0-9]{1,40}\.[0-9]{0,40}|\.[0-9]{1,40})"
+_POINTED = f"-?(?:{_POINT}(?:{_EXPONENT})?|[0-9]{{1,18}}{_EXPONENT})"
+_POINTED_FLOATS = re.compile(f"{_POINTED}(?: {_POINTED})*")
 _DECIMAL = re.compile("[.eE]")  # what a number of _FLOAT's forms has where _INT's have none
 _FLOATS = re.compile(f"{_FLOAT}(?: {_FLOAT})*")
 #: a character no number holds: a column with one is text to pandas (but "inf", "Infinity")
@@ -114,6 +120,24 @@ def unsigned_cells(columns: list[list[str]]) -> list[Any] | None:
         else:  # a word among them: pandas keeps every cell as text
             typed.append(cells)
     return typed
+
+
+def unsigned_block(rows: list[list[str]]) -> Any:
+    """A CSV body's rows of strings as the one 2-D block ``pd.read_csv`` makes of them where
+    every cell is a number written with a point or an exponent (float64) or every cell an
+    integer (int64) -- the commonest unsigned tables, typed with one regular expression; None
+    for anything else (:func:`unsigned_cells` then types column by column)."""
+    import numpy as np
+
+    cells = list(chain.from_iterable(rows))
+    text = " ".join(cells)
+    if _POINTED_FLOATS.fullmatch(text):
+        flat = np.array(list(map(float, cells)), dtype=np.float64)
+    elif _INTS.fullmatch(text):
+        flat = np.array(list(map(int, cells)), dtype=np.int64)
+    else:
+        return None
+    return flat.reshape(len(rows), len(rows[0]))
 
 
 def unsigned_frame(names: list[str], columns: list[Any], rows: int, table: Any = None) -> Any:
