@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from tiffin.exceptions import DecodedTooLarge, InvalidArgument
-from tiffin.io import limits
+from tiffin.io import columnar, limits
 from tiffin.io.limits import DECODE_LIMITS, DecodeLimits
 
 
@@ -41,6 +41,14 @@ REFUSED = {
         "max_columns",
     ),
     "csv-many-rows": (limits.check_csv, b"a,b\n" + b"1,2\n" * 51, "max_decoded_cells"),
+    # the small-CSV reader counts them from its own split (no quotes), before it splits cells
+    "csv-rows-wide-header": (
+        columnar.csv_rows,
+        b",".join(b"c%d" % i for i in range(11)) + b"\n" + b",".join([b"1"] * 11) + b"\n",
+        "max_columns",
+    ),
+    "csv-rows-many-rows": (columnar.csv_rows, b"a,b\n" + b"1,2\n" * 51, "max_decoded_cells"),
+    "csv-rows-quoted": (columnar.csv_rows, b'"a",b\n' + b"1,2\n" * 51, "max_decoded_cells"),
     "records-new-keys": (limits.check_json_table, [{f"k{i}": 1} for i in range(11)], "max_columns"),
     "dict-of-dicts": (
         limits.check_json_table,

@@ -63,22 +63,27 @@ def csv_rows(body: bytes) -> tuple[list[str], list[list[str]]] | None:
     """(header, rows of strings) of a small, plain CSV body; None: let pandas read it."""
     if len(body) >= SMALL or b"_" in body or b" " in body or b"\t" in body or b"\r" in body:
         return None
-    check_csv(body)
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
+        check_csv(body)
         return None  # pandas' own words
     if b'"' in body or b"\x00" in body:
         import csv
 
+        check_csv(body)
         try:
             lines = list(csv.reader(io.StringIO(text)))
         except csv.Error:
             return None
     else:  # no quotes: csv's excel dialect splits at newlines and commas, and nothing else
-        lines = [line.split(",") for line in text.split("\n")]
-        if lines[-1] == [""]:  # the body's last newline (csv.reader gives no row after it)
-            lines.pop()
+        texts = text.split("\n")
+        if texts[-1] == "":  # the body's last newline (csv.reader gives no row after it)
+            texts.pop()
+        # check_csv's count, from the lines: rows after the header, the header's fields
+        check_table(max(len(texts) - 1, 0), texts[0].count(",") + 1 if texts else 0,
+                    "the CSV body")  # fmt: skip
+        lines = [line.split(",") for line in texts]
     if len(lines) < 2:
         return None
     header, rows = lines[0], lines[1:]
