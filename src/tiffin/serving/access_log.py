@@ -1,7 +1,11 @@
 """The access log: one structured line and one metrics observation per HTTP request.
 
-Lines are built from a LogRecord template (no ``LogRecord.__init__`` and ``findCaller`` per
-request) and their JSON text is made only if a formatter asks for it. The full middleware stack
+Where logging is as the server sets it up -- the line would reach one handler that takes
+lines unformatted (:class:`~tiffin.process.logs.BufferedStreamHandler`), past no filter -- a
+line is handed to it as its time and fields, formatted when the handler writes its lines, to
+the text its record would have given. Else (another handler, a filter, a test's capture) the
+line is a LogRecord, built from a template (no ``LogRecord.__init__`` and ``findCaller`` per
+request), whose JSON text is made only if a formatter asks for it. The full middleware stack
 uses :class:`AccessLogMiddleware`; the server's short path for API POSTs calls
 :func:`record_access` itself.
 """
@@ -32,13 +36,15 @@ _RECORD_TEMPLATE = logging.LogRecord(
 _LOGGING_STARTED = getattr(logging, "_startTime", time.time())
 
 
-def _access_record(fields: dict[str, Any]) -> logging.LogRecord:
-    """The access log's LogRecord for ``fields``: what ``logger.info`` would make, from a
-    template instead of LogRecord.__init__ and findCaller (half the cost of a line)."""
+def _access_record(fields: dict[str, Any], now: float | None = None) -> logging.LogRecord:
+    """The access log's LogRecord for ``fields`` (at ``now``, default: now): what
+    ``logger.info`` would make, from a template instead of LogRecord.__init__ and findCaller
+    (half the cost of a line)."""
     record = logging.LogRecord.__new__(logging.LogRecord)
     values = record.__dict__
     values.update(_RECORD_TEMPLATE)
-    now = time.time()
+    if now is None:
+        now = time.time()
     values["created"] = now
     values["msecs"] = (now - int(now)) * 1000 // 1
     values["relativeCreated"] = (now - _LOGGING_STARTED) * 1000
@@ -57,6 +63,45 @@ class _AccessLine:
 
     def __str__(self) -> str:
         return orjson.dumps(self.fields).decode()
+
+
+class _AccessLines:
+    """The kind of the lines handed to the handler unformatted
+    (:class:`~tiffin.process.logs.LineKind`)."""
+
+    name = "tiffin.access"
+    levelname = "INFO"
+
+    @staticmethod
+    def message(fields: dict[str, Any]) -> str:
+        return orjson.dumps(fields).decode()
+
+    @staticmethod
+    def record(created: float, fields: dict[str, Any]) -> logging.LogRecord:
+        return _access_record(fields, created)
+
+
+_ACCESS_LINES = _AccessLines()
+
+
+def _sink() -> Any:
+    """The one handler an access line's record would reach, when it takes lines unformatted
+    (``pend``) and no filter, disabled logger or other handler is on the way; else None."""
+    logger: logging.Logger | None = access_logger
+    found = None
+    while logger is not None:
+        if logger.filters or logger.disabled:
+            return None
+        for handler in logger.handlers:
+            if found is not None:
+                return None
+            found = handler
+        if not logger.propagate:
+            break
+        logger = logger.parent
+    if found is None or found.filters or found.level > logging.INFO:
+        return None
+    return found if hasattr(found, "pend") else None
 
 
 class AccessLogMiddleware:
@@ -104,4 +149,8 @@ def record_access(
         error_id = scope.get(ERROR_ID_KEY)
         if error_id is not None:
             fields["error_id"] = error_id
-        access_logger.handle(_access_record(fields))
+        sink = _sink()
+        if sink is not None:
+            sink.pend(_ACCESS_LINES, time.time(), fields)
+        else:
+            access_logger.handle(_access_record(fields))
