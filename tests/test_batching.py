@@ -185,9 +185,10 @@ def test_a_lone_call_runs_at_once_and_a_lone_caller_is_never_held() -> None:
 
 
 def test_a_lone_call_run_inline_costs_no_task_and_no_extra_turn_of_the_loop() -> None:
-    """The loop task runs a lone call by ``inline`` as it takes it from the queue: the caller
-    has its answer in the turn after the loop task's, with no batch task in between; a
-    failure reaches that caller alone, and ``BUSY`` leaves the call to ``infer``."""
+    """A call that comes to an idle dispatcher and is still alone a turn later is run by
+    ``inline`` from its caller's own task: the answer comes in that turn, with no batch task
+    and no turn of the loop task; a failure reaches that caller alone, ``BUSY`` leaves the
+    call to ``infer``, and calls that come in the same turn are still one batch."""
     from tiffin.runner.batching import BUSY
 
     clock = FakeClock()
@@ -195,7 +196,7 @@ def test_a_lone_call_run_inline_costs_no_task_and_no_extra_turn_of_the_loop() ->
     busy = False
 
     async def infer(rows: list[int]) -> list[int]:
-        ran.append("infer")
+        ran.append(f"infer {rows}")
         return [r * 10 for r in rows]
 
     def inline(n: int, rows: list[int]) -> Any:
@@ -220,15 +221,18 @@ def test_a_lone_call_run_inline_costs_no_task_and_no_extra_turn_of_the_loop() ->
         nonlocal busy
         dispatcher = Dispatcher(infer, clock=clock, inline=inline)
         await clock.run_until(dispatcher.submit([0]))  # the loop task is running
-        assert await turns_to_answer(dispatcher, 1) == (3, [10])
+        assert await turns_to_answer(dispatcher, 1) == (2, [10])
         turns, error = await turns_to_answer(dispatcher, 13)
-        assert turns == 3 and isinstance(error, ValueError) and str(error) == "thirteen"
-        assert await turns_to_answer(dispatcher, 2) == (3, [20])  # and it keeps serving
+        assert turns == 2 and isinstance(error, ValueError) and str(error) == "thirteen"
+        assert await turns_to_answer(dispatcher, 2) == (2, [20])  # and it keeps serving
         assert ran == ["inline"] * 4
         assert dispatcher.stats.batches == 4 and dispatcher.stats.failed_batches == 1
+        both = asyncio.gather(dispatcher.submit([4]), dispatcher.submit([5]))
+        assert await clock.run_until(both) == [[40], [50]]  # one turn: one batch
+        assert ran[-1] == "infer [4, 5]" and dispatcher.stats.batches == 5
         busy = True
         assert await clock.run_until(dispatcher.submit([3])) == [30]
-        assert ran[-1] == "infer"
+        assert ran[-1] == "infer [3]"
         await dispatcher.aclose()
 
     run(main)

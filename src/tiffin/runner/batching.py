@@ -25,9 +25,9 @@ splits the result. Plain asyncio, no threads; all its time comes from a :class:`
   model's exception only when it failed alone, the others their results.
 * Cancellation: a cancelled caller (its client hung up) leaves the queue and its rows never
   reach the model; if its batch had started, its result is dropped.
-* Inline runs: given ``inline``, a run of one call with none waiting is offered to it first, as
-  the loop task starts it (no task, no turn of the loop between; its backend runs a cheap one
-  on the event loop itself); :data:`BUSY` leaves the run to ``infer``.
+* Inline runs: given ``inline``, a run of one call with none waiting is offered to it first (no
+  task; its backend runs a cheap one on the event loop itself); :data:`BUSY` leaves the run to
+  ``infer``. A call to an idle dispatcher still alone a turn later is started by its caller.
 * Event loops: a dispatcher binds to the loop of its first ``submit``. Another running loop is an
   error, except once the first has closed (one ``asyncio.run`` per call): then it binds afresh.
 """
@@ -37,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
-import math
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
@@ -47,7 +46,7 @@ from tiffin.runner import containers
 from tiffin.runner.hold import Clock, HoldTracker, LoopClock, TimerHandle
 from tiffin.runner.isolation import Isolation
 from tiffin.runner.merging import answer, attempt, fail, isolates
-from tiffin.runner.queueing import CallQueue, Entry, Run, chunks, overloaded
+from tiffin.runner.queueing import CallQueue, Entry, Run, chunks, next_run, overloaded
 from tiffin.runner.stats import BatchStats
 
 __all__ = ["BUSY", "Clock", "Dispatcher", "LoopClock", "TimerHandle"]
@@ -159,10 +158,15 @@ class Dispatcher:
         self.stats.rows += rows
         self._holds.arrivals.add(now, rows)
         entries = chunks(args, kwargs, rows, size, dim, key, now, self._seq, loop.create_future)
+        alone = len(entries) == 1 and self._idle(0)
         for entry in entries:
             self._enqueue(entry)
-        self._wake.set()
         try:
+            if alone:
+                await asyncio.sleep(0)  # calls that come in this turn join the queue
+                self._start_alone(entries[0])
+            else:
+                self._wake.set()
             if len(entries) == 1:
                 return await entries[0].future
             futures = [entry.future for entry in entries]
@@ -201,6 +205,21 @@ class Dispatcher:
         if self._task is None or self._task.done():
             self._task = loop.create_task(self._run(), name=f"tiffin-dispatcher-{self.name}")
         return loop
+
+    def _idle(self, queued: int) -> bool:
+        """Nothing running or being isolated, and ``queued`` rows in the queue."""
+        busy = self._in_flight or self._isolation.pieces or self._closed
+        return not busy and self._queue.rows == queued
+
+    def _start_alone(self, entry: Entry) -> None:
+        """A call that came to an idle dispatcher, a turn after it was queued: still alone (no
+        call came in that turn, as requests read at once do), its caller starts it as the loop
+        task would (run inline: done on return, the loop task never woken); else that task."""
+        choice = self._choose() if entry.queued and self._idle(entry.rows) else None
+        if isinstance(choice, Run):
+            self._start(choice)
+        else:
+            self._wake.set()
 
     def _enqueue(self, entry: Entry) -> None:
         self._queue.append(entry)
@@ -262,34 +281,12 @@ class Dispatcher:
             raise
 
     def _choose(self) -> Run | float | None:
-        """What to start now: a run; or the time to hold the queued calls until; or ``None``,
-        nothing (:mod:`~tiffin.runner.isolation` says when steps and batches take turns)."""
-        queue, isolation, size = self._queue, self._isolation, self.max_batch_size
-        head, step = queue.head(), isolation.next_step() if isolation.pieces else None
-        if step is not None:
-            tested = sum(call.rows for call in step.calls)
-            room = size - tested
-            rides = not step.alone and queue.rides_with(step.calls[0], room)
-            if head is None or rides or not self._stepped or isolation.rows >= size:
-                if self.hold and not step.alone:
-                    waiting = min(step.calls[0].enqueued, head.enqueued if head else math.inf)
-                    here = queue.rows + isolation.rows
-                    until = self._holds.until(self._clock.now(), here, waiting)
-                    if until is not None:
-                        return until
-                isolation.begin(step)
-                taken = queue.take_batch(room, riders=True) if rides else []
-                rows = sum(entry.rows for entry in taken)
-                return Run([*step.calls, *taken], tested + rows, taken, rows, step)
-        if head is None or isolation.rows >= size:
-            return None
-        if self.hold and not isolation.pieces:
-            until = self._holds.until(self._clock.now(), queue.rows, head.enqueued)
-            if until is not None:
-                return until
-        batch = queue.take_batch(size)
-        rows = sum(entry.rows for entry in batch)
-        return Run(batch, rows, batch, rows)
+        """What to start now (:func:`~tiffin.runner.queueing.next_run`)."""
+        holds = self._holds if self.hold else None
+        return next_run(
+            self._queue, self._isolation, holds, self._clock.now, self.max_batch_size,
+            self._stepped,
+        )  # fmt: skip
 
     def _start(self, run: Run) -> None:
         now, observe = self._clock.now(), self.stats.queue_wait.observe
@@ -325,8 +322,10 @@ class Dispatcher:
         except Exception as exc:
             error, elapsed = exc, 0.0
         self._counted(run)
-        self._done(run)
+        self._done(run)  # whoever started it chooses next; the loop task only if work waits
         self._settle(run, error, elapsed)
+        if self._queue.rows or self._isolation.pieces or self._closed:
+            self._wake.set()
         return True
 
     async def _execute(self, run: Run) -> None:
@@ -344,13 +343,13 @@ class Dispatcher:
             error = await attempt(infer, run.calls, self.input_dim, self.output_dim, self.name)
         finally:
             self._done(run)
+            self._wake.set()
         self._settle(run, error, elapsed)
 
     def _done(self, run: Run) -> None:
         """``run``'s model call is over: the model is free for the next."""
         self._in_flight -= 1
         self._running_rows -= run.taken_rows
-        self._wake.set()
 
     def _settle(self, run: Run, error: BaseException | None, elapsed: float) -> None:
         """After ``run``: its figures, or its failure answered or isolated."""

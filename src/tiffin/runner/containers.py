@@ -45,8 +45,19 @@ _SUPPORTED = (
 )
 
 
+#: the kind of each payload type met so far (a type's kind never changes): one lookup a call
+_KINDS: dict[type, str] = {}
+
+
 def _kind(payload: Any) -> str:
     """The container kind of ``payload``; InvalidArgument for anything unsupported."""
+    kind = _KINDS.get(type(payload))
+    if kind is None:
+        kind = _KINDS[type(payload)] = _kind_of(payload)
+    return kind
+
+
+def _kind_of(payload: Any) -> str:
     if isinstance(payload, list):
         return "list"
     if isinstance(payload, tuple):

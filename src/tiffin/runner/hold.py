@@ -294,29 +294,22 @@ class CostModel:
         self._adds = 0
 
     def add(self, rows: int, seconds: float) -> None:
-        samples, sums = self._samples, self._sums
+        samples = self._samples
+        sn, sd, snn, snd = self._sums
         if len(samples) == samples.maxlen:
             n0, d0 = samples[0]
-            sums[0] -= n0
-            sums[1] -= d0
-            sums[2] -= n0 * n0
-            sums[3] -= n0 * d0
+            sn, sd, snn, snd = sn - n0, sd - d0, snn - n0 * n0, snd - n0 * d0
         samples.append((rows, seconds))
         self._adds += 1
         if self._adds % (samples.maxlen or 1) == 0:
-            sums[:] = [
-                sum(n for n, _ in samples),
-                sum(d for _, d in samples),
-                sum(n * n for n, _ in samples),
-                sum(n * d for n, d in samples),
-            ]
+            sn = sum(n for n, _ in samples)
+            sd = sum(d for _, d in samples)
+            snn = sum(n * n for n, _ in samples)
+            snd = sum(n * d for n, d in samples)
         else:
-            sums[0] += rows
-            sums[1] += seconds
-            sums[2] += rows * rows
-            sums[3] += rows * seconds
+            sn, sd, snn, snd = sn + rows, sd + seconds, snn + rows * rows, snd + rows * seconds
+        self._sums = [sn, sd, snn, snd]
         k = len(samples)
-        sn, sd, snn, snd = sums
         mean_n, mean_d = sn / k, sd / k
         var_n = snn - sn * mean_n  # sum of (n - mean)²
         # when every batch had the same size, keep the slope learned so far
@@ -366,6 +359,9 @@ class HoldTracker:
         window = arrival_window(fixed)
         arrivals = self.arrivals
         arrivals.prune(now, window)
+        if arrivals.rate(window) * fixed < 1:  # decide_hold's first answer, without its inputs
+            self.started = None
+            return None
         decision = decide_hold(
             HoldInputs(
                 now=now,

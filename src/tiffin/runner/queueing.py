@@ -15,14 +15,17 @@ import math
 from collections import deque
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tiffin.exceptions import Overloaded
 from tiffin.runner import containers
-from tiffin.runner.isolation import Step
+from tiffin.runner.isolation import Isolation, Step
 from tiffin.runner.merging import Call, same_options
 
-__all__ = ["CallQueue", "Entry", "Run", "chunks", "overloaded"]
+if TYPE_CHECKING:
+    from tiffin.runner.hold import HoldTracker
+
+__all__ = ["CallQueue", "Entry", "Run", "chunks", "next_run", "overloaded"]
 
 
 @dataclass(eq=False, slots=True)
@@ -174,3 +177,41 @@ class CallQueue:
                 self.discard(entry)
                 if not entry.future.done():
                     entry.future.set_exception(exc)
+
+
+def next_run(
+    queue: CallQueue,
+    isolation: Isolation[Entry],
+    holds: HoldTracker | None,
+    now: Callable[[], float],
+    size: int,
+    stepped: bool,
+) -> Run | float | None:
+    """What a dispatcher starts now: a run (taken out of ``queue``, or ``isolation``'s next
+    step with riders); or the time to hold the queued calls until (``holds``; None: never
+    hold); or ``None``, nothing. ``stepped``: the last run started was a step
+    (:mod:`~tiffin.runner.isolation` says when steps and batches take turns)."""
+    head, step = queue.head(), isolation.next_step() if isolation.pieces else None
+    if step is not None:
+        tested = sum(call.rows for call in step.calls)
+        room = size - tested
+        rides = not step.alone and queue.rides_with(step.calls[0], room)
+        if head is None or rides or not stepped or isolation.rows >= size:
+            if holds is not None and not step.alone:
+                waiting = min(step.calls[0].enqueued, head.enqueued if head else math.inf)
+                until = holds.until(now(), queue.rows + isolation.rows, waiting)
+                if until is not None:
+                    return until
+            isolation.begin(step)
+            taken = queue.take_batch(room, riders=True) if rides else []
+            rows = sum(entry.rows for entry in taken)
+            return Run([*step.calls, *taken], tested + rows, taken, rows, step)
+    if head is None or isolation.rows >= size:
+        return None
+    if holds is not None and not isolation.pieces:
+        until = holds.until(now(), queue.rows, head.enqueued)
+        if until is not None:
+            return until
+    batch = queue.take_batch(size)
+    rows = sum(entry.rows for entry in batch)
+    return Run(batch, rows, batch, rows)
