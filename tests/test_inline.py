@@ -107,3 +107,47 @@ def test_a_model_busy_on_the_worker_is_never_entered_inline(
 
     asyncio.run(main())
     assert probe.most == 1
+
+
+def test_a_lone_request_runs_its_model_inline_even_when_it_is_not_cheap(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In a server, a call the cost model expects under INLINE_ALONE_BELOW_S runs on the event
+    loop while its request is the only one in flight; beside another request, on the worker."""
+    from tests.test_serving_support import asgi_client
+    from tiffin.config import load_settings
+    from tiffin.io import JSON
+    from tiffin.serving.app import build_app
+
+    monkeypatch.setattr(local, "INLINE_BELOW_S", 0.0)  # nothing is cheap enough on its own
+    monkeypatch.setattr(local, "INLINE_ALONE_BELOW_S", 60.0)
+    r = tiffin.Runner(Probe, name="probe")
+    svc = tiffin.Service("lone", runners=[r])
+
+    @svc.api(input=JSON(), output=JSON())
+    async def double(value: list[list[int]]) -> list[list[int]]:
+        return (await r.double.async_run(np.asarray(value))).tolist()
+
+    app = build_app(svc, load_settings(environ={}))
+    loop_thread = threading.current_thread().name
+
+    async def main() -> None:
+        async with asgi_client(app) as client:
+            for i in range(local.INLINE_AFTER + 3):
+                assert (await client.post("/double", json=[[i]])).json() == [[2 * i]]
+            assert isinstance(r.backend, local.LocalBackend)
+            probe = r.backend.instance
+            assert isinstance(probe, Probe)
+            assert all(t != loop_thread for t in probe.threads[: local.INLINE_AFTER])
+            assert probe.threads[local.INLINE_AFTER :] == [loop_thread] * 3
+            gate = app.state.tiffin.in_flight
+            gate.count += 1  # another request in a pipeline meanwhile
+            try:
+                assert (await client.post("/double", json=[[5]])).json() == [[10]]
+            finally:
+                gate.count -= 1
+            assert probe.threads[-1] != loop_thread
+            assert (await client.post("/double", json=[[6]])).json() == [[12]]
+            assert probe.threads[-1] == loop_thread
+
+    asyncio.run(main())

@@ -214,11 +214,15 @@ def build_app(
         routes.append(Mount(SWAGGER_STATIC, app=StaticFiles(directory=assets)))
 
     async def load() -> None:
+        from tiffin.runner.local import LocalBackend
+
         started = time.perf_counter()
         try:
             for runner in service.runners:
                 if runner.backend is None:
                     await asyncio.to_thread(runner.init_local)
+                if isinstance(runner.backend, LocalBackend):  # a lone request's model inline
+                    runner.backend.alone = state.in_flight.alone
             for hook in service.startup_hooks:
                 await _call_hook(hook)
         except Exception as exc:

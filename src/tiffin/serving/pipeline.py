@@ -155,6 +155,10 @@ class InFlight:
     def __init__(self) -> None:
         self.count = 0
 
+    def alone(self) -> bool:
+        """Whether at most one request is in the pipelines (the one asking)."""
+        return self.count <= 1
+
     @staticmethod
     def refusal(capacity: int) -> Overloaded:
         return Overloaded(
