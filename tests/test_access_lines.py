@@ -49,11 +49,15 @@ def server_logging() -> Iterator[tuple[BufferedStreamHandler, io.StringIO]]:
     root, ours = logging.getLogger(), logging.getLogger("tiffin")
     saved = (list(root.handlers), root.level, ours.level)
     configure_logging("info")
-    [handler] = root.handlers
-    assert isinstance(handler, BufferedStreamHandler)
-    handler.interval = 3600.0  # the test flushes
+    [configured] = root.handlers
+    assert isinstance(configured, BufferedStreamHandler)
     stream = io.StringIO()
-    handler.stream = stream
+    # the same handler, but with no timed flush while the test looks at what waits (the
+    # configured one's thread is already asleep for its 0.2 s): the test flushes
+    handler = BufferedStreamHandler(stream, interval=3600.0)
+    handler.setFormatter(configured.formatter)
+    root.removeHandler(configured)
+    root.addHandler(handler)
     try:
         yield handler, stream
     finally:
