@@ -339,8 +339,9 @@ def test_cost_model_running_sums_give_the_fit_over_its_window() -> None:
 def test_loop_clock_reads_time_inside_one_callback_under_uvloop() -> None:
     """uvloop's loop.time() stands still within a callback (libuv's time of the loop's turn,
     in milliseconds); the dispatcher's clock must not, or a model call run inline lasts 0."""
-    uvloop = pytest.importorskip("uvloop", reason="uvloop is not installed")
     import time
+
+    import uvloop  # uvicorn[standard]'s, a dependency of tiffin
 
     async def main() -> tuple[float, float]:
         clock = LoopClock(asyncio.get_running_loop())
